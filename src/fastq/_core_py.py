@@ -1,0 +1,330 @@
+"""Pure-Python reference implementation of fastq's hot path.
+
+``_core.pyx`` is the compiled twin of this module: same names, same behaviour.
+``fastq._speedups`` picks one (``FASTQ_NO_EXTENSIONS=1`` forces this one). Only
+per-message work lives here: RESP packing, decoding fetched batches, the
+token bucket, and the loop that runs a batch and collects acks and results.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+COMPILED = False
+
+#: The running task's request (``Task.request`` reads it).
+current_request: ContextVar = ContextVar("fastq_request", default=None)
+
+
+# --- RESP ----------------------------------------------------------------------
+
+
+def _as_bytes(a) -> bytes:
+    if isinstance(a, bytes):
+        return a
+    if isinstance(a, str):
+        return a.encode()
+    if isinstance(a, int):
+        return b"%d" % a
+    if isinstance(a, float):
+        return repr(a).encode()
+    if isinstance(a, (bytearray, memoryview)):
+        return bytes(a)
+    raise TypeError(f"cannot send {type(a).__name__} to Redis")
+
+
+def pack_command(args) -> bytes:
+    """Encode one Redis command (a sequence of str/bytes/int/float) as RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = _as_bytes(a)
+        parts.append(b"$%d\r\n" % len(b))
+        parts.append(b)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+# --- Fetched batches -------------------------------------------------------------
+
+
+class Delivery:
+    """One fetched stream entry: where it came from and its undecoded payload."""
+
+    __slots__ = ("stream", "entry_id", "field", "payload", "dc", "message")
+
+    def __init__(self, stream, entry_id, field, payload, dc=0):
+        self.stream = stream  #: stream key (str)
+        self.entry_id = entry_id  #: stream entry id (bytes)
+        self.field = field  #: payload field name: b"p" msgpack, b"j" JSON
+        self.payload = payload  #: raw bytes
+        self.dc = dc  #: deliveries of this message that ended without an ack
+        self.message = None  #: the decoded Message, once decoded
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.stream} {self.entry_id!r} dc={self.dc}>"
+
+
+def _entry(stream, entry) -> Delivery:
+    entry_id, fields = entry[0], entry[1]
+    if not fields:  # entry deleted while pending
+        return Delivery(stream, entry_id, b"", b"", 0)
+    dc = 0
+    n = len(fields)
+    i = 2
+    while i + 1 < n:
+        if fields[i] == b"dc":
+            dc = int(fields[i + 1])
+        i += 2
+    return Delivery(stream, entry_id, fields[0], fields[1], dc)
+
+
+def parse_fetch_reply(reply, streams) -> list:
+    """Parse fetch.lua's reply: ``[[key_index, [[id, fields], ...]], ...]``.
+
+    ``streams`` is the list of keys passed to the script (1-based indexes)."""
+    out = []
+    if not reply:
+        return out
+    for group in reply:
+        stream = streams[group[0] - 1]
+        for entry in group[1]:
+            out.append(_entry(stream, entry))
+    return out
+
+
+def parse_xread_reply(reply, by_name) -> list:
+    """Parse an XREADGROUP reply ``[[key, [[id, fields], ...]], ...]``;
+    ``by_name`` maps key bytes to the key str."""
+    out = []
+    if not reply:
+        return out
+    for group in reply:
+        stream = by_name[group[0]]
+        for entry in group[1]:
+            out.append(_entry(stream, entry))
+    return out
+
+
+# --- Rate limiting ---------------------------------------------------------------
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``capacity``.
+
+    Used on its own for per-worker limits, and as the local side of the
+    cluster-wide limit, where ``add()`` puts in tokens claimed from Redis."""
+
+    __slots__ = ("rate", "capacity", "tokens", "stamp", "refill")
+
+    def __init__(self, rate: float, capacity: float, refill: bool = True) -> None:
+        if rate < 0 or capacity <= 0:
+            raise ValueError("rate must be >= 0 and capacity > 0")
+        self.rate = float(rate)
+        self.capacity = float(capacity)
+        self.tokens = float(capacity) if refill else 0.0
+        self.stamp = time.monotonic()
+        self.refill = refill
+
+    def _fill(self, now: float) -> None:
+        if self.refill:
+            t = self.tokens + (now - self.stamp) * self.rate
+            self.tokens = t if t < self.capacity else self.capacity
+        self.stamp = now
+
+    def consume(self, n: float = 1.0) -> bool:
+        """Take ``n`` tokens if there are enough; True when taken."""
+        self._fill(time.monotonic())
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def expected_wait(self, n: float = 1.0) -> float:
+        """Seconds until ``n`` tokens will be there (0 when they are now)."""
+        self._fill(time.monotonic())
+        if self.tokens >= n:
+            return 0.0
+        if self.rate <= 0:
+            return float("inf")
+        return (n - self.tokens) / self.rate
+
+    def add(self, n: float) -> None:
+        """Put in ``n`` tokens claimed elsewhere (never more than the capacity)."""
+        t = self.tokens + n
+        self.tokens = t if t < self.capacity else self.capacity
+
+
+# --- Running a batch -------------------------------------------------------------
+
+
+class Output:
+    """What a consumer must still send: acks per stream and packed result writes."""
+
+    __slots__ = ("acks", "commands", "replies", "count")
+
+    def __init__(self) -> None:
+        self.acks = {}  #: stream -> [entry_id, ...]
+        self.commands = []  #: packed commands (bytes)
+        self.replies = 0  #: replies the packed commands will produce
+        self.count = 0  #: messages finished
+
+    def ack(self, stream, entry_id) -> None:
+        ids = self.acks.get(stream)
+        if ids is None:
+            self.acks[stream] = [entry_id]
+        else:
+            ids.append(entry_id)
+        self.count += 1
+
+    def add_command(self, packed: bytes, replies: int = 1) -> None:
+        self.commands.append(packed)
+        self.replies += replies
+
+    def __bool__(self) -> bool:
+        return bool(self.acks) or bool(self.commands)
+
+    def take(self) -> Output:
+        """Hand over the contents and start empty."""
+        o = Output()
+        o.acks, o.commands, o.replies, o.count = self.acks, self.commands, self.replies, self.count
+        self.acks, self.commands, self.replies, self.count = {}, [], 0, 0
+        return o
+
+
+class Request:
+    """The running task's context: ``self.request`` in a bound task."""
+
+    __slots__ = (
+        "id", "task", "args", "kwargs", "retries", "eta", "expires", "priority",
+        "parent_id", "root_id", "hostname", "delivery_count", "queue", "options",
+        "headers", "called_directly", "delivery", "message",
+    )  # fmt: skip
+
+    def __init__(self, message, hostname, delivery=None, queue=None) -> None:
+        self.id = message.id
+        self.task = message.task
+        self.args = message.args
+        self.kwargs = message.kwargs
+        self.retries = message.retries
+        self.eta = message.eta
+        self.expires = message.expires
+        self.priority = message.priority
+        self.parent_id = message.parent_id
+        self.root_id = message.root_id
+        self.options = message.options
+        self.headers = message.headers
+        self.hostname = hostname
+        self.delivery = delivery
+        self.delivery_count = delivery.dc + 1 if delivery is not None else 0
+        self.queue = queue
+        self.called_directly = delivery is None
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<Request {self.task}[{self.id}]>"
+
+
+def _mark(slot, entry_id) -> None:
+    n = len(entry_id)
+    slot[:n] = entry_id
+    slot[n] = 0
+
+
+class Runner:
+    """Runs fetched batches: decode, look up, call, record the ack and result.
+
+    The common case (a registered task that returns normally, with no extra
+    options) runs entirely here; everything else is handed to ``handler`` (the
+    Python ``Executor``): bad messages, exceptions, retries, time limits,
+    signals, workflows. ``handler`` methods add what must be sent to ``out``.
+    """
+
+    def __init__(self, registry, handler, hostname, result_prefix, result_expires, encode_result, queue_of):
+        self.registry = registry  #: task name -> Task
+        self.handler = handler
+        self.hostname = hostname
+        self.result_prefix = result_prefix  #: bytes, e.g. b"fastq:r:"
+        self.result_expires = int(result_expires)
+        self.encode_result = encode_result  #: (task, message, retval, runtime) -> bytes
+        self.queue_of = queue_of  #: stream key -> queue name
+        self.stopping = False
+        self.processed = 0
+        self.current = None  #: the Delivery being run (None between tasks)
+        self.flush_interval = 0.01
+        self.flush = None  #: callable(out) sending what is due mid-batch
+        self.notify = False  #: call handler.succeeded (task logging or events on)
+        self.max_size = 16 * 1024 * 1024  #: larger payloads are dead-lettered unread
+        #: A shared-memory buffer (process pool): the entry id being run is
+        #: written here, so the parent knows which message a dead child held.
+        self.slot = None
+
+    def run_batch(self, deliveries, out) -> int:
+        """Run deliveries in order; return how many were started.
+
+        Stops between messages once ``stopping`` is set, so the caller can hand
+        back the rest. Never raises because of a message."""
+        handler = self.handler
+        registry = self.registry
+        decoders = handler.decoders
+        started = 0
+        last_flush = time.monotonic()
+        for d in deliveries:
+            if self.stopping:
+                break
+            started += 1
+            self.current = d
+            if self.slot is not None:
+                _mark(self.slot, d.entry_id)
+            msg = d.message
+            if len(d.payload) > self.max_size:
+                handler.too_large(d, out, self.max_size)
+                continue
+            if msg is None:
+                decode = decoders.get(d.field)
+                if decode is None:
+                    handler.undecodable(d, out, "unknown payload field %r" % (d.field,))
+                    continue
+                try:
+                    msg = decode(d.payload)
+                except Exception as exc:  # noqa: BLE001 - any bad payload
+                    handler.undecodable(d, out, str(exc))
+                    continue
+                d.message = msg
+            task = registry.get(msg.task)
+            if task is None:
+                handler.unknown_task(d, msg, out)
+                continue
+            if not task._fast or msg.options is not None or msg.expires is not None or handler.revoked:
+                handler.execute(task, d, msg, out)
+            else:
+                token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+                t0 = time.perf_counter()
+                try:
+                    retval = task.run(*msg.args, **msg.kwargs)
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    current_request.reset(token)
+                    handler.failed(task, d, msg, exc, time.perf_counter() - t0, out)
+                    continue
+                runtime = time.perf_counter() - t0
+                current_request.reset(token)
+                if not task.ignore_result:
+                    try:
+                        blob = self.encode_result(task, msg, retval, runtime)
+                    except Exception as exc:  # noqa: BLE001 - unserializable result
+                        handler.result_not_serializable(task, d, msg, exc, runtime, out)
+                        continue
+                    key = self.result_prefix + msg.id.encode()
+                    out.add_command(pack_command((b"RPUSH", key, blob)), 1)
+                    out.add_command(pack_command((b"EXPIRE", key, self.result_expires)), 1)
+                out.ack(d.stream, d.entry_id)
+                if self.notify:
+                    handler.succeeded(task, d, msg, runtime)
+            if self.flush is not None:
+                now = time.monotonic()
+                if now - last_flush > self.flush_interval:
+                    self.flush(out)
+                    last_flush = now
+        self.current = None
+        self.processed += started
+        return started

@@ -1,0 +1,277 @@
+"""The application: settings, the task registry, and the way messages leave."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from typing import Any
+
+from . import routing
+from ._speedups import current_request
+from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
+from .messages import Message, Serializer, now
+from .settings import Settings
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+class FastQ:
+    """A fastq application.
+
+    ``FastQ("proj", broker="redis://127.0.0.1:6379/0")``; the broker and the
+    result backend default to ``FASTQ_BROKER_URL`` / ``FASTQ_RESULT_BACKEND``.
+    Extra keyword arguments are settings (``app.conf``).
+    """
+
+    def __init__(self, main: str | None = None, broker: str | None = None, backend: str | None = None, **settings: Any) -> None:
+        self.main = main
+        self.conf = Settings(settings)
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        #: Registered tasks by name.
+        self.tasks: dict[str, Any] = {}
+        self._pid = os.getpid()
+
+    # --- configuration ------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        return self.conf.broker_url or os.environ.get("FASTQ_BROKER_URL") or DEFAULT_URL
+
+    @property
+    def backend_url(self) -> str:
+        return self.conf.result_backend or os.environ.get("FASTQ_RESULT_BACKEND") or self.broker_url
+
+    def config_from_object(self, obj: Any) -> None:
+        """Load settings from an object or an importable module path."""
+        self.conf.from_object(obj)
+        self._reset()
+
+    def _reset(self) -> None:
+        for name in ("broker", "backend", "serializer", "router"):
+            self.__dict__.pop(name, None)
+
+    @cached_property
+    def broker(self):
+        from .broker import RedisBroker
+
+        return RedisBroker(self.broker_url, self.conf)
+
+    @cached_property
+    def backend(self):
+        from .result import RedisBackend
+
+        if self.backend_url == self.broker_url:
+            return RedisBackend(self.broker.client, self.broker.keys, self.conf, self.broker)
+        from .broker import RedisBroker
+
+        other = RedisBroker(self.backend_url, self.conf)
+        return RedisBackend(other.client, other.keys, self.conf, other)
+
+    @cached_property
+    def serializer(self) -> Serializer:
+        return Serializer(self.conf.task_serializer)
+
+    @cached_property
+    def router(self) -> routing.Router:
+        return routing.Router(self.conf.task_routes, self.conf.task_default_queue)
+
+    # --- tasks ----------------------------------------------------------------
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
+        from .task import Task
+
+        def register(fn: Callable) -> Task:
+            task = Task(self, fn, **options)
+            self.tasks[task.name] = task
+            return task
+
+        if len(args) == 1 and callable(args[0]) and not options:
+            return register(args[0])
+        if args:
+            raise TypeError("app.task() takes options as keyword arguments only")
+        return register
+
+    def send_task(self, name: str, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+        """Send a task by name (the task need not be registered here)."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task.apply_async(args, kwargs, **options)
+        if self.conf.task_always_eager:
+            raise NotRegistered(f"task {name!r} is not registered, so it cannot run eagerly")
+        return self._send(name, args, kwargs, options, None)
+
+    def send_many(self, signatures: Iterable) -> list:
+        """Send many signatures in pipelined batches; return their AsyncResults."""
+        from .result import AsyncResult
+
+        batch, results = [], []
+        for sig in signatures:
+            task = self.tasks.get(sig.task)
+            msg, queue, priority, due = self._build(sig.task, sig.args, sig.kwargs, dict(sig.options), task)
+            batch.append((queue, priority, due, self._encode(msg, task)))
+            results.append(AsyncResult(msg.id, app=self, task_name=sig.task))
+            if len(batch) >= 1000:
+                self.broker.publish_many(batch, self.serializer.field)
+                batch = []
+        if batch:
+            self.broker.publish_many(batch, self.serializer.field)
+        return results
+
+    def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, app=self, task_name=task_name)
+
+    # --- sending --------------------------------------------------------------
+
+    def _build(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
+        """Make the message and decide where it goes: (message, queue, priority, due)."""
+        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        eta = options.pop("eta", None)
+        countdown = options.pop("countdown", None)
+        expires = options.pop("expires", None)
+        priority = options.pop("priority", None)
+        queue = options.pop("queue", None)
+        t = now()
+        due = _due_time(eta, countdown, t)
+        if expires is None and task is not None:
+            expires = task.expires
+        if expires is not None:
+            expires = _expiry_time(expires, t)
+        if queue is None:
+            queue = task.queue if task is not None and task.queue else self.router.route(name, args, kwargs, options)
+        if priority is None:
+            priority = task.priority if task is not None and task.priority is not None else self.conf.task_default_priority
+        priority = _check_priority(priority)
+        parent = current_request.get()
+        parent_id = options.pop("parent_id", None) or (parent.id if parent is not None else None)
+        root_id = options.pop("root_id", None) or (
+            (parent.root_id or parent.id) if parent is not None else None
+        )
+        msg = Message(
+            task_id,
+            name,
+            list(args) if args else [],
+            kwargs if kwargs else {},
+            options.pop("retries", 0),
+            due,
+            expires,
+            priority,
+            parent_id,
+            root_id,
+            t,
+            _message_options(options),
+            options.pop("headers", None),
+        )
+        return msg, queue, priority, due
+
+    def _encode(self, msg: Message, task) -> bytes:
+        try:
+            payload = self.serializer.encode(msg)
+        except self.serializer.error as exc:
+            raise _unserializable(msg, exc, self.serializer) from None
+        limit = self.conf.max_message_size
+        if len(payload) > limit:
+            raise MessageTooLarge(
+                f"message for task {msg.task!r} is {len(payload)} bytes, more than max_message_size={limit}"
+            )
+        return payload
+
+    def _send(self, name: str, args, kwargs, options: dict, task):
+        from .result import AsyncResult
+
+        msg, queue, priority, due = self._build(name, args, kwargs, options, task)
+        payload = self._encode(msg, task)
+        self.broker.publish(queue, priority, self.serializer.field, payload, due)
+        return AsyncResult(msg.id, app=self, task_name=name)
+
+    def __repr__(self) -> str:
+        return f"<FastQ {self.main or '__main__'} broker={self.broker_safe_url}>"
+
+    @property
+    def broker_safe_url(self) -> str:
+        from .broker import safe_url
+
+        return safe_url(self.broker_url)
+
+
+# --- helpers -------------------------------------------------------------------
+
+#: apply_async options the worker acts on; carried in ``Message.options``.
+_WORKER_OPTIONS = (
+    "ignore_result", "link", "link_error", "time_limit", "soft_time_limit",
+    "group_id", "group_index", "chord", "max_retries", "reply_to",
+)  # fmt: skip
+
+
+def _message_options(options: dict) -> dict | None:
+    out = None
+    for key in _WORKER_OPTIONS:
+        if key in options:
+            value = options.pop(key)
+            if value is not None:
+                if out is None:
+                    out = {}
+                out[key] = value
+    options.pop("serializer", None)
+    if options:
+        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(options))}")
+    return out
+
+
+def _due_time(eta, countdown, t: float) -> float | None:
+    import datetime as dt
+
+    if countdown is not None:
+        if not isinstance(countdown, (int, float)):
+            raise TypeError(f"countdown must be a number of seconds, not {type(countdown).__name__}")
+        return t + countdown if countdown > 0 else None
+    if eta is None:
+        return None
+    if isinstance(eta, dt.datetime):
+        if eta.tzinfo is None:  # naive datetimes are UTC
+            eta = eta.replace(tzinfo=dt.timezone.utc)
+        when = eta.timestamp()
+        return when if when > t else None
+    raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
+
+
+def _expiry_time(expires, t: float) -> float:
+    import datetime as dt
+
+    if isinstance(expires, (int, float)):
+        return t + expires
+    if isinstance(expires, dt.timedelta):
+        return t + expires.total_seconds()
+    if isinstance(expires, dt.datetime):
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=dt.timezone.utc)
+        return expires.timestamp()
+    raise TypeError(f"expires must be seconds, a timedelta or a datetime, not {type(expires).__name__}")
+
+
+def _check_priority(priority) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise ImproperlyConfigured(f"priority must be an integer from 0 to 9, not {priority!r}")
+    return priority
+
+
+def _unserializable(msg: Message, exc: Exception, serializer: Serializer) -> TypeError:
+    """Name the argument that cannot be serialized."""
+    for i, a in enumerate(msg.args):
+        try:
+            serializer.encode(a)
+        except serializer.error as e:
+            return TypeError(f"task {msg.task!r}: argument {i} ({type(a).__name__}) cannot be serialized: {e}")
+    for k, v in msg.kwargs.items():
+        try:
+            serializer.encode(v)
+        except serializer.error as e:
+            return TypeError(f"task {msg.task!r}: argument {k!r} ({type(v).__name__}) cannot be serialized: {e}")
+    return TypeError(f"task {msg.task!r}: message cannot be serialized: {exc}")

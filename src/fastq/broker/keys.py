@@ -1,0 +1,80 @@
+"""Redis key names. Every key of one queue carries the hash tag ``{queue}``, so
+all of a queue's keys live in one Redis Cluster slot and every Lua script that
+touches a queue touches one slot only. Result keys have no tag: they spread
+over the cluster by task id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..exceptions import ImproperlyConfigured
+
+#: Priorities run from 0 (lowest, the default) to 9 (highest).
+PRIORITIES = range(10)
+#: The consumer group every worker joins, on every stream.
+GROUP = "fastq"
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
+
+
+def validate_queue_name(name: str) -> str:
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise ImproperlyConfigured(
+            f"invalid queue name {name!r}: use 1-200 of letters, digits and _ . : @ - (no braces or spaces)"
+        )
+    return name
+
+
+class QueueKeys:
+    """The keys of one queue."""
+
+    __slots__ = ("name", "returned", "streams", "delayed", "dlq", "reap_lock", "fetch_order", "by_name")
+
+    def __init__(self, prefix: str, name: str) -> None:
+        validate_queue_name(name)
+        base = f"{prefix}{{{name}}}"
+        self.name = name
+        #: streams[p] holds priority p's ready messages.
+        self.streams = [f"{base}:s" if p == 0 else f"{base}:s{p}" for p in PRIORITIES]
+        #: Messages handed back unstarted: served before everything else.
+        self.returned = f"{base}:ret"
+        self.delayed = f"{base}:delayed"
+        self.dlq = f"{base}:dlq"
+        self.reap_lock = f"{base}:reap"
+        #: The order fetch.lua serves streams in: returned, then 9 .. 0.
+        self.fetch_order = [self.returned, *reversed(self.streams)]
+        self.by_name = {k.encode(): k for k in self.fetch_order}
+
+    def stream(self, priority: int) -> str:
+        return self.streams[priority]
+
+
+class Keys:
+    """All key names under one prefix (default ``fastq:``)."""
+
+    def __init__(self, prefix: str = "fastq:") -> None:
+        self.prefix = prefix
+        self._queues: dict[str, QueueKeys] = {}
+        self.queues_set = f"{prefix}queues"  #: every queue name ever used
+        self.workers = f"{prefix}workers"  #: ZSET hostname -> last heartbeat
+        self.revoked = f"{prefix}revoked"  #: ZSET task id -> expiry
+        self.events = f"{prefix}events"  #: capped event stream
+        self.control = f"{prefix}control"  #: pub/sub channel
+
+    def queue(self, name: str) -> QueueKeys:
+        qk = self._queues.get(name)
+        if qk is None:
+            qk = self._queues[name] = QueueKeys(self.prefix, name)
+        return qk
+
+    def result(self, task_id: str) -> str:
+        """Final result: a list whose first element is the first final state stored."""
+        return f"{self.prefix}r:{task_id}"
+
+    def state(self, task_id: str) -> str:
+        """Latest non-final state (STARTED, RETRY, progress)."""
+        return f"{self.prefix}st:{task_id}"
+
+    def worker(self, hostname: str) -> str:
+        return f"{self.prefix}worker:{hostname}"

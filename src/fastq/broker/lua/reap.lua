@@ -1,0 +1,66 @@
+-- Return the messages of dead consumers to their queue.
+-- A consumer whose leases were not renewed for lease_ms is dead (killed, host
+-- gone, frozen): its pending entries go back to the tail of the stream they came
+-- from with their delivery count raised, or to the dead-letter stream once they
+-- have failed max_deliveries deliveries. Each requeued entry gets a new id, so
+-- a late ack from the lost consumer cannot touch it.
+-- KEYS[1]: lock   KEYS[2]: dead-letter stream   KEYS[3..]: the queue's streams
+-- ARGV: group, lease_ms, max_deliveries, max_entries, reaper, lock_ms, queue
+-- Returns {requeued, dead_lettered}, or -1 when another worker holds the lock.
+local group, lease = ARGV[1], tonumber(ARGV[2])
+local max_dc, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local reaper, queue = ARGV[5], ARGV[7]
+if not redis.call('SET', KEYS[1], reaper, 'NX', 'PX', ARGV[6]) then return -1 end
+local requeued, buried = 0, 0
+for k = 3, #KEYS do
+  local key = KEYS[k]
+  if redis.call('EXISTS', key) == 1 then
+    local cursor = '0-0'
+    repeat
+      local ok, r = pcall(redis.call, 'XAUTOCLAIM', key, group, reaper, lease, cursor, 'COUNT', 500)
+      if not ok then break end
+      cursor = r[1]
+      for _, e in ipairs(r[2]) do
+        local id, f = e[1], e[2]
+        redis.call('XACK', key, group, id)
+        redis.call('XDEL', key, id)
+        if f then
+          local dc, src = 1, nil
+          for j = 3, #f, 2 do
+            if f[j] == 'dc' then dc = tonumber(f[j + 1]) + 1 end
+            if f[j] == 'src' then src = f[j + 1] end
+          end
+          if dc >= max_dc then
+            redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries',
+                       'error', 'delivered ' .. dc .. ' times without finishing (worker lost)',
+                       'queue', queue, 'dc', dc)
+            buried = buried + 1
+          else
+            local target = key
+            if src then target = src end
+            redis.call('XADD', target, '*', f[1], f[2], 'dc', dc)
+            requeued = requeued + 1
+          end
+        end
+      end
+      -- entries whose body was deleted: XAUTOCLAIM already dropped them from the PEL
+      budget = budget - #r[2]
+    until cursor == '0-0' or budget <= 0
+    -- Forget consumers that hold nothing and have been silent for long.
+    local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', key, group)
+    if ok then
+      for _, c in ipairs(consumers) do
+        local name, pending, idle
+        for j = 1, #c, 2 do
+          if c[j] == 'name' then name = c[j + 1]
+          elseif c[j] == 'pending' then pending = c[j + 1]
+          elseif c[j] == 'idle' then idle = c[j + 1] end
+        end
+        if pending == 0 and idle > 10 * lease and name ~= reaper then
+          redis.call('XGROUP', 'DELCONSUMER', key, group, name)
+        end
+      end
+    end
+  end
+end
+return {requeued, buried}

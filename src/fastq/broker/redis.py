@@ -1,0 +1,320 @@
+"""RedisBroker: sending messages, and the queue operations workers and tools use.
+
+Layout per queue (see ``keys.py``): ten priority streams and a "returned"
+stream, all read through one consumer group; a delayed ZSET; a dead-letter
+stream. A message is never popped without being recorded as in flight: the
+fetch is XREADGROUP, which adds it to the group's pending list atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._speedups import pack_command
+from ..exceptions import BrokerError
+from .keys import GROUP, Keys, QueueKeys
+from .scripts import SCRIPTS
+
+log = logging.getLogger("fastq.broker")
+
+#: Errors that mean "Redis could not be reached"; worth retrying.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and banners)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+class RedisBroker:
+    """The Redis side of fastq, shared by producers, workers and tools."""
+
+    def __init__(self, url: str, conf) -> None:
+        self.url = url
+        self.conf = conf
+        self.keys = Keys(conf.key_prefix)
+        self.retries = int(conf.broker_connection_retries)
+        self._kwargs = {
+            "socket_connect_timeout": float(conf.broker_connection_timeout),
+            "socket_timeout": float(conf.broker_socket_timeout),
+            "health_check_interval": 0,
+            # RESP2: replies are plain arrays, the shape the hot path parses.
+            "protocol": 2,
+        }
+        self.client = self.new_client()
+        self._local = threading.local()
+        self._known_queues: set[str] = set()
+
+    # --- connections ------------------------------------------------------------
+
+    def new_client(self, **overrides) -> redis.Redis:
+        """A redis-py client with its own connection pool."""
+        return redis.Redis.from_url(self.url, **{**self._kwargs, **overrides})
+
+    def new_connection(self, **overrides) -> redis.connection.AbstractConnection:
+        """A raw connection, owned by the caller (workers use one per consumer)."""
+        return self.new_client(**overrides).connection_pool.make_connection()
+
+    @contextlib.contextmanager
+    def retrying(self) -> Iterator[None]:
+        """Retry the block on connection errors with backoff, then raise BrokerError."""
+        for attempt in range(self.retries + 1):
+            try:
+                yield
+                return
+            except CONNECTION_ERRORS as exc:
+                if attempt == self.retries:
+                    raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+    def _connection(self):
+        """This thread's raw connection for the producer fast path."""
+        loc = self._local
+        conn = getattr(loc, "conn", None)
+        if conn is None or loc.pid != os.getpid():
+            conn = loc.conn = self.new_connection()
+            loc.pid = os.getpid()
+        return conn
+
+    def execute_packed(self, commands: list[bytes]) -> list:
+        """Send packed commands in one write and read every reply, retrying on
+        connection errors (a retried publish may then be sent twice: at least once)."""
+        data = b"".join(commands)
+        for attempt in range(self.retries + 1):
+            conn = self._connection()
+            try:
+                conn.send_packed_command((data,), check_health=False)
+                replies = []
+                error = None
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                        error = error or exc
+                if error is not None:
+                    if "NOSCRIPT" in str(error):
+                        SCRIPTS.load_all(self.client)
+                        continue
+                    raise error
+                return replies
+            except CONNECTION_ERRORS as exc:
+                conn.disconnect()
+                if attempt == self.retries:
+                    raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise BrokerError("Lua scripts could not be loaded")  # pragma: no cover
+
+    # --- sending ----------------------------------------------------------------
+
+    def _register_queue_cmd(self, queue: str) -> bytes | None:
+        if queue in self._known_queues:
+            return None
+        self._known_queues.add(queue)
+        return pack_command((b"SADD", self.keys.queues_set, queue))
+
+    def _publish_cmd(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None) -> bytes:
+        qk = self.keys.queue(queue)
+        if due is None:
+            return pack_command((b"XADD", qk.streams[priority], b"*", field, payload))
+        member = field + b"%d" % priority + payload
+        return pack_command((b"ZADD", qk.delayed, int(due * 1000), member))
+
+    def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
+        """Send one message: to its priority stream, or to the delayed set when it has a due time."""
+        cmds = [self._publish_cmd(queue, priority, field, payload, due)]
+        reg = self._register_queue_cmd(queue)
+        if reg is not None:
+            cmds.append(reg)
+        self.execute_packed(cmds)
+
+    def publish_many(self, batch: list[tuple], field: bytes) -> None:
+        """Send (queue, priority, due, payload) tuples in one pipelined round trip."""
+        cmds = [self._publish_cmd(q, p, field, payload, due) for q, p, due, payload in batch]
+        for q in {b[0] for b in batch}:
+            reg = self._register_queue_cmd(q)
+            if reg is not None:
+                cmds.append(reg)
+        self.execute_packed(cmds)
+
+    # --- queues -----------------------------------------------------------------
+
+    def queue(self, name: str) -> QueueKeys:
+        return self.keys.queue(name)
+
+    def ensure_queue(self, name: str, client=None) -> QueueKeys:
+        """Create the consumer group on every stream of the queue (from the start,
+        so messages sent before any worker existed are served)."""
+        qk = self.keys.queue(name)
+        c = client or self.client
+        pipe = c.pipeline(transaction=False)
+        for key in qk.fetch_order:
+            pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
+        pipe.sadd(self.keys.queues_set, name)
+        for r in pipe.execute(raise_on_error=False):
+            if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
+                raise r
+        return qk
+
+    def known_queues(self) -> list[str]:
+        return sorted(q.decode() for q in self.client.smembers(self.keys.queues_set))
+
+    def queue_stats(self, name: str) -> dict:
+        """waiting, in_flight, delayed and dead-lettered counts of a queue."""
+        qk = self.keys.queue(name)
+        pipe = self.client.pipeline(transaction=False)
+        for key in qk.fetch_order:
+            pipe.xlen(key)
+            pipe.xpending(key, GROUP)
+        pipe.zcard(qk.delayed)
+        pipe.xlen(qk.dlq)
+        replies = pipe.execute(raise_on_error=False)
+        total = in_flight = 0
+        for i in range(len(qk.fetch_order)):
+            length, pending = replies[2 * i], replies[2 * i + 1]
+            if isinstance(length, int):
+                total += length
+            if isinstance(pending, dict):
+                in_flight += pending.get("pending", 0)
+        delayed, dead = replies[-2], replies[-1]
+        return {
+            "queue": name,
+            "waiting": max(0, total - in_flight),
+            "in_flight": in_flight,
+            "delayed": delayed if isinstance(delayed, int) else 0,
+            "dead": dead if isinstance(dead, int) else 0,
+        }
+
+    def purge(self, name: str) -> int:
+        """Drop the queue's waiting and delayed messages; return how many."""
+        stats = self.queue_stats(name)
+        qk = self.keys.queue(name)
+        pipe = self.client.pipeline(transaction=True)
+        for key in qk.fetch_order:
+            pipe.xtrim(key, maxlen=0, approximate=False)
+        pipe.delete(qk.delayed)
+        pipe.execute()
+        return stats["waiting"] + stats["delayed"]
+
+    # --- maintenance (any worker runs these) -------------------------------------
+
+    def renew(self, name: str, consumers: list[str], min_idle_ms: int, client=None) -> int:
+        qk = self.keys.queue(name)
+        return SCRIPTS.renew(client or self.client, qk.fetch_order, [GROUP, min_idle_ms, *consumers])
+
+    def reap(self, name: str, reaper: str, lease_ms: int, max_deliveries: int, lock_ms: int, client=None):
+        qk = self.keys.queue(name)
+        return SCRIPTS.reap(
+            client or self.client,
+            [qk.reap_lock, qk.dlq, *qk.fetch_order],
+            [GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name],
+        )
+
+    def promote(self, name: str, limit: int = 1000, client=None) -> int:
+        qk = self.keys.queue(name)
+        return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams], [limit])
+
+    def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"", client=None) -> list:
+        """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""
+        qk = self.keys.queue(queue)
+        total = [0, 0]
+        for i in range(0, len(ids), 2000):
+            moved, buried = SCRIPTS.release(
+                client or self.client,
+                [stream, qk.returned, qk.dlq],
+                [GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *ids[i : i + 2000]],
+            )
+            total[0] += moved
+            total[1] += buried
+        return total
+
+    def pending_of(self, stream: str, consumer: str, client=None) -> list[bytes]:
+        """Entry ids ``consumer`` holds on ``stream``."""
+        c = client or self.client
+        out: list[bytes] = []
+        start = "-"
+        while True:
+            rows = c.xpending_range(stream, GROUP, min=start, max="+", count=1000, consumername=consumer)
+            if not rows:
+                return out
+            out.extend(r["message_id"] for r in rows)
+            if len(rows) < 1000:
+                return out
+            last = rows[-1]["message_id"].decode()
+            ms, seq = last.split("-")
+            start = f"{ms}-{int(seq) + 1}"
+
+    def release_consumer(self, name: str, consumer: str, strike: bytes = b"", client=None) -> list:
+        """Hand back everything ``consumer`` holds on queue ``name`` (a pool child
+        that died, or a worker shutting down at once). ``strike`` names the entry
+        it was running, whose delivery count goes up. Returns [moved, dead_lettered]."""
+        qk = self.keys.queue(name)
+        total = [0, 0]
+        for stream in qk.fetch_order:
+            ids = self.pending_of(stream, consumer, client)
+            if ids:
+                moved, buried = self.release(stream, name, consumer, ids, strike, client)
+                total[0] += moved
+                total[1] += buried
+        return total
+
+    def read_entry(self, name: str, entry_id: bytes, client=None) -> tuple[str, dict] | None:
+        """Find a pending entry of queue ``name`` by id: (stream, fields)."""
+        c = client or self.client
+        for stream in self.keys.queue(name).fetch_order:
+            rows = c.xrange(stream, entry_id, entry_id)
+            if rows:
+                return stream, rows[0][1]
+        return None
+
+    # --- dead letters -------------------------------------------------------------
+
+    def dlq_list(self, name: str, limit: int = 100) -> list[dict]:
+        qk = self.keys.queue(name)
+        out = []
+        for entry_id, fields in self.client.xrange(qk.dlq, count=limit):
+            item = {"id": entry_id.decode(), "queue": name}
+            for k, v in fields.items():
+                k = k.decode()
+                if k in ("p", "j"):
+                    item["payload"] = v
+                    item["serializer"] = "msgpack" if k == "p" else "json"
+                else:
+                    item[k] = v.decode(errors="replace")
+            out.append(item)
+        return out
+
+    def dlq_requeue(self, name: str, ids: list[str] | None = None) -> int:
+        """Move dead letters (all when ``ids`` is None) back to the queue."""
+        qk = self.keys.queue(name)
+        if ids is None:
+            ids = [e[0].decode() for e in self.client.xrange(qk.dlq)]
+        moved = 0
+        for i in range(0, len(ids), 1000):
+            moved += SCRIPTS.requeue_dead(self.client, [qk.dlq, qk.streams[0]], ids[i : i + 1000])
+        return moved
+
+    def dlq_purge(self, name: str) -> int:
+        qk = self.keys.queue(name)
+        n = self.client.xlen(qk.dlq)
+        self.client.delete(qk.dlq)
+        return n

@@ -1,0 +1,49 @@
+"""Lua scripts: loaded once from ``lua/*.lua`` and called by SHA."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+
+class Script:
+    """One Lua script. ``sha`` is computed locally, so calling by SHA needs no
+    round trip; a NOSCRIPT reply (Redis restarted, or a fresh server) loads it."""
+
+    __slots__ = ("name", "source", "sha", "sha_bytes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.sha_bytes = self.sha.encode()
+
+    def __call__(self, client, keys, args):
+        """Run through a redis-py client or pipeline (EVALSHA, loading on NOSCRIPT)."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """The broker's scripts, by name."""
+
+    NAMES = ("fetch", "ack", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead")
+
+    def __init__(self) -> None:
+        for name in self.NAMES:
+            setattr(self, name, Script(name))
+
+    def all(self) -> list[Script]:
+        return [getattr(self, n) for n in self.NAMES]
+
+    def load_all(self, client) -> None:
+        for s in self.all():
+            client.script_load(s.source)
+
+
+SCRIPTS = Scripts()

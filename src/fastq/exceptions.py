@@ -1,0 +1,85 @@
+"""Exceptions raised by fastq."""
+
+from __future__ import annotations
+
+
+class FastQError(Exception):
+    """Base class of fastq's own errors."""
+
+
+class ImproperlyConfigured(FastQError):
+    """A setting, task option or CLI argument is invalid."""
+
+
+class NotRegistered(FastQError, KeyError):
+    """The task name is not registered in this app."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class TimeoutError(FastQError, TimeoutError):  # noqa: A001 - Celery's name
+    """``AsyncResult.get(timeout=...)`` ran out of time."""
+
+
+class BrokerError(FastQError, ConnectionError):
+    """Redis could not be reached (retryable: the message was not sent)."""
+
+
+class MessageTooLarge(FastQError, ValueError):
+    """The encoded message is larger than ``max_message_size``."""
+
+
+class TaskError(FastQError):
+    """A task failed with an exception that cannot be rebuilt here.
+
+    ``exc_type`` and ``exc_module`` name the original exception.
+    """
+
+    def __init__(self, message: str = "", exc_type: str = "", exc_module: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.exc_module = exc_module
+
+    def __str__(self) -> str:
+        name = f"{self.exc_module}.{self.exc_type}" if self.exc_module else self.exc_type
+        msg = self.args[0] if self.args else ""
+        return f"{name}: {msg}" if name else msg
+
+
+class Retry(FastQError):  # noqa: N818 - Celery's name
+    """Raised by ``Task.retry()``: the task will run again."""
+
+    def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None) -> None:
+        super().__init__(message)
+        self.exc = exc
+        self.when = when
+
+
+class MaxRetriesExceededError(FastQError):
+    """``retry()`` was called after the last allowed try, without ``exc``."""
+
+
+class Reject(FastQError):  # noqa: N818 - Celery's name
+    """Raised by a task to send its message to the dead-letter queue."""
+
+    def __init__(self, reason: str = "", requeue: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.requeue = requeue
+
+
+class SoftTimeLimitExceeded(FastQError):  # noqa: N818 - Celery's name
+    """Raised inside a task when its soft time limit passes."""
+
+
+class TimeLimitExceeded(FastQError):  # noqa: N818 - Celery's name
+    """The task ran past its hard time limit and was stopped."""
+
+
+class WorkerLostError(FastQError):
+    """The process running the task died."""
+
+
+class TaskRevokedError(FastQError):
+    """The task was revoked (or expired) and did not run."""

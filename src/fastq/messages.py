@@ -1,0 +1,103 @@
+"""The wire format: one msgspec Struct for task messages, one for stored results.
+
+Messages are msgpack by default (``task_serializer="json"`` selects JSON). The
+serializer is named by the stream field that carries the payload (``p`` for
+msgpack, ``j`` for JSON), so a worker decodes either without guessing. Pickle is
+never used: a message can only carry plain data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+#: Stream/delayed-set field name per serializer.
+SERIALIZER_FIELDS = {"msgpack": b"p", "json": b"j"}
+
+
+class Message(msgspec.Struct, array_like=True, omit_defaults=False):
+    """The task message envelope (array-encoded: small and fast)."""
+
+    id: str
+    task: str
+    args: list = []
+    kwargs: dict = {}
+    retries: int = 0
+    eta: float | None = None  #: epoch seconds
+    expires: float | None = None  #: epoch seconds
+    priority: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    created: float = 0.0
+    #: Per-call options the worker acts on (ignore_result, link, link_error,
+    #: group/chord membership, time limits); None when there are none.
+    options: dict | None = None
+    headers: dict | None = None
+
+
+class ResultMeta(msgspec.Struct, array_like=True, omit_defaults=False):
+    """What the backend stores for a task."""
+
+    state: str
+    result: Any = None
+    exc_type: str | None = None
+    exc_module: str | None = None
+    exc_message: str | None = None
+    traceback: str | None = None
+    date_done: float | None = None
+    runtime: float | None = None
+    hostname: str | None = None
+    retries: int = 0
+    task: str | None = None
+    meta: dict | None = None  #: extra info, e.g. revoke reason or progress
+    children: list | None = None
+
+
+class Serializer:
+    """Encodes and decodes messages and results in one format."""
+
+    def __init__(self, name: str = "msgpack") -> None:
+        if name not in SERIALIZER_FIELDS:
+            from .exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"task_serializer must be one of {sorted(SERIALIZER_FIELDS)}, not {name!r} (pickle is never supported)"
+            )
+        self.name = name
+        self.field = SERIALIZER_FIELDS[name]
+        mod = msgspec.msgpack if name == "msgpack" else msgspec.json
+        self.encode = mod.Encoder().encode
+        self.decode_message = mod.Decoder(Message).decode
+        self.decode_result = mod.Decoder(ResultMeta).decode
+        self.decode_any = mod.Decoder().decode
+        self.error = (msgspec.EncodeError, TypeError, OverflowError, ValueError)
+
+
+_msgpack_decoders = {
+    b"p": msgspec.msgpack.Decoder(Message).decode,
+    b"j": msgspec.json.Decoder(Message).decode,
+}
+
+
+def message_decoder_for(field: bytes):
+    """The Message decoder for a stream field name, or None for an unknown one."""
+    return _msgpack_decoders.get(field)
+
+
+_result_encoder = msgspec.msgpack.Encoder()
+_result_decoder = msgspec.msgpack.Decoder(ResultMeta)
+
+
+def encode_result(meta: ResultMeta) -> bytes:
+    """Results are always msgpack: only fastq itself reads them."""
+    return _result_encoder.encode(meta)
+
+
+def decode_result(raw: bytes) -> ResultMeta:
+    return _result_decoder.decode(raw)
+
+
+def now() -> float:
+    return time.time()

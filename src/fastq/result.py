@@ -1,0 +1,329 @@
+"""Results: where workers store them and how producers read and wait for them.
+
+Layout: a task's final state (SUCCESS, FAILURE, REVOKED) is pushed onto the list
+``<prefix>r:<id>``; readers take element 0, so the first final state stored
+wins and a late duplicate (a cut-off worker coming back) never overwrites it.
+``get()`` waits with ``BLMOVE key key LEFT LEFT``, a blocking read that moves the
+element onto itself: it wakes the moment the result lands, with no polling.
+Non-final states (STARTED, RETRY, PROGRESS) live in the string ``<prefix>st:<id>``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from . import states
+from ._speedups import current_request, pack_command
+from .exceptions import TaskError
+from .exceptions import TimeoutError as FastQTimeout
+from .messages import ResultMeta, decode_result, encode_result
+
+#: Longest single blocking wait; a longer timeout waits in several.
+_WAIT_CHUNK = 5.0
+
+
+def pack_store(keys, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
+    """The commands that store ``meta`` (a final state goes to the result list)."""
+    blob = encode_result(meta)
+    if meta.state in states.READY_STATES:
+        key = keys.result(task_id)
+        return [pack_command((b"RPUSH", key, blob)), pack_command((b"EXPIRE", key, expires))]
+    return [pack_command((b"SET", keys.state(task_id), blob, b"EX", expires))]
+
+
+def exception_from_meta(meta: ResultMeta) -> BaseException:
+    """Rebuild the task's exception: the same type when it can be found without
+    importing anything new (only already-imported modules are searched, so a
+    stored result can never make the producer import code), else TaskError."""
+    name, module, message = meta.exc_type or "Exception", meta.exc_module or "", meta.exc_message or ""
+    mod = builtins if module in ("builtins", "") else sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - a constructor wanting other arguments
+            pass
+    return TaskError(message, name, module)
+
+
+class RedisBackend:
+    """Reads and writes results in Redis."""
+
+    def __init__(self, client, keys, conf, broker) -> None:
+        self.client = client
+        self.keys = keys
+        self.conf = conf
+        self.broker = broker
+        self._local = threading.local()
+
+    def _waiter(self):
+        """A connection for blocking reads, one per thread (BLMOVE holds it)."""
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = self._local.client = self.broker.new_client(socket_timeout=_WAIT_CHUNK + 5)
+        return c
+
+    def get_meta(self, task_id: str) -> ResultMeta | None:
+        with self.broker.retrying():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.lindex(self.keys.result(task_id), 0)
+            pipe.get(self.keys.state(task_id))
+            final, partial = pipe.execute()
+        raw = final if final is not None else partial
+        return decode_result(raw) if raw is not None else None
+
+    def get_many(self, task_ids: list[str]) -> list[ResultMeta | None]:
+        """Final results of many tasks, pipelined in batches of 1000."""
+        out: list[ResultMeta | None] = []
+        for i in range(0, len(task_ids), 1000):
+            with self.broker.retrying():
+                pipe = self.client.pipeline(transaction=False)
+                for tid in task_ids[i : i + 1000]:
+                    pipe.lindex(self.keys.result(tid), 0)
+                raws = pipe.execute()
+            out.extend(decode_result(r) if r is not None else None for r in raws)
+        return out
+
+    def wait(self, task_id: str, timeout: float | None) -> ResultMeta:
+        """Block until the task's final state is stored."""
+        key = self.keys.result(task_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            chunk = _WAIT_CHUNK if deadline is None else min(_WAIT_CHUNK, deadline - time.monotonic())
+            if chunk <= 0:
+                raise FastQTimeout(f"task {task_id} not ready after {timeout} s")
+            with self.broker.retrying():
+                raw = self._waiter().blmove(key, key, max(chunk, 0.001), "LEFT", "LEFT")
+            if raw is not None:
+                return decode_result(raw)
+
+    def store(self, task_id: str, meta: ResultMeta) -> None:
+        cmds = pack_store(self.keys, task_id, meta, int(self.conf.result_expires))
+        with self.broker.retrying():
+            self.broker.execute_packed(cmds)
+
+    def forget(self, task_id: str) -> None:
+        with self.broker.retrying():
+            self.client.delete(self.keys.result(task_id), self.keys.state(task_id))
+
+
+def _utc(ts: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc) if ts is not None else None
+
+
+class _ResultBase:
+    """What AsyncResult and EagerResult share: reading a ResultMeta."""
+
+    id: str
+
+    def _meta(self) -> ResultMeta | None:
+        raise NotImplementedError
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def state(self) -> str:
+        meta = self._meta()
+        return meta.state if meta is not None else states.PENDING
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception for a failed task, or the meta dict of a custom state."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        if meta.exc_type is not None:
+            return exception_from_meta(meta)
+        if meta.state not in states.READY_STATES and meta.meta is not None:
+            return meta.meta
+        return meta.result
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        meta = self._meta()
+        return meta.traceback if meta is not None else None
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        meta = self._meta()
+        return _utc(meta.date_done) if meta is not None else None
+
+    @property
+    def runtime(self) -> float | None:
+        meta = self._meta()
+        return meta.runtime if meta is not None else None
+
+    @property
+    def retries(self) -> int:
+        meta = self._meta()
+        return meta.retries if meta is not None else 0
+
+    @property
+    def worker(self) -> str | None:
+        meta = self._meta()
+        return meta.hostname if meta is not None else None
+
+    hostname = worker
+
+    @staticmethod
+    def _outcome(meta: ResultMeta, propagate: bool) -> Any:
+        if meta.state == states.SUCCESS:
+            return meta.result
+        exc = exception_from_meta(meta) if meta.exc_type else TaskError(meta.state, meta.state)
+        if propagate:
+            raise exc
+        return exc
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ResultBase) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+
+class AsyncResult(_ResultBase):
+    """A handle to a task's result in the backend."""
+
+    def __init__(self, id: str, app=None, task_name: str | None = None, backend=None) -> None:  # noqa: A002
+        if app is None:
+            raise ValueError("AsyncResult needs the app (use app.AsyncResult(task_id))")
+        self.id = id
+        self.app = app
+        self.name = task_name
+        self._backend = backend
+        self._cache: ResultMeta | None = None
+
+    @property
+    def backend(self):
+        return self._backend or self.app.backend
+
+    def _meta(self) -> ResultMeta | None:
+        if self._cache is not None:
+            return self._cache
+        meta = self.backend.get_meta(self.id)
+        if meta is not None and meta.state in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None,
+            disable_sync_subtasks: bool = True) -> Any:
+        """Wait for the task and return its value (re-raising its exception when
+        ``propagate``). Raises fastq.exceptions.TimeoutError after ``timeout`` s."""
+        _check_sync_subtask(disable_sync_subtasks)
+        if self._cache is None:
+            self._cache = self.backend.wait(self.id, timeout)
+        return self._outcome(self._cache, propagate)
+
+    wait = get
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._cache = None
+        self.backend.forget(self.id)
+
+
+class EagerResult(_ResultBase):
+    """The result of a task run locally (``apply()`` or ``task_always_eager``)."""
+
+    def __init__(self, id: str, meta: ResultMeta, name: str | None = None) -> None:  # noqa: A002
+        self.id = id
+        self.name = name
+        self._cache = meta
+
+    def _meta(self) -> ResultMeta:
+        return self._cache
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+        return self._outcome(self._cache, propagate)
+
+    wait = get
+
+    def forget(self) -> None:
+        pass
+
+
+class ResultSet:
+    """Many results, collected in pipelined batches."""
+
+    def __init__(self, results: Iterable[_ResultBase], app=None) -> None:
+        self.results = list(results)
+        self.app = app or next((r.app for r in self.results if isinstance(r, AsyncResult)), None)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _refresh(self) -> None:
+        todo = [r for r in self.results if isinstance(r, AsyncResult) and r._cache is None]
+        if not todo:
+            return
+        metas = self.app.backend.get_many([r.id for r in todo])
+        for r, meta in zip(todo, metas):
+            if meta is not None:
+                r._cache = meta
+
+    def ready(self) -> bool:
+        self._refresh()
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        self._refresh()
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        self._refresh()
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        self._refresh()
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> list:
+        """All values in order; waits by blocking on the first missing one, then
+        fetching everything that has landed meanwhile in one pipelined pass."""
+        _check_sync_subtask(disable_sync_subtasks)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._refresh()
+            missing = next((r for r in self.results if isinstance(r, AsyncResult) and r._cache is None), None)
+            if missing is None:
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise FastQTimeout(f"{sum(1 for r in self.results if r._cache is None)} results not ready after {timeout} s")
+            missing._cache = self.app.backend.wait(missing.id, left)
+        return [r._outcome(r._cache, propagate) for r in self.results]
+
+    join = get
+
+
+def _check_sync_subtask(disable: bool) -> None:
+    req = current_request.get()
+    if disable and req is not None and req.delivery is not None:
+        raise RuntimeError(
+            "Never call result.get() within a task: it can deadlock the worker pool. "
+            "Use a chain or chord, or pass disable_sync_subtasks=False if you must."
+        )

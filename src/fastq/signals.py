@@ -1,0 +1,63 @@
+"""Signals for integrations (Sentry, OpenTelemetry, ...), like ``celery.signals``.
+
+    from fastq.signals import task_failure
+
+    @task_failure.connect
+    def report(sender=None, task_id=None, exception=None, **kw): ...
+
+Receivers are called with ``sender`` and keyword arguments; an exception in a
+receiver is logged, never raised into the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("fastq.signals")
+
+
+class Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.receivers: list[Callable] = []
+
+    def connect(self, receiver: Callable | None = None, **_: Any):
+        """Connect a receiver; usable as ``@signal.connect`` or ``@signal.connect()``."""
+        if receiver is None:
+            return self.connect
+        if receiver not in self.receivers:
+            self.receivers.append(receiver)
+        return receiver
+
+    def disconnect(self, receiver: Callable) -> None:
+        if receiver in self.receivers:
+            self.receivers.remove(receiver)
+
+    def send(self, sender: Any = None, **kwargs: Any) -> list:
+        out = []
+        for r in list(self.receivers):
+            try:
+                out.append((r, r(sender=sender, signal=self, **kwargs)))
+            except Exception as exc:  # noqa: BLE001 - a receiver must not break the worker
+                log.exception("Signal receiver %r for %s failed", r, self.name)
+                out.append((r, exc))
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.receivers)
+
+    def __repr__(self) -> str:
+        return f"<Signal: {self.name}>"
+
+
+task_prerun = Signal("task_prerun")
+task_postrun = Signal("task_postrun")
+task_success = Signal("task_success")
+task_failure = Signal("task_failure")
+task_retry = Signal("task_retry")
+task_revoked = Signal("task_revoked")
+worker_ready = Signal("worker_ready")
+worker_shutdown = Signal("worker_shutdown")
+worker_process_init = Signal("worker_process_init")

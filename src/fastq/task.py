@@ -1,0 +1,252 @@
+"""Tasks: what ``@app.task`` makes of a function."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import re
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from . import states
+from ._speedups import current_request
+from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
+_PER = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(rate: Any, where: str) -> float | None:
+    """``"100/s"``, ``"10/m"``, ``"5/h"`` or a number (per second) -> tokens per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        if rate <= 0:
+            raise ImproperlyConfigured(f"{where}: rate_limit must be positive, not {rate!r}")
+        return float(rate)
+    m = _RATE.match(rate) if isinstance(rate, str) else None
+    if not m or float(m.group(1)) <= 0:
+        raise ImproperlyConfigured(f"{where}: rate_limit {rate!r} is not like '100/s', '10/m' or '5/h'")
+    return float(m.group(1)) / _PER[m.group(2)]
+
+
+class _EmptyRequest:
+    """``task.request`` outside a worker (a plain call)."""
+
+    id = task = eta = expires = parent_id = root_id = hostname = queue = options = headers = None
+    args: list = []
+    kwargs: dict = {}
+    retries = 0
+    delivery_count = 0
+    priority = 0
+    called_directly = True
+    delivery = None
+
+
+_EMPTY_REQUEST = _EmptyRequest()
+
+#: Task options with their defaults (None: take the app setting).
+TASK_OPTIONS: dict[str, Any] = {
+    "name": None,
+    "bind": False,
+    "queue": None,
+    "priority": None,
+    "ignore_result": None,
+    "acks_late": None,
+    "track_started": None,
+    "max_retries": 3,
+    "default_retry_delay": 180,
+    "autoretry_for": (),
+    "dont_autoretry_for": (),
+    "retry_backoff": False,
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+    "rate_limit": None,
+    "time_limit": None,
+    "soft_time_limit": None,
+    "expires": None,
+    "serializer": None,
+    "send_error_emails": None,
+    "typed": False,
+    "base": None,
+}
+
+
+class Task:
+    """A registered task. Call it for a local call, ``delay()`` to send it."""
+
+    def __init__(self, app, fn, **options: Any) -> None:
+        unknown = set(options) - set(TASK_OPTIONS)
+        name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+        if unknown:
+            raise TypeError(f"task {name!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        opts = {**TASK_OPTIONS, **options}
+        conf = app.conf
+        annotations = (conf.task_annotations or {}).get(name) or {}
+        opts.update({k: v for k, v in annotations.items() if k in TASK_OPTIONS})
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.bind = bool(opts["bind"])
+        self.queue = opts["queue"]
+        self.priority = opts["priority"]
+        self.ignore_result = conf.task_ignore_result if opts["ignore_result"] is None else bool(opts["ignore_result"])
+        self.acks_late = conf.task_acks_late if opts["acks_late"] is None else bool(opts["acks_late"])
+        self.track_started = conf.task_track_started if opts["track_started"] is None else bool(opts["track_started"])
+        self.max_retries = opts["max_retries"]
+        self.default_retry_delay = opts["default_retry_delay"]
+        self.autoretry_for = tuple(opts["autoretry_for"] or ())
+        self.dont_autoretry_for = tuple(opts["dont_autoretry_for"] or ())
+        self.retry_backoff = opts["retry_backoff"]
+        self.retry_backoff_max = opts["retry_backoff_max"]
+        self.retry_jitter = bool(opts["retry_jitter"])
+        self.rate_limit = opts["rate_limit"]
+        self.rate = parse_rate(self.rate_limit, f"task {name!r}")
+        self.time_limit = opts["time_limit"] if opts["time_limit"] is not None else conf.task_time_limit
+        self.soft_time_limit = opts["soft_time_limit"] if opts["soft_time_limit"] is not None else conf.task_soft_time_limit
+        self.expires = opts["expires"]
+        self.send_error_emails = opts["send_error_emails"]
+        self.typed = bool(opts["typed"])
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._validate()
+        #: What the worker calls: the function, bound to the task when bind=True.
+        self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
+        self._refresh()
+
+    def _refresh(self) -> None:
+        #: True when a normal return needs nothing but a result write and an ack.
+        self._fast = (
+            self.acks_late
+            and not self.track_started
+            and not self.time_limit
+            and not self.soft_time_limit
+            and self.rate is None
+            and not self.is_async
+        )
+
+    def _validate(self) -> None:
+        where = f"task {self.name!r}"
+        if self.queue is not None:
+            from .broker.keys import validate_queue_name
+
+            validate_queue_name(self.queue)
+        if self.priority is not None and (not isinstance(self.priority, int) or not 0 <= self.priority <= 9):
+            raise ImproperlyConfigured(f"{where}: priority must be an integer from 0 to 9, not {self.priority!r}")
+        if self.max_retries is not None and (not isinstance(self.max_retries, int) or self.max_retries < 0):
+            raise ImproperlyConfigured(f"{where}: max_retries must be None or an integer >= 0, not {self.max_retries!r}")
+        for opt in ("default_retry_delay", "retry_backoff_max", "time_limit", "soft_time_limit"):
+            v = getattr(self, opt)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+                raise ImproperlyConfigured(f"{where}: {opt} must be a number of seconds >= 0, not {v!r}")
+        if not isinstance(self.retry_backoff, (bool, int, float)) or self.retry_backoff < 0:
+            raise ImproperlyConfigured(f"{where}: retry_backoff must be True/False or seconds, not {self.retry_backoff!r}")
+        for opt in ("autoretry_for", "dont_autoretry_for"):
+            for exc in getattr(self, opt):
+                if not (isinstance(exc, type) and issubclass(exc, BaseException)):
+                    raise ImproperlyConfigured(f"{where}: {opt} entries must be exception classes, not {exc!r}")
+
+    # --- calling ----------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A plain local call."""
+        return self.run(*args, **kwargs)
+
+    @property
+    def request(self):
+        """The running task's context (``id``, ``retries``, ``hostname``, ...)."""
+        req = current_request.get()
+        return req if req is not None else _EMPTY_REQUEST
+
+    def delay(self, *args: Any, **kwargs: Any):
+        """Send the task: ``add.delay(2, 2)`` -> AsyncResult."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+        """Send the task with options (``queue``, ``countdown``, ``eta``, ``expires``,
+        ``priority``, ``task_id``, ``ignore_result``, ``link``, ``link_error`` ...)."""
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=options.get("task_id"))
+        return app._send(self.name, args, kwargs, options, self)
+
+    def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
+        """Run the task here and now; returns an EagerResult."""
+        from .worker.eager import run_eagerly
+
+        return run_eagerly(self, list(args or ()), dict(kwargs or {}), task_id, options)
+
+    # --- signatures ---------------------------------------------------------------
+
+    def signature(self, args: Iterable | None = None, kwargs: dict | None = None, options: dict | None = None, **opts: Any):
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs, {**(options or {}), **opts}, app=self.app)
+
+    def s(self, *args: Any, **kwargs: Any):
+        """A signature: ``add.s(2)`` (partial: a parent's result is prepended)."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any):
+        """An immutable signature: ignores the parent's result."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def map_async(self, iterable: Iterable) -> list:
+        """Send one task per item, pipelined: ``add.map_async([(1, 2), (3, 4)])``."""
+        from .canvas import Signature
+
+        return self.app.send_many(Signature(self.name, tuple(a), None, app=self.app) for a in iterable)
+
+    # --- retries -------------------------------------------------------------------
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: Any = None,
+              max_retries: Any = ..., **options: Any) -> Retry:
+        """Ask for another try (``raise self.retry(exc=exc, countdown=5)``).
+
+        Raises Retry. After the last allowed try it raises ``exc`` itself (or
+        MaxRetriesExceededError when no ``exc`` was given)."""
+        req = self.request
+        limit = self.max_retries if max_retries is ... else max_retries
+        if limit is not None and req.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(f"task {self.name}[{req.id}] retried {req.retries} times, max_retries={limit}")
+        if eta is not None:
+            from .app import _due_time
+
+            when = _due_time(eta, None, time.time()) or time.time()
+        else:
+            delay = self.default_retry_delay if countdown is None else countdown
+            when = time.time() + max(0.0, float(delay or 0))
+        raise Retry(f"retry in {max(0.0, when - time.time()):.3g}s", exc=exc, when=when)
+
+    def _autoretry_delay(self, retries: int) -> float:
+        backoff = self.retry_backoff
+        if not backoff:
+            return float(self.default_retry_delay)
+        factor = 1 if backoff is True else backoff
+        delay = min(self.retry_backoff_max, factor * (2**retries))
+        if self.retry_jitter:
+            delay = random.uniform(0, delay)
+        return float(delay)
+
+    def should_autoretry(self, exc: BaseException) -> bool:
+        return (
+            bool(self.autoretry_for)
+            and isinstance(exc, self.autoretry_for)
+            and not isinstance(exc, self.dont_autoretry_for)
+        )
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+__all__ = ["Task", "parse_rate", "states"]

@@ -1,0 +1,219 @@
+"""The Executor: everything about running a message that is not the fast path.
+
+``Runner`` (in ``_core``) handles a registered task that returns normally. It
+hands the rest here: bad messages, exceptions, retries, expiry and revokes,
+``acks_late=False``, ``track_started``. Each method adds what must be sent to
+Redis to the consumer's ``Output``; nothing here raises because of a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+
+from .. import states
+from .._speedups import Request, current_request, pack_command
+from ..broker.keys import GROUP
+from ..broker.scripts import SCRIPTS
+from ..exceptions import NotRegistered, Reject, Retry
+from ..messages import ResultMeta, encode_result, message_decoder_for
+from ..result import pack_store
+from ..task import format_exception
+
+log = logging.getLogger("fastq.worker")
+
+#: Longest error text kept in a dead-letter entry.
+_MAX_ERROR = 2000
+
+
+def _exc_fields(exc: BaseException) -> tuple[str, str, str]:
+    cls = type(exc)
+    return cls.__name__, cls.__module__, str(exc)
+
+
+class Executor:
+    def __init__(self, app, hostname: str, consumer_name: str, queue_of: dict) -> None:
+        self.app = app
+        self.keys = app.broker.keys
+        self.hostname = hostname
+        self.consumer_name = consumer_name
+        self.queue_of = queue_of  #: stream key -> queue name
+        self.expires = int(app.conf.result_expires)
+        self.decoders = {f: message_decoder_for(f) for f in (b"p", b"j")}
+        #: Revoked task ids (kept in sync by the control channel).
+        self.revoked: set[str] = set()
+        self.log_tasks = log.isEnabledFor(logging.INFO)
+        #: Set by the consumer: send an ack at once (for acks_late=False).
+        self.ack_now = None
+        #: Set by the consumer: send what is in ``out`` now (STARTED states).
+        self.flush_now = None
+
+    # --- results ------------------------------------------------------------------
+
+    def encode_success(self, task, msg, retval, runtime: float) -> bytes:
+        return encode_result(
+            ResultMeta(states.SUCCESS, retval, None, None, None, None, time.time(), runtime, self.hostname, msg.retries, msg.task)
+        )
+
+    def _store(self, out, task_id: str, meta: ResultMeta) -> None:
+        for cmd in pack_store(self.keys, task_id, meta, self.expires):
+            out.add_command(cmd, 1)
+
+    def _meta(self, state: str, msg, exc: BaseException | None = None, runtime: float | None = None,
+              tb: str | None = None, meta: dict | None = None) -> ResultMeta:
+        exc_type = exc_module = exc_message = None
+        if exc is not None:
+            exc_type, exc_module, exc_message = _exc_fields(exc)
+        return ResultMeta(state, None, exc_type, exc_module, exc_message, tb, time.time(), runtime,
+                          self.hostname, msg.retries if msg is not None else 0, msg.task if msg is not None else None, meta)
+
+    # --- bad messages -------------------------------------------------------------
+
+    def _bury(self, d, out, reason: str, error: str) -> None:
+        """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
+        qk = self.keys.queue(self.queue_of[d.stream])
+        out.add_command(
+            pack_command((b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name,
+                          qk.name, d.entry_id, reason, error[:_MAX_ERROR])),
+            1,
+        )
+
+    def undecodable(self, d, out, error: str) -> None:
+        log.error("Dead-lettered undecodable message %s on %s: %s", d.entry_id.decode(), d.stream, error)
+        self._bury(d, out, "undecodable", error)
+        task_id = _salvage_id(d)
+        if task_id:
+            self._store(out, task_id, self._meta(states.FAILURE, None, ValueError(f"undecodable message: {error}")))
+
+    def too_large(self, d, out, limit: int) -> None:
+        error = f"message is {len(d.payload)} bytes, more than max_message_size={limit}"
+        log.error("Dead-lettered message %s on %s: %s", d.entry_id.decode(), d.stream, error)
+        self._bury(d, out, "too_large", error)
+
+    def unknown_task(self, d, msg, out) -> None:
+        error = f"task {msg.task!r} is not registered in this worker"
+        log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(), msg.id, error)
+        self._bury(d, out, "unknown_task", error)
+        self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
+
+    # --- running ------------------------------------------------------------------
+
+    def execute(self, task, d, msg, out) -> None:
+        """The slow path: a task with options, an expiry, or while revokes are known."""
+        if msg.expires is not None and time.time() > msg.expires:
+            self._revoked(d, msg, out, "expired")
+            return
+        if msg.id in self.revoked:
+            self._revoked(d, msg, out, "revoked")
+            return
+        if not task.acks_late and self.ack_now is not None:
+            self.ack_now(d)
+        if task.track_started:
+            self._store(out, msg.id, self._meta(states.STARTED, msg, meta={"pid": _pid(), "hostname": self.hostname}))
+            if self.flush_now is not None:
+                self.flush_now(out)
+        token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+        t0 = time.perf_counter()
+        try:
+            retval = task.run(*msg.args, **msg.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            current_request.reset(token)
+            self.failed(task, d, msg, exc, time.perf_counter() - t0, out)
+            return
+        runtime = time.perf_counter() - t0
+        current_request.reset(token)
+        self.finished(task, d, msg, retval, runtime, out)
+
+    def finished(self, task, d, msg, retval, runtime: float, out) -> None:
+        opts = msg.options or {}
+        if not (task.ignore_result or opts.get("ignore_result")):
+            try:
+                blob = self.encode_success(task, msg, retval, runtime)
+            except Exception as exc:  # noqa: BLE001
+                self.result_not_serializable(task, d, msg, exc, runtime, out)
+                return
+            key = self.keys.result(msg.id)
+            out.add_command(pack_command((b"RPUSH", key, blob)), 1)
+            out.add_command(pack_command((b"EXPIRE", key, self.expires)), 1)
+        out.ack(d.stream, d.entry_id)
+        self.succeeded(task, d, msg, runtime)
+
+    def succeeded(self, task, d, msg, runtime: float) -> None:
+        if self.log_tasks:
+            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime)
+
+    def result_not_serializable(self, task, d, msg, exc: Exception, runtime: float, out) -> None:
+        error = TypeError(f"task {msg.task!r} returned a value that cannot be serialized: {exc}")
+        log.error("Task %s[%s] failed: %s", msg.task, msg.id, error)
+        self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
+        out.ack(d.stream, d.entry_id)
+
+    def failed(self, task, d, msg, exc: BaseException, runtime: float, out) -> None:
+        """The task raised: retry, reject or record FAILURE."""
+        if isinstance(exc, Retry):
+            self._retry(task, d, msg, exc.exc, exc.when, out)
+            return
+        if task.should_autoretry(exc) and (task.max_retries is None or msg.retries < task.max_retries):
+            self._retry(task, d, msg, exc, time.time() + task._autoretry_delay(msg.retries), out)
+            return
+        if isinstance(exc, Reject):
+            log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, exc.reason)
+            self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
+            self._bury(d, out, "rejected", exc.reason or "rejected by the task")
+            return
+        tb = format_exception(exc)
+        log.error("Task %s[%s] raised %s: %s\n%s", msg.task, msg.id, type(exc).__name__, exc, tb)
+        opts = msg.options or {}
+        if not (task.ignore_result or opts.get("ignore_result")):
+            self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
+        out.ack(d.stream, d.entry_id)
+
+    def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out) -> None:
+        """Replace the message with its next try, atomically (retry.lua)."""
+        nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=when)
+        payload = self.app.serializer.encode(nxt)
+        field = self.app.serializer.field
+        qk = self.keys.queue(self.queue_of[d.stream])
+        target = qk.streams[msg.priority if 0 <= msg.priority <= 9 else 0]
+        delay = (when - time.time()) if when else 0.0
+        if delay > 0:
+            due, arg5, arg6 = int(when * 1000), field + b"%d" % msg.priority + payload, b""
+        else:
+            due, arg5, arg6 = 0, field, payload
+        tb = format_exception(exc) if exc is not None else None
+        self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": when}))
+        out.add_command(
+            pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
+                          GROUP, self.consumer_name, d.entry_id, due, arg5, arg6)),
+            1,
+        )
+        log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc)
+
+    def _revoked(self, d, msg, out, reason: str) -> None:
+        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason)
+        from ..exceptions import TaskRevokedError
+
+        self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
+        out.ack(d.stream, d.entry_id)
+
+
+def _salvage_id(d) -> str | None:
+    """The task id of a message that failed to decode, if the envelope is readable."""
+    try:
+        raw = msgspec.msgpack.decode(d.payload) if d.field == b"p" else msgspec.json.decode(d.payload)
+    except Exception:  # noqa: BLE001
+        return None
+    if isinstance(raw, list) and raw and isinstance(raw[0], str) and len(raw[0]) <= 200:
+        return raw[0]
+    return None
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+__all__ = ["Executor", "NotRegistered"]

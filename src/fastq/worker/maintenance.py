@@ -1,0 +1,138 @@
+"""Maintenance every worker does, off the task path, on its own connection.
+
+- renew the leases of everything its consumers hold (every lease/3), so a task
+  that runs longer than the lease under a live worker is never redelivered;
+- reap: return the messages of dead consumers (one worker per queue per
+  interval, by a lock), dead-lettering those that failed max_deliveries times;
+- promote due delayed messages (countdown, ETA, retries) to their stream;
+- publish the worker's heartbeat (``fastq status``).
+
+The process pool runs it in the parent's main loop; solo and thread pools in a
+thread. It never raises: Redis outages are logged once and retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from ..broker.redis import CONNECTION_ERRORS, safe_url
+
+log = logging.getLogger("fastq.worker")
+
+#: Seconds between heartbeats in the workers registry.
+HEARTBEAT_INTERVAL = 2.0
+
+
+class Maintenance:
+    def __init__(self, app, queues: list[str], hostname: str, consumers: Callable[[], list[str]],
+                 info: Callable[[], dict] | None = None) -> None:
+        conf = app.conf
+        self.app = app
+        self.broker = app.broker
+        self.client = self.broker.new_client()
+        self.queues = list(queues)
+        self.hostname = hostname
+        self.consumers = consumers
+        self.info = info or dict
+        self.lease_ms = int(float(conf.worker_lease_timeout) * 1000)
+        self.max_deliveries = int(conf.worker_max_deliveries)
+        self.promote_interval = float(conf.worker_promote_interval)
+        self.renew_interval = self.lease_ms / 3000
+        self.reap_interval = min(5.0, self.lease_ms / 4000)
+        self._next = {"renew": 0.0, "reap": 0.0, "promote": 0.0, "heartbeat": 0.0}
+        self._down = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> float:
+        """Do what is due; return seconds until something is due again."""
+        now = time.monotonic()
+        try:
+            if now >= self._next["promote"]:
+                self.promote()
+                self._next["promote"] = now + self.promote_interval
+            if now >= self._next["renew"]:
+                self.renew()
+                self._next["renew"] = now + self.renew_interval
+            if now >= self._next["reap"]:
+                self.reap()
+                self._next["reap"] = now + self.reap_interval
+            if now >= self._next["heartbeat"]:
+                self.heartbeat()
+                self._next["heartbeat"] = now + HEARTBEAT_INTERVAL
+            if self._down:
+                log.warning("Maintenance reconnected to Redis")
+                self._down = False
+        except CONNECTION_ERRORS as exc:
+            if not self._down:
+                log.warning("Maintenance cannot reach Redis at %s (%s); retrying", safe_url(self.broker.url), exc)
+                self._down = True
+            return 0.5
+        except Exception:  # noqa: BLE001 - never let upkeep kill the worker
+            log.exception("Maintenance step failed")
+            return 0.5
+        return max(0.0, min(self._next.values()) - time.monotonic())
+
+    def renew(self) -> None:
+        names = self.consumers()
+        if not names:
+            return
+        for q in self.queues:
+            self.broker.renew(q, names, self.lease_ms // 3, client=self.client)
+
+    def reap(self) -> None:
+        for q in self.queues:
+            r = self.broker.reap(q, self.hostname, self.lease_ms, self.max_deliveries,
+                                 int(self.reap_interval * 1000), client=self.client)
+            if isinstance(r, list) and (r[0] or r[1]):
+                log.warning("Recovered %d message(s) of lost workers on %r (%d dead-lettered)", r[0], q, r[1])
+
+    def promote(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        from ..broker.scripts import SCRIPTS
+
+        for q in self.queues:
+            qk = self.broker.keys.queue(q)
+            pipe.evalsha(SCRIPTS.promote.sha, 1 + len(qk.streams), qk.delayed, *qk.streams, 1000)
+        try:
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            if "NOSCRIPT" not in str(exc):
+                raise
+            SCRIPTS.load_all(self.client)
+
+    def heartbeat(self) -> None:
+        keys = self.broker.keys
+        info = {"hostname": self.hostname, "pid": os.getpid(), "queues": self.queues, "ts": time.time(), **self.info()}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(keys.workers, {self.hostname: time.time()})
+        pipe.set(keys.worker(self.hostname), json.dumps(info), ex=max(10, int(HEARTBEAT_INTERVAL * 5)))
+        pipe.execute()
+
+    def deregister(self) -> None:
+        try:
+            keys = self.broker.keys
+            self.client.zrem(keys.workers, self.hostname)
+            self.client.delete(keys.worker(self.hostname))
+        except CONNECTION_ERRORS:
+            pass
+
+    # --- as a thread (solo and thread pools) ---------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fastq-maintenance", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(min(self.tick(), 0.25))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
