@@ -1,0 +1,127 @@
+"""The app the tests' workers run (``-A tests.apps.basic:app``).
+
+The broker comes from FASTQ_BROKER_URL (set by the fixtures). Tasks that record
+their runs write into a ledger kept in another Redis DB (FASTQ_TEST_LEDGER), so
+fault tests can count executions outside the broker's keys.
+"""
+
+import os
+import time
+
+import redis
+
+from fastq import FastQ
+from fastq.exceptions import Reject
+
+app = FastQ("tests")
+app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
+
+_ledger = None
+
+
+def ledger():
+    global _ledger
+    if _ledger is None or _ledger[0] != os.getpid():
+        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
+    return _ledger[1]
+
+
+@app.task(name="tests.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tests.noop", ignore_result=True)
+def noop(*args, **kwargs):
+    return None
+
+
+@app.task(name="tests.echo")
+def echo(value):
+    return value
+
+
+@app.task(name="tests.fail")
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+@app.task(name="tests.who", bind=True)
+def who(self):
+    r = self.request
+    return {"id": r.id, "retries": r.retries, "hostname": r.hostname, "queue": r.queue, "pid": os.getpid(),
+            "delivery_count": r.delivery_count}
+
+
+@app.task(name="tests.record", ignore_result=True)
+def record(key, item, seconds=0.0):
+    """Count one run of ``item`` in the ledger hash ``key``."""
+    if seconds:
+        time.sleep(seconds)
+    ledger().hincrby(key, item, 1)
+
+
+@app.task(name="tests.record_result")
+def record_result(key, item, seconds=0.0):
+    if seconds:
+        time.sleep(seconds)
+    ledger().hincrby(key, item, 1)
+    return item
+
+
+@app.task(name="tests.exit_process")
+def exit_process(code=1):
+    os._exit(code)
+
+
+@app.task(name="tests.system_exit")
+def system_exit():
+    raise SystemExit(3)
+
+
+@app.task(name="tests.keyboard_interrupt")
+def keyboard_interrupt():
+    raise KeyboardInterrupt()
+
+
+@app.task(name="tests.unserializable")
+def unserializable():
+    return object()
+
+
+@app.task(name="tests.reject")
+def reject():
+    raise Reject("not for me")
+
+
+@app.task(name="tests.flaky", bind=True, max_retries=5)
+def flaky(self, key, fails):
+    """Fails ``fails`` times (counted in the ledger), then succeeds."""
+    n = ledger().hincrby(key, "tries", 1)
+    if n <= fails:
+        raise self.retry(exc=IOError(f"try {n} failed"), countdown=0.2)
+    return n
+
+
+@app.task(name="tests.autoretry", autoretry_for=(OSError,), max_retries=2, default_retry_delay=0.1)
+def autoretry(key):
+    ledger().hincrby(key, "tries", 1)
+    raise OSError("always")
+
+
+@app.task(name="tests.started", track_started=True)
+def started(seconds):
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task(name="tests.early_ack", acks_late=False)
+def early_ack(key):
+    ledger().hincrby(key, "runs", 1)
+    return "ok"
