@@ -9,6 +9,7 @@ token bucket, and the loop that runs a batch and collects acks and results.
 from __future__ import annotations
 
 import time
+import uuid
 from contextvars import ContextVar
 
 COMPILED = False
@@ -43,6 +44,19 @@ def pack_command(args) -> bytes:
         parts.append(b)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def pack_xadd(key: bytes, field: bytes, payload: bytes) -> bytes:
+    """``XADD key * field payload``, packed (the producer's per-message command)."""
+    return pack_command((b"XADD", key, b"*", field, payload))
+
+
+# --- task ids --------------------------------------------------------------------
+
+
+def new_task_id() -> str:
+    """A random (version 4) UUID string."""
+    return str(uuid.uuid4())
 
 
 # --- Fetched batches -------------------------------------------------------------

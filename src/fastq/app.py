@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any
 
 from . import routing
-from ._speedups import current_request
+from ._speedups import current_request, new_task_id
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
@@ -132,7 +131,7 @@ class FastQ:
 
     def _build(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
         """Make the message and decide where it goes: (message, queue, priority, due)."""
-        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        task_id = options.pop("task_id", None) or new_task_id()
         eta = options.pop("eta", None)
         countdown = options.pop("countdown", None)
         expires = options.pop("expires", None)

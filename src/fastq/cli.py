@@ -287,5 +287,13 @@ def dlq_purge(state: _AppState, queue_name: str | None, force: bool) -> None:
     click.echo(f"Deleted {n} dead letter(s).")
 
 
+def _register_bench() -> None:
+    from .bench import bench_command
+
+    main.add_command(bench_command)
+
+
+_register_bench()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

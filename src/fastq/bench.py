@@ -1,0 +1,346 @@
+"""``fastq bench``: throughput and latency, measured against a real Redis.
+
+Scenarios (the performance issue's definitions):
+
+- enqueue: N no-op ``.delay()`` calls, one at a time, from one producer;
+- bulk:    N no-op tasks sent pipelined (``app.send_many``); also Redis bytes per queued message;
+- drain:   N no-op tasks already queued, results ignored; a ``fastq worker`` subprocess with P
+           processes drains them; time from the first fetch to the last ack (start-up apart);
+- e2e:     N tasks that return their argument, sent in bulk, results collected with ResultSet;
+- latency: an idle worker, one producer: ``delay()`` then ``get()``, 2,000 times; p50/p99.
+
+By default a private, throwaway ``redis-server`` (from PATH) is started on a free port, so
+the numbers do not depend on what else a shared Redis holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import click
+
+from . import FastQ, ResultSet, __version__
+from ._speedups import COMPILED
+from .canvas import Signature
+
+#: The app the benchmark's workers run (``fastq worker -A fastq.bench:app``).
+app = FastQ("bench")
+
+
+@app.task(name="bench.noop", ignore_result=True)
+def noop(*args):
+    return None
+
+
+@app.task(name="bench.echo")
+def echo(x):
+    return x
+
+
+SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
+DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 100_000, "drain": 200_000, "e2e": 100_000, "latency": 2_000}
+
+
+# --- Redis ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway redis-server on a free port; yields its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise click.ClickException(
+            "no redis-server on PATH: install Redis (e.g. `apt-get install redis-server`) or pass --broker URL"
+        )
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="fastq-bench-")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = FastQ("probe", broker=url, broker_connection_retries=0).broker.client
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise click.ClickException("the private redis-server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_broker(url: str) -> None:
+    from .exceptions import BrokerError
+
+    probe = FastQ("probe", broker=url, broker_connection_retries=0, broker_connection_timeout=2.0)
+    try:
+        with probe.broker.retrying():
+            probe.broker.client.ping()
+    except BrokerError as exc:
+        raise click.ClickException(f"{exc}. Start Redis there, or omit --broker to use a private redis-server.")
+
+
+# --- workers ----------------------------------------------------------------------
+
+
+class _Worker:
+    """A ``fastq worker`` subprocess running this module's app."""
+
+    def __init__(self, url: str, processes: int, extra: list[str] | None = None) -> None:
+        env = {**os.environ, "FASTQ_BROKER_URL": url}
+        exe = os.path.join(os.path.dirname(sys.executable), "fastq")
+        cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "fastq"]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [*cmd, "worker", "-A", "fastq.bench:app", "-P", "process", "-c", str(processes), "--loglevel", "ERROR",
+             *(extra or [])],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        try:
+            p = psutil.Process(self.proc.pid)
+            return sum(c.memory_info().rss for c in [p, *p.children()]) / 2**20
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _queue_backlog(bapp: FastQ) -> tuple[int, int]:
+    """(entries in the default queue's streams, of which in flight)."""
+    qk = bapp.broker.keys.queue("default")
+    pipe = bapp.broker.client.pipeline(transaction=False)
+    for key in qk.fetch_order:
+        pipe.xlen(key)
+    pipe.xpending(qk.streams[0], "fastq")
+    *lengths, pending = pipe.execute(raise_on_error=False)  # no group until a worker starts
+    return sum(x for x in lengths if isinstance(x, int)), pending["pending"] if isinstance(pending, dict) else 0
+
+
+def _bulk_send(bapp: FastQ, n: int, task: str, progress) -> list:
+    results = []
+    step = 10_000
+    for i in range(0, n, step):
+        results.extend(bapp.send_many(Signature(task, (j,)) for j in range(i, min(n, i + step))))
+        progress(min(step, n - i))
+    return results
+
+
+# --- scenarios --------------------------------------------------------------------
+
+
+def run_enqueue(bapp: FastQ, n: int, progress) -> dict:
+    task = bapp.tasks["bench.noop"]
+    t0 = time.perf_counter()
+    for i in range(n):
+        task.delay(i)
+        if i % 1000 == 999:
+            progress(1000)
+    dt = time.perf_counter() - t0
+    bapp.broker.purge("default")
+    return {"scenario": "enqueue", "tasks": n, "seconds": dt, "rate": n / dt}
+
+
+def run_bulk(bapp: FastQ, n: int, progress) -> dict:
+    bapp.broker.purge("default")
+    mem0 = bapp.broker.client.info("memory")["used_memory"]
+    t0 = time.perf_counter()
+    _bulk_send(bapp, n, "bench.noop", progress)
+    dt = time.perf_counter() - t0
+    mem1 = bapp.broker.client.info("memory")["used_memory"]
+    bapp.broker.purge("default")
+    return {"scenario": "bulk", "tasks": n, "seconds": dt, "rate": n / dt, "bytes_per_message": (mem1 - mem0) / n}
+
+
+def run_drain(bapp: FastQ, url: str, n: int, processes: int, progress, extra: list[str]) -> dict:
+    bapp.broker.purge("default")
+    _bulk_send(bapp, n, "bench.noop", lambda k: None)
+    w = _Worker(url, processes, extra)
+    try:
+        first = None
+        done_before = 0
+        while True:
+            total, pending = _queue_backlog(bapp)
+            now = time.perf_counter()
+            if first is None and (total < n or pending > 0):
+                first = now
+            done = n - total
+            progress(done - done_before)
+            done_before = done
+            if total == 0:
+                end = now
+                break
+            if w.proc.poll() is not None:
+                raise click.ClickException("the benchmark worker exited early")
+            time.sleep(0.002)
+        rss = w.rss_mb()
+    finally:
+        w.stop()
+    first = first or end
+    return {"scenario": "drain", "processes": processes, "tasks": n, "seconds": end - first,
+            "rate": n / max(end - first, 1e-9), "startup_s": first - w.started, "worker_rss_mb": rss}
+
+
+def run_e2e(bapp: FastQ, url: str, n: int, processes: int, progress, extra: list[str]) -> dict:
+    bapp.broker.purge("default")
+    w = _Worker(url, processes, extra)
+    try:
+        _wait_for_worker(bapp, w)
+        t0 = time.perf_counter()
+        results = _bulk_send(bapp, n, "bench.echo", lambda k: progress(k // 2))
+        values = ResultSet(results, app=bapp).get(timeout=600)
+        dt = time.perf_counter() - t0
+        progress(n - n // 2)
+        assert values[-1] == n - 1
+        rss = w.rss_mb()
+    finally:
+        w.stop()
+    return {"scenario": "e2e", "processes": processes, "tasks": n, "seconds": dt, "rate": n / dt, "worker_rss_mb": rss}
+
+
+def _wait_for_worker(bapp: FastQ, w: _Worker) -> None:
+    r = bapp.tasks["bench.echo"].delay(-1)
+    r.get(timeout=60)
+    r.forget()
+
+
+def run_latency(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dict:
+    w = _Worker(url, 1, extra)
+    try:
+        _wait_for_worker(bapp, w)
+        task = bapp.tasks["bench.echo"]
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            task.delay(i).get(timeout=30)
+            samples.append(time.perf_counter() - t0)
+            if i % 100 == 99:
+                progress(100)
+    finally:
+        w.stop()
+    samples.sort()
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p * len(samples)))] * 1000
+
+    return {"scenario": "latency", "samples": n, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": samples[-1] * 1000}
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def format_table(results: list[dict]) -> str:
+    head = f"{'scenario':<10}{'procs':>6}{'tasks':>10}{'seconds':>10}{'tasks/s':>12}{'p50 ms':>9}{'p99 ms':>9}  other"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        other = []
+        if "startup_s" in r:
+            other.append(f"startup {r['startup_s']:.2f}s")
+        if "worker_rss_mb" in r:
+            other.append(f"worker RSS {r['worker_rss_mb']:.0f} MB")
+        if "bytes_per_message" in r:
+            other.append(f"Redis {r['bytes_per_message']:.0f} B/msg")
+        lines.append(
+            f"{r['scenario']:<10}{r.get('processes', ''):>6}{r.get('tasks', r.get('samples', '')):>10}"
+            f"{_f(r.get('seconds'), '.2f'):>10}{_f(r.get('rate'), ',.0f'):>12}"
+            f"{_f(r.get('p50_ms'), '.3f'):>9}{_f(r.get('p99_ms'), '.3f'):>9}  {', '.join(other)}"
+        )
+    return "\n".join(lines)
+
+
+def _f(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int], extra: list[str],
+        show_progress: bool) -> list[dict]:
+    bapp = app
+    bapp.conf.broker_url = url
+    bapp._reset()
+    results = []
+    for sc in scenarios:
+        n = tasks or DEFAULT_TASKS[sc]
+        procs = processes if sc == "drain" else ([max(processes)] if sc == "e2e" else [1])
+        for p in procs:
+            label = f"{sc} ({p} proc)" if sc in ("drain", "e2e") else sc
+            with click.progressbar(length=n, label=f"{label:<16}", file=sys.stderr,
+                                   hidden=not show_progress) as bar:
+                if sc == "enqueue":
+                    results.append(run_enqueue(bapp, n, bar.update))
+                elif sc == "bulk":
+                    results.append(run_bulk(bapp, n, bar.update))
+                elif sc == "drain":
+                    results.append(run_drain(bapp, url, n, p, bar.update, extra))
+                elif sc == "e2e":
+                    results.append(run_e2e(bapp, url, n, p, bar.update, extra))
+                else:
+                    results.append(run_latency(bapp, url, n, bar.update, extra))
+    return results
+
+
+@click.command("bench")
+@click.option("--broker", help="Redis URL (default: FASTQ_BROKER_URL, else a private redis-server).")
+@click.option("--tasks", "-n", type=click.IntRange(min=1), help="Tasks per scenario (default: per scenario).")
+@click.option("--processes", "-p", default="1,2", show_default=True,
+              help="Worker processes for drain (comma-separated); e2e uses the largest.")
+@click.option("--scenario", "-s", type=click.Choice([*SCENARIOS, "all"]), multiple=True, default=["all"],
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--worker-arg", multiple=True, help="Extra argument for the benchmark's workers (repeatable).")
+def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> None:
+    """Measure enqueue, bulk, drain, end-to-end and latency against Redis."""
+    try:
+        procs = sorted({int(p) for p in processes.split(",")})
+    except ValueError:
+        raise click.BadParameter("give process counts like 1,2", param_hint="--processes") from None
+    if not procs or min(procs) < 1:
+        raise click.BadParameter("process counts must be >= 1", param_hint="--processes")
+    scenarios = list(SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
+    url = broker or os.environ.get("FASTQ_BROKER_URL")
+    with contextlib.ExitStack() as stack:
+        if url:
+            _check_broker(url)
+        else:
+            url = stack.enter_context(private_redis())
+        results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json)
+    from .broker import safe_url
+
+    if as_json:
+        click.echo(json.dumps({"tool": "fastq", "version": __version__, "compiled": COMPILED,
+                               "broker": safe_url(url), "results": results}))
+    else:
+        core = "compiled" if COMPILED else "pure-Python"
+        click.echo(f"fastq {__version__} ({core} core), broker {safe_url(url)}")
+        click.echo(format_table(results))
