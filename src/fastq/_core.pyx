@@ -302,31 +302,74 @@ cdef class Output:
 
 
 cdef class Request:
-    """The running task's context: ``self.request`` in a bound task."""
+    """The running task's context: ``self.request`` in a bound task.
 
-    cdef public object id, task, args, kwargs, retries, eta, expires, priority
-    cdef public object parent_id, root_id, hostname, delivery_count, queue, options
-    cdef public object headers, called_directly, delivery, message
+    A thin view over the message: fields are read when asked for."""
+
+    cdef public object message, delivery, hostname, queue, _extra
 
     def __init__(self, message, hostname, delivery=None, queue=None):
-        self.id = message.id
-        self.task = message.task
-        self.args = message.args
-        self.kwargs = message.kwargs
-        self.retries = message.retries
-        self.eta = message.eta
-        self.expires = message.expires
-        self.priority = message.priority
-        self.parent_id = message.parent_id
-        self.root_id = message.root_id
-        self.options = message.options
-        self.headers = message.headers
+        self.message = message
         self.hostname = hostname
         self.delivery = delivery
-        self.delivery_count = (<Delivery>delivery).dc + 1 if delivery is not None else 0
         self.queue = queue
-        self.called_directly = delivery is None
-        self.message = message
+        self._extra = None
+
+    @property
+    def id(self):
+        return self.message.id
+
+    @property
+    def task(self):
+        return self.message.task
+
+    @property
+    def args(self):
+        return self.message.args
+
+    @property
+    def kwargs(self):
+        return self.message.kwargs
+
+    @property
+    def retries(self):
+        return self.message.retries
+
+    @property
+    def eta(self):
+        return self.message.eta
+
+    @property
+    def expires(self):
+        return self.message.expires
+
+    @property
+    def priority(self):
+        return self.message.priority
+
+    @property
+    def parent_id(self):
+        return self.message.parent_id
+
+    @property
+    def root_id(self):
+        return self.message.root_id
+
+    @property
+    def options(self):
+        return self.message.options
+
+    @property
+    def headers(self):
+        return self.message.headers
+
+    @property
+    def called_directly(self):
+        return self.delivery is None
+
+    @property
+    def delivery_count(self):
+        return (<Delivery>self.delivery).dc + 1 if self.delivery is not None else 0
 
     def __repr__(self):
         return f"<Request {self.task}[{self.id}]>"

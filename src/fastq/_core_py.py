@@ -207,33 +207,37 @@ class Output:
 
 
 class Request:
-    """The running task's context: ``self.request`` in a bound task."""
+    """The running task's context: ``self.request`` in a bound task.
 
-    __slots__ = (
-        "id", "task", "args", "kwargs", "retries", "eta", "expires", "priority",
-        "parent_id", "root_id", "hostname", "delivery_count", "queue", "options",
-        "headers", "called_directly", "delivery", "message",
-    )  # fmt: skip
+    A thin view over the message: fields are read when asked for, so building
+    one per message costs next to nothing."""
+
+    __slots__ = ("message", "delivery", "hostname", "queue", "_extra")
 
     def __init__(self, message, hostname, delivery=None, queue=None) -> None:
-        self.id = message.id
-        self.task = message.task
-        self.args = message.args
-        self.kwargs = message.kwargs
-        self.retries = message.retries
-        self.eta = message.eta
-        self.expires = message.expires
-        self.priority = message.priority
-        self.parent_id = message.parent_id
-        self.root_id = message.root_id
-        self.options = message.options
-        self.headers = message.headers
+        self.message = message
         self.hostname = hostname
         self.delivery = delivery
-        self.delivery_count = delivery.dc + 1 if delivery is not None else 0
         self.queue = queue
-        self.called_directly = delivery is None
-        self.message = message
+        self._extra = None
+
+    id = property(lambda self: self.message.id)
+    task = property(lambda self: self.message.task)
+    args = property(lambda self: self.message.args)
+    kwargs = property(lambda self: self.message.kwargs)
+    retries = property(lambda self: self.message.retries)
+    eta = property(lambda self: self.message.eta)
+    expires = property(lambda self: self.message.expires)
+    priority = property(lambda self: self.message.priority)
+    parent_id = property(lambda self: self.message.parent_id)
+    root_id = property(lambda self: self.message.root_id)
+    options = property(lambda self: self.message.options)
+    headers = property(lambda self: self.message.headers)
+    called_directly = property(lambda self: self.delivery is None)
+
+    @property
+    def delivery_count(self) -> int:
+        return self.delivery.dc + 1 if self.delivery is not None else 0
 
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}]>"

@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from . import routing
+from .broker.keys import validate_queue_name
 from ._speedups import current_request, new_task_id
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
@@ -122,6 +123,24 @@ class FastQ:
             self.broker.publish_many(batch, self.serializer.field)
         return results
 
+    def add_periodic_task(self, schedule: Any, sig: Any, name: str | None = None, **options: Any) -> str:
+        """Add an entry to ``conf.beat_schedule``: ``app.add_periodic_task(60.0, add.s(1, 1), name="every-minute")``.
+
+        ``schedule`` is seconds, a timedelta, a ``crontab`` or a cron string;
+        ``options`` are apply_async options (``queue``, ``priority``, ``expires``).
+        The entry is checked when beat starts. Returns the entry's name
+        (default: the signature's repr, as in Celery)."""
+        from .canvas import Signature
+
+        if not isinstance(sig, Signature):
+            raise TypeError(f"add_periodic_task() takes a signature (task.s(...)), not {type(sig).__name__}")
+        key = name or repr(sig)
+        entry = {"task": sig.task, "schedule": schedule, "args": tuple(sig.args), "kwargs": dict(sig.kwargs),
+                 "options": {**sig.options, **options}}
+        # a new dict: the default beat_schedule may be shared with other apps
+        self.conf.beat_schedule = {**(self.conf.beat_schedule or {}), key: entry}
+        return key
+
     def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
         from .result import AsyncResult
 
@@ -131,6 +150,30 @@ class FastQ:
 
     def _build(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
         """Make the message and decide where it goes: (message, queue, priority, due)."""
+        if options:
+            return self._build_with_options(name, args, kwargs, options, task)
+        # The common call (no options) stays short: it runs once per message.
+        queue, priority = self._placement(name, task, args, kwargs, options)
+        expires = None if task is None or task.expires is None else _expiry_time(task.expires, now())
+        parent = current_request.get()
+        if parent is None:
+            parent_id = root_id = None
+        else:
+            parent_id, root_id = parent.id, parent.root_id or parent.id
+        msg = Message(new_task_id(), name, args or [], kwargs or {}, 0, None, expires, priority, parent_id, root_id,
+                      now(), None, None)
+        return msg, queue, priority, None
+
+    def _placement(self, name: str, task, args, kwargs, options) -> tuple[str, int]:
+        if task is not None and task.queue:
+            queue = task.queue
+        else:
+            queue = self.router.route(name, args, kwargs, options)
+        if task is not None and task.priority is not None:
+            return queue, task.priority
+        return queue, _check_priority(self.conf.task_default_priority)
+
+    def _build_with_options(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
         task_id = options.pop("task_id", None) or new_task_id()
         eta = options.pop("eta", None)
         countdown = options.pop("countdown", None)
@@ -143,11 +186,12 @@ class FastQ:
             expires = task.expires
         if expires is not None:
             expires = _expiry_time(expires, t)
+        default_queue, default_priority = self._placement(name, task, args, kwargs, options)
         if queue is None:
-            queue = task.queue if task is not None and task.queue else self.router.route(name, args, kwargs, options)
-        if priority is None:
-            priority = task.priority if task is not None and task.priority is not None else self.conf.task_default_priority
-        priority = _check_priority(priority)
+            queue = default_queue
+        else:
+            validate_queue_name(queue)
+        priority = default_priority if priority is None else _check_priority(priority)
         parent = current_request.get()
         parent_id = options.pop("parent_id", None) or (parent.id if parent is not None else None)
         root_id = options.pop("root_id", None) or (

@@ -70,23 +70,20 @@ class RedisBackend:
         return c
 
     def get_meta(self, task_id: str) -> ResultMeta | None:
-        with self.broker.retrying():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.lindex(self.keys.result(task_id), 0)
-            pipe.get(self.keys.state(task_id))
-            final, partial = pipe.execute()
+        final, partial = self.broker.execute_packed(
+            [pack_command((b"LINDEX", self.keys.result(task_id), b"0")), pack_command((b"GET", self.keys.state(task_id)))]
+        )
         raw = final if final is not None else partial
         return decode_result(raw) if raw is not None else None
 
     def get_many(self, task_ids: list[str]) -> list[ResultMeta | None]:
         """Final results of many tasks, pipelined in batches of 1000."""
         out: list[ResultMeta | None] = []
+        key = self.keys.result
         for i in range(0, len(task_ids), 1000):
-            with self.broker.retrying():
-                pipe = self.client.pipeline(transaction=False)
-                for tid in task_ids[i : i + 1000]:
-                    pipe.lindex(self.keys.result(tid), 0)
-                raws = pipe.execute()
+            raws = self.broker.execute_packed(
+                [pack_command((b"LINDEX", key(tid), b"0")) for tid in task_ids[i : i + 1000]]
+            )
             out.extend(decode_result(r) if r is not None else None for r in raws)
         return out
 
@@ -302,20 +299,29 @@ class ResultSet:
         return sum(1 for r in self.results if r.successful())
 
     def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> list:
-        """All values in order; waits by blocking on the first missing one, then
-        fetching everything that has landed meanwhile in one pipelined pass."""
+        """All values in order. Walks the results in chunks of 1000: one pipelined
+        read per chunk, then a blocking wait on the first missing result and
+        another read of that chunk's missing ones, so each result is read about
+        once however slowly they arrive."""
         _check_sync_subtask(disable_sync_subtasks)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._refresh()
-            missing = next((r for r in self.results if isinstance(r, AsyncResult) and r._cache is None), None)
-            if missing is None:
-                break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise FastQTimeout(f"{sum(1 for r in self.results if r._cache is None)} results not ready after {timeout} s")
-            missing._cache = self.app.backend.wait(missing.id, left)
-        return [r._outcome(r._cache, propagate) for r in self.results]
+        pending = [r for r in self.results if isinstance(r, AsyncResult) and r._cache is None]
+        backend = self.app.backend if pending else None
+        for i in range(0, len(pending), 1000):
+            chunk = pending[i : i + 1000]
+            while chunk:
+                for r, meta in zip(chunk, backend.get_many([r.id for r in chunk])):
+                    if meta is not None:
+                        r._cache = meta
+                chunk = [r for r in chunk if r._cache is None]
+                if chunk:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        missing = sum(1 for r in pending if r._cache is None)
+                        raise FastQTimeout(f"{missing} results not ready after {timeout} s")
+                    chunk[0]._cache = backend.wait(chunk[0].id, left)
+                    chunk = chunk[1:]
+        return [r._outcome(r._meta(), propagate) for r in self.results]
 
     join = get
 

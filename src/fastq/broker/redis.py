@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
 from ..exceptions import BrokerError
+from .channel import Channel
 from .keys import GROUP, Keys, QueueKeys
 from .scripts import SCRIPTS
 
@@ -70,9 +71,9 @@ class RedisBroker:
         """A redis-py client with its own connection pool."""
         return redis.Redis.from_url(self.url, **{**self._kwargs, **overrides})
 
-    def new_connection(self, **overrides) -> redis.connection.AbstractConnection:
-        """A raw connection, owned by the caller (workers use one per consumer)."""
-        return self.new_client(**overrides).connection_pool.make_connection()
+    def new_channel(self, **overrides) -> Channel:
+        """A raw channel, owned by the caller (workers use one per consumer)."""
+        return Channel(self.new_client(**overrides).connection_pool.make_connection())
 
     @contextlib.contextmanager
     def retrying(self) -> Iterator[None]:
@@ -86,42 +87,38 @@ class RedisBroker:
                     raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
-    def _connection(self):
-        """This thread's raw connection for the producer fast path."""
+    def _channel(self) -> Channel:
+        """This thread's raw channel for the producer fast path."""
         loc = self._local
-        conn = getattr(loc, "conn", None)
-        if conn is None or loc.pid != os.getpid():
-            conn = loc.conn = self.new_connection()
+        ch = getattr(loc, "channel", None)
+        if ch is None or loc.pid != os.getpid():
+            ch = loc.channel = self.new_channel()
             loc.pid = os.getpid()
-        return conn
+        return ch
 
     def execute_packed(self, commands: list[bytes]) -> list:
         """Send packed commands in one write and read every reply, retrying on
-        connection errors (a retried publish may then be sent twice: at least once)."""
+        connection errors (a retried publish may then be sent twice: at least once).
+        An error reply raises ResponseError after all replies were read."""
         data = b"".join(commands)
         for attempt in range(self.retries + 1):
-            conn = self._connection()
+            ch = self._channel()
             try:
-                conn.send_packed_command((data,), check_health=False)
-                replies = []
-                error = None
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-                        error = error or exc
-                if error is not None:
-                    if "NOSCRIPT" in str(error):
-                        SCRIPTS.load_all(self.client)
-                        continue
-                    raise error
-                return replies
+                ch.send(data)
+                replies = ch.read_many(len(commands))
             except CONNECTION_ERRORS as exc:
-                conn.disconnect()
+                ch.close()
                 if attempt == self.retries:
                     raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+                continue
+            error = next((r for r in replies if isinstance(r, ResponseError)), None)
+            if error is None:
+                return replies
+            if "NOSCRIPT" in str(error):
+                SCRIPTS.load_all(self.client)
+                continue
+            raise error
         raise BrokerError("Lua scripts could not be loaded")  # pragma: no cover
 
     # --- sending ----------------------------------------------------------------

@@ -88,15 +88,15 @@ class Consumer:
     # --- I/O -------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        self.conn = self.broker.new_connection(socket_timeout=self.block_ms / 1000 + 10)
+        self.conn = self.broker.new_channel(socket_timeout=self.block_ms / 1000 + 10)
         self.conn.connect()
         self._broken = False
 
     def _send(self, data: bytes) -> None:
-        self.conn.send_packed_command((data,), check_health=False)
+        self.conn.send(data)
 
     def _read(self):
-        return self.conn.read_response(disable_decoding=True)
+        return self.conn.read()
 
     def _pack_output(self, out: Output) -> tuple[bytes, int]:
         parts = list(out.commands)
@@ -140,15 +140,13 @@ class Consumer:
         """Read the replies of one outstanding item; a fetch returns its batch."""
         if item[0] == "out":
             out, n = item[1], item[2]
-            for _ in range(n):
-                try:
-                    self._read()
-                except ResponseError as exc:
-                    if "NOSCRIPT" in str(exc):
+            for reply in self.conn.read_many(n):
+                if isinstance(reply, ResponseError):
+                    if "NOSCRIPT" in str(reply):
                         if out not in missing_scripts:
                             missing_scripts.append(out)
                     else:
-                        log.error("Redis refused a write: %s", exc)
+                        log.error("Redis refused a write: %s", reply)
             return None
         try:
             reply = self._read()
@@ -255,7 +253,7 @@ class Consumer:
             self._pending_outs.append(self.out.take())
         self._outstanding.clear()
         if self.conn is not None:
-            self.conn.disconnect()
+            self.conn.close()
         self.conn = None
 
     def _recover(self) -> list:
