@@ -101,7 +101,7 @@ class WorkerProcess:
     def __init__(self, args: list[str], env: dict, name: str) -> None:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"fastq-{name}-", suffix=".log")[1])
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [*fastq_command(), "worker", *args], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,

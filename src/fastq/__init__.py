@@ -4,11 +4,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import exceptions, signals, states  # noqa: E402
-from .app import FastQ  # noqa: E402
-from .canvas import Signature, signature  # noqa: E402
-from .result import AsyncResult, EagerResult, ResultSet  # noqa: E402
-from .task import Task  # noqa: E402
+from . import exceptions, signals, states
+from .app import FastQ
+from .canvas import Signature, signature
+from .result import AsyncResult, EagerResult, ResultSet
+from .schedules import crontab
+from .task import Task
 
 __all__ = [
     "AsyncResult",
@@ -18,6 +19,7 @@ __all__ = [
     "Signature",
     "Task",
     "__version__",
+    "crontab",
     "exceptions",
     "signals",
     "signature",

@@ -461,7 +461,7 @@ cdef class Runner:
             if msg is None:
                 decode = decoders.get(d.field)
                 if decode is None:
-                    handler.undecodable(d, out, "unknown payload field %r" % (d.field,))
+                    handler.undecodable(d, out, f"unknown payload field {d.field!r}")
                     continue
                 try:
                     msg = decode(d.payload)

@@ -65,7 +65,7 @@ def new_task_id() -> str:
 class Delivery:
     """One fetched stream entry: where it came from and its undecoded payload."""
 
-    __slots__ = ("stream", "entry_id", "field", "payload", "dc", "message")
+    __slots__ = ("dc", "entry_id", "field", "message", "payload", "stream")
 
     def __init__(self, stream, entry_id, field, payload, dc=0):
         self.stream = stream  #: stream key (str)
@@ -129,7 +129,7 @@ class TokenBucket:
     Used on its own for per-worker limits, and as the local side of the
     cluster-wide limit, where ``add()`` puts in tokens claimed from Redis."""
 
-    __slots__ = ("rate", "capacity", "tokens", "stamp", "refill")
+    __slots__ = ("capacity", "rate", "refill", "stamp", "tokens")
 
     def __init__(self, rate: float, capacity: float, refill: bool = True) -> None:
         if rate < 0 or capacity <= 0:
@@ -175,7 +175,7 @@ class TokenBucket:
 class Output:
     """What a consumer must still send: acks per stream and packed result writes."""
 
-    __slots__ = ("acks", "commands", "replies", "count")
+    __slots__ = ("acks", "commands", "count", "replies")
 
     def __init__(self) -> None:
         self.acks = {}  #: stream -> [entry_id, ...]
@@ -212,7 +212,7 @@ class Request:
     A thin view over the message: fields are read when asked for, so building
     one per message costs next to nothing."""
 
-    __slots__ = ("message", "delivery", "hostname", "queue", "_extra")
+    __slots__ = ("_extra", "delivery", "hostname", "message", "queue")
 
     def __init__(self, message, hostname, delivery=None, queue=None) -> None:
         self.message = message
@@ -301,7 +301,7 @@ class Runner:
             if msg is None:
                 decode = decoders.get(d.field)
                 if decode is None:
-                    handler.undecodable(d, out, "unknown payload field %r" % (d.field,))
+                    handler.undecodable(d, out, f"unknown payload field {d.field!r}")
                     continue
                 try:
                     msg = decode(d.payload)

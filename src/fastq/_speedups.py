@@ -23,8 +23,8 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         TokenBucket,
         current_request,
         new_task_id,
-        pack_xadd,
         pack_command,
+        pack_xadd,
         parse_fetch_reply,
         parse_xread_reply,
     )
@@ -38,9 +38,9 @@ else:
             Runner,
             TokenBucket,
             current_request,
-        new_task_id,
-        pack_xadd,
+            new_task_id,
             pack_command,
+            pack_xadd,
             parse_fetch_reply,
             parse_xread_reply,
         )
@@ -53,9 +53,9 @@ else:
             Runner,
             TokenBucket,
             current_request,
-        new_task_id,
-        pack_xadd,
+            new_task_id,
             pack_command,
+            pack_xadd,
             parse_fetch_reply,
             parse_xread_reply,
         )

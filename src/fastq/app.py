@@ -8,8 +8,8 @@ from functools import cached_property
 from typing import Any
 
 from . import routing
-from .broker.keys import validate_queue_name
 from ._speedups import current_request, new_task_id
+from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings

@@ -122,12 +122,17 @@ def _queues(value: str | None) -> list[str] | None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-n", "--hostname", help="Worker name (default fastq@<hostname>).")
 @click.option("--prefetch", type=click.IntRange(min=1), help="Messages per fetch round trip (default 100).")
-@click.option("--lease-timeout", type=click.FloatRange(min=0.5), help="Seconds before a silent worker's messages are recovered (default 30).")
-@click.option("--max-deliveries", type=click.IntRange(min=1), help="Deliveries without finishing before dead-lettering (default 5).")
-@click.option("--ack-flush-interval", type=click.FloatRange(min=0), help="Seconds: send acks mid-batch after this (default 0.01).")
+@click.option("--lease-timeout", type=click.FloatRange(min=0.5),
+              help="Seconds before a silent worker's messages are recovered (default 30).")
+@click.option("--max-deliveries", type=click.IntRange(min=1),
+              help="Deliveries without finishing before dead-lettering (default 5).")
+@click.option("--ack-flush-interval", type=click.FloatRange(min=0),
+              help="Seconds: send acks mid-batch after this (default 0.01).")
+@click.option("-B", "--beat", "with_beat", is_flag=True,
+              help="Also run beat (periodic tasks) in this worker; safe on several workers.")
 @click.pass_obj
 def worker(state: _AppState, concurrency, pool, queues, loglevel, log_format, hostname, prefetch, lease_timeout,
-           max_deliveries, ack_flush_interval) -> None:
+           max_deliveries, ack_flush_interval, with_beat=False) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
     app = state.app()
@@ -143,7 +148,15 @@ def worker(state: _AppState, concurrency, pool, queues, loglevel, log_format, ho
         w = Worker(app, _queues(queues), concurrency, pool, hostname, prefetch)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    sys.exit(w.start())
+    beat_service = _make_beat(app) if with_beat else None
+    if beat_service is not None:  # a thread of this (the parent) process, leader-elected like `fastq beat`
+        beat_service.start()
+    try:
+        code = w.start()
+    finally:
+        if beat_service is not None:
+            beat_service.stop()
+    sys.exit(code)
 
 
 def _fail(exc: Exception) -> None:
@@ -291,6 +304,41 @@ def _register_bench() -> None:
     from .bench import bench_command
 
     main.add_command(bench_command)
+
+
+def _make_beat(app, lease: float | None = None):
+    from .beat import Beat
+    from .exceptions import ImproperlyConfigured
+
+    try:
+        return Beat(app, lease=lease)
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@_app_option
+@click.option("--list", "list_only", is_flag=True, help="Print the schedule with each entry's next run, then exit.")
+@click.option("--lease", type=click.FloatRange(min=0.5),
+              help="Seconds a leader holds the lock without renewing; a standby takes over within it (default 10).")
+@click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+              case_sensitive=False), default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+def beat(state: _AppState, list_only: bool, lease: float | None, loglevel: str, log_format: str) -> None:
+    """Send periodic tasks (app.conf.beat_schedule). Run several for high availability: one leads."""
+    _setup_logging(loglevel, log_format)
+    app = state.app()
+    service = _make_beat(app, lease)
+    if list_only:
+        from .exceptions import ImproperlyConfigured
+
+        try:
+            click.echo(service.format_schedule())
+        except ImproperlyConfigured as exc:
+            _fail(exc)
+        return
+    sys.exit(service.run_forever())
 
 
 _register_bench()

@@ -47,7 +47,7 @@ class TaskError(FastQError):
         return f"{name}: {msg}" if name else msg
 
 
-class Retry(FastQError):  # noqa: N818 - Celery's name
+class Retry(FastQError):
     """Raised by ``Task.retry()``: the task will run again."""
 
     def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None) -> None:
@@ -60,7 +60,7 @@ class MaxRetriesExceededError(FastQError):
     """``retry()`` was called after the last allowed try, without ``exc``."""
 
 
-class Reject(FastQError):  # noqa: N818 - Celery's name
+class Reject(FastQError):
     """Raised by a task to send its message to the dead-letter queue."""
 
     def __init__(self, reason: str = "", requeue: bool = False) -> None:
@@ -69,11 +69,11 @@ class Reject(FastQError):  # noqa: N818 - Celery's name
         self.requeue = requeue
 
 
-class SoftTimeLimitExceeded(FastQError):  # noqa: N818 - Celery's name
+class SoftTimeLimitExceeded(FastQError):
     """Raised inside a task when its soft time limit passes."""
 
 
-class TimeLimitExceeded(FastQError):  # noqa: N818 - Celery's name
+class TimeLimitExceeded(FastQError):
     """The task ran past its hard time limit and was stopped."""
 
 

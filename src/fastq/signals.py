@@ -40,7 +40,7 @@ class Signal:
         for r in list(self.receivers):
             try:
                 out.append((r, r(sender=sender, signal=self, **kwargs)))
-            except Exception as exc:  # noqa: BLE001 - a receiver must not break the worker
+            except Exception as exc:
                 log.exception("Signal receiver %r for %s failed", r, self.name)
                 out.append((r, exc))
         return out

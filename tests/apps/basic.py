@@ -105,7 +105,7 @@ def flaky(self, key, fails):
     """Fails ``fails`` times (counted in the ledger), then succeeds."""
     n = ledger().hincrby(key, "tries", 1)
     if n <= fails:
-        raise self.retry(exc=IOError(f"try {n} failed"), countdown=0.2)
+        raise self.retry(exc=OSError(f"try {n} failed"), countdown=0.2)
     return n
 
 

@@ -24,7 +24,7 @@ _READ_SIZE = 65536
 class Channel:
     """Packed commands out, parsed replies in, over one redis-py connection."""
 
-    __slots__ = ("conn", "_sock", "_reader")
+    __slots__ = ("_reader", "_sock", "conn")
 
     def __init__(self, conn) -> None:
         self.conn = conn

@@ -29,7 +29,7 @@ def validate_queue_name(name: str) -> str:
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("name", "returned", "streams", "delayed", "dlq", "reap_lock", "fetch_order", "by_name")
+    __slots__ = ("by_name", "delayed", "dlq", "fetch_order", "name", "reap_lock", "returned", "streams")
 
     def __init__(self, prefix: str, name: str) -> None:
         validate_queue_name(name)

@@ -10,7 +10,7 @@ class Script:
     """One Lua script. ``sha`` is computed locally, so calling by SHA needs no
     round trip; a NOSCRIPT reply (Redis restarted, or a fresh server) loads it."""
 
-    __slots__ = ("name", "source", "sha", "sha_bytes")
+    __slots__ = ("name", "sha", "sha_bytes", "source")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -32,7 +32,8 @@ class Script:
 class Scripts:
     """The broker's scripts, by name."""
 
-    NAMES = ("fetch", "ack", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead")
+    NAMES = ("fetch", "ack", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
+             "beat_lock", "beat_release", "beat_send")
 
     def __init__(self) -> None:
         for name in self.NAMES:

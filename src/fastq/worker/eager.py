@@ -27,7 +27,7 @@ def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: di
         t0 = time.perf_counter()
         try:
             value = task.run(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        except BaseException as exc:
             runtime = time.perf_counter() - t0
             if isinstance(exc, Retry) or (
                 task.should_autoretry(exc) and (task.max_retries is None or retries < task.max_retries)

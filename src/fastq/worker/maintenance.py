@@ -73,7 +73,7 @@ class Maintenance:
                 log.warning("Maintenance cannot reach Redis at %s (%s); retrying", safe_url(self.broker.url), exc)
                 self._down = True
             return 0.5
-        except Exception:  # noqa: BLE001 - never let upkeep kill the worker
+        except Exception:
             log.exception("Maintenance step failed")
             return 0.5
         return max(0.0, min(self._next.values()) - time.monotonic())
@@ -101,7 +101,7 @@ class Maintenance:
             pipe.evalsha(SCRIPTS.promote.sha, 1 + len(qk.streams), qk.delayed, *qk.streams, 1000)
         try:
             pipe.execute()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if "NOSCRIPT" not in str(exc):
                 raise
             SCRIPTS.load_all(self.client)

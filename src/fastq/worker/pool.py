@@ -118,7 +118,7 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    __slots__ = ("process", "name", "slot", "index")
+    __slots__ = ("index", "name", "process", "slot")
 
     def __init__(self, process, name, slot, index) -> None:
         self.process = process
@@ -199,7 +199,7 @@ class ProcessPool:
         """Return what a dead child held; the message it was running gets a strike."""
         broker = self.worker.app.broker
         current = bytes(child.slot).split(b"\0", 1)[0] if strike else b""
-        for attempt in range(20):
+        for _ in range(20):
             try:
                 if current:
                     self._record_lost(current, child, how)
