@@ -28,6 +28,7 @@ COMPILED = True
 current_request = ContextVar("fastq_request", default=None)
 
 _perf_counter = _time.perf_counter
+_time_time = _time.time
 _monotonic = _time.monotonic
 
 
@@ -271,12 +272,14 @@ cdef class Output:
     cdef public list commands
     cdef public long replies
     cdef public long count
+    cdef public list events
 
     def __init__(self):
         self.acks = {}
         self.commands = []
         self.replies = 0
         self.count = 0
+        self.events = []
 
     cpdef ack(self, stream, entry_id):
         cdef object ids = self.acks.get(stream)
@@ -290,14 +293,18 @@ cdef class Output:
         self.commands.append(packed)
         self.replies += replies
 
+    cpdef event(self, kind, task_id, name, runtime, info):
+        """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
+        self.events.append((kind, task_id, name, _time_time(), runtime, info))
+
     def __bool__(self):
-        return bool(self.acks) or bool(self.commands)
+        return bool(self.acks) or bool(self.commands) or bool(self.events)
 
     cpdef Output take(self):
         """Hand over the contents and start empty."""
         cdef Output o = Output.__new__(Output)
-        o.acks, o.commands, o.replies, o.count = self.acks, self.commands, self.replies, self.count
-        self.acks, self.commands, self.replies, self.count = {}, [], 0, 0
+        o.acks, o.commands, o.replies, o.count, o.events = self.acks, self.commands, self.replies, self.count, self.events
+        self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
         return o
 
 
@@ -402,6 +409,7 @@ cdef class Runner:
     cdef public double flush_interval
     cdef public object flush
     cdef public bint notify
+    cdef public bint events
     cdef public Py_ssize_t max_size
     cdef object _slot
     cdef unsigned char[:] _slot_view
@@ -422,6 +430,7 @@ cdef class Runner:
         self.flush_interval = 0.01
         self.flush = None
         self.notify = False
+        self.events = False
         self.max_size = 16 * 1024 * 1024
         self._slot = None
 
@@ -496,6 +505,8 @@ cdef class Runner:
                     out.add_command(pack_command((b"RPUSH", key, blob)), 1)
                     out.add_command(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
                 out.ack(d.stream, d.entry_id)
+                if self.events:
+                    out.events.append(("task-succeeded", msg.id, msg.task, _time_time(), runtime, None))
                 if self.notify:
                     handler.succeeded(task, d, msg, runtime)
             if self.flush is not None:

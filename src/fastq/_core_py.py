@@ -175,13 +175,14 @@ class TokenBucket:
 class Output:
     """What a consumer must still send: acks per stream and packed result writes."""
 
-    __slots__ = ("acks", "commands", "count", "replies")
+    __slots__ = ("acks", "commands", "count", "events", "replies")
 
     def __init__(self) -> None:
         self.acks = {}  #: stream -> [entry_id, ...]
         self.commands = []  #: packed commands (bytes)
         self.replies = 0  #: replies the packed commands will produce
         self.count = 0  #: messages finished
+        self.events = []  #: task events, sent as one stream entry per flush
 
     def ack(self, stream, entry_id) -> None:
         ids = self.acks.get(stream)
@@ -195,14 +196,18 @@ class Output:
         self.commands.append(packed)
         self.replies += replies
 
+    def event(self, kind: str, task_id: str, name: str, runtime, info) -> None:
+        """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
+        self.events.append((kind, task_id, name, time.time(), runtime, info))
+
     def __bool__(self) -> bool:
-        return bool(self.acks) or bool(self.commands)
+        return bool(self.acks) or bool(self.commands) or bool(self.events)
 
     def take(self) -> Output:
         """Hand over the contents and start empty."""
         o = Output()
-        o.acks, o.commands, o.replies, o.count = self.acks, self.commands, self.replies, self.count
-        self.acks, self.commands, self.replies, self.count = {}, [], 0, 0
+        o.acks, o.commands, o.replies, o.count, o.events = self.acks, self.commands, self.replies, self.count, self.events
+        self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
         return o
 
 
@@ -271,7 +276,8 @@ class Runner:
         self.current = None  #: the Delivery being run (None between tasks)
         self.flush_interval = 0.01
         self.flush = None  #: callable(out) sending what is due mid-batch
-        self.notify = False  #: call handler.succeeded (task logging or events on)
+        self.notify = False  #: call handler.succeeded (task logging on)
+        self.events = False  #: record task events in the output
         self.max_size = 16 * 1024 * 1024  #: larger payloads are dead-lettered unread
         #: A shared-memory buffer (process pool): the entry id being run is
         #: written here, so the parent knows which message a dead child held.
@@ -336,6 +342,8 @@ class Runner:
                     out.add_command(pack_command((b"RPUSH", key, blob)), 1)
                     out.add_command(pack_command((b"EXPIRE", key, self.result_expires)), 1)
                 out.ack(d.stream, d.entry_id)
+                if self.events:
+                    out.event("task-succeeded", msg.id, msg.task, runtime, None)
                 if self.notify:
                     handler.succeeded(task, d, msg, runtime)
             if self.flush is not None:

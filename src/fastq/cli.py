@@ -243,6 +243,30 @@ def status(state: _AppState) -> None:
     click.echo(f"{len(online)} node(s) online.")
 
 
+@main.command()
+@_app_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def events(state: _AppState, as_json: bool) -> None:
+    """Tail task and worker events live."""
+    import datetime as dt
+
+    from .events import tail
+
+    app = state.app()
+    try:
+        for ev in tail(app.broker.new_client(socket_timeout=None), app.broker.keys.events):
+            if as_json:
+                click.echo(json.dumps(ev, default=str))
+                continue
+            ts = dt.datetime.fromtimestamp(ev["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
+            task = f" {ev['name']}[{ev['uuid']}]" if "uuid" in ev else ""
+            extra = {k: v for k, v in ev.items() if k not in ("type", "hostname", "timestamp", "uuid", "name")}
+            click.echo(f"{ts} {ev['hostname']} {ev['type']}{task} {json.dumps(extra, default=str) if extra else ''}".rstrip())
+    except KeyboardInterrupt:
+        pass
+
+
 @main.group()
 def dlq() -> None:
     """The dead-letter queue."""

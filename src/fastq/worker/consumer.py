@@ -27,6 +27,7 @@ from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_x
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
+from ..events import pack_events
 from .execute import Executor
 
 log = logging.getLogger("fastq.worker")
@@ -54,6 +55,10 @@ class Consumer:
         self.runner.flush_interval = float(conf.worker_ack_flush_interval)
         self.runner.flush = self._flush_mid_batch
         self.runner.notify = self.executor.log_tasks
+        self.events = bool(conf.worker_send_task_events)
+        self.runner.events = self.events
+        self.executor.events = self.events
+        self.events_key = self.broker.keys.events
         self.runner.slot = slot
         self.executor.ack_now = self._ack_now
         self.executor.flush_now = self._flush_mid_batch
@@ -101,6 +106,9 @@ class Consumer:
     def _pack_output(self, out: Output) -> tuple[bytes, int]:
         parts = list(out.commands)
         n = out.replies
+        if out.events:
+            parts.append(pack_events(self.events_key, self.hostname, out.events))
+            n += 1
         for stream, ids in out.acks.items():
             parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
             n += 1
@@ -302,6 +310,8 @@ class Consumer:
                     continue
             empty_rounds = 0
             self._send_fetch()  # the next batch is prepared while this one runs
+            if self.events:
+                self.out.event("task-received", None, None, None, {"n": len(batch)})
             started = self.runner.run_batch(batch, self.out)
             if self._broken:
                 raise ConnectionError("connection lost during the batch")

@@ -49,6 +49,8 @@ class Executor:
         self.ack_now = None
         #: Set by the consumer: send what is in ``out`` now (STARTED states).
         self.flush_now = None
+        #: Record task events in the output (set by the consumer).
+        self.events = False
 
     # --- results ------------------------------------------------------------------
 
@@ -84,6 +86,8 @@ class Executor:
         log.error("Dead-lettered undecodable message %s on %s: %s", d.entry_id.decode(), d.stream, error)
         self._bury(d, out, "undecodable", error)
         task_id = _salvage_id(d)
+        if self.events:
+            out.event("task-rejected", task_id, None, None, {"reason": "undecodable"})
         if task_id:
             self._store(out, task_id, self._meta(states.FAILURE, None, ValueError(f"undecodable message: {error}")))
 
@@ -91,12 +95,16 @@ class Executor:
         error = f"message is {len(d.payload)} bytes, more than max_message_size={limit}"
         log.error("Dead-lettered message %s on %s: %s", d.entry_id.decode(), d.stream, error)
         self._bury(d, out, "too_large", error)
+        if self.events:
+            out.event("task-rejected", None, None, None, {"reason": "too_large"})
 
     def unknown_task(self, d, msg, out) -> None:
         error = f"task {msg.task!r} is not registered in this worker"
         log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(), msg.id, error)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
+        if self.events:
+            out.event("task-rejected", msg.id, msg.task, None, {"reason": "unknown_task"})
 
     # --- running ------------------------------------------------------------------
 
@@ -112,6 +120,8 @@ class Executor:
             self.ack_now(d)
         if task.track_started:
             self._store(out, msg.id, self._meta(states.STARTED, msg, meta={"pid": _pid(), "hostname": self.hostname}))
+            if self.events:
+                out.event("task-started", msg.id, msg.task, None, {"pid": _pid()})
             if self.flush_now is not None:
                 self.flush_now(out)
         token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
@@ -138,6 +148,8 @@ class Executor:
             out.add_command(pack_command((b"RPUSH", key, blob)), 1)
             out.add_command(pack_command((b"EXPIRE", key, self.expires)), 1)
         out.ack(d.stream, d.entry_id)
+        if self.events:
+            out.event("task-succeeded", msg.id, msg.task, runtime, None)
         self.succeeded(task, d, msg, runtime)
 
     def succeeded(self, task, d, msg, runtime: float) -> None:
@@ -162,6 +174,8 @@ class Executor:
             log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
+            if self.events:
+                out.event("task-rejected", msg.id, msg.task, runtime, {"reason": "rejected"})
             return
         tb = format_exception(exc)
         log.error("Task %s[%s] raised %s: %s\n%s", msg.task, msg.id, type(exc).__name__, exc, tb)
@@ -169,6 +183,8 @@ class Executor:
         if not (task.ignore_result or opts.get("ignore_result")):
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
         out.ack(d.stream, d.entry_id)
+        if self.events:
+            out.event("task-failed", msg.id, msg.task, runtime, {"exception": f"{type(exc).__name__}: {exc}"[:500]})
 
     def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out) -> None:
         """Replace the message with its next try, atomically (retry.lua)."""
@@ -189,6 +205,8 @@ class Executor:
                           GROUP, self.consumer_name, d.entry_id, due, arg5, arg6)),
             1,
         )
+        if self.events:
+            out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": when})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc)
 
     def _revoked(self, d, msg, out, reason: str) -> None:
@@ -197,6 +215,8 @@ class Executor:
 
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         out.ack(d.stream, d.entry_id)
+        if self.events:
+            out.event("task-revoked", msg.id, msg.task, None, {"reason": reason})
 
 
 def _salvage_id(d) -> str | None:

@@ -20,12 +20,27 @@ import threading
 import time
 from collections.abc import Callable
 
+from .. import events
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 
 log = logging.getLogger("fastq.worker")
 
 #: Seconds between heartbeats in the workers registry.
 HEARTBEAT_INTERVAL = 2.0
+
+
+def _process_stats() -> dict:
+    """Memory of this process and its children, and the load average (psutil)."""
+    import psutil
+
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children():
+        try:
+            rss += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return {"rss": rss, "loadavg": list(os.getloadavg())}
 
 
 class Maintenance:
@@ -108,11 +123,15 @@ class Maintenance:
 
     def heartbeat(self) -> None:
         keys = self.broker.keys
-        info = {"hostname": self.hostname, "pid": os.getpid(), "queues": self.queues, "ts": time.time(), **self.info()}
+        info = {"hostname": self.hostname, "pid": os.getpid(), "queues": self.queues, "ts": time.time(),
+                **_process_stats(), **self.info()}
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(keys.workers, {self.hostname: time.time()})
         pipe.set(keys.worker(self.hostname), json.dumps(info), ex=max(10, int(HEARTBEAT_INTERVAL * 5)))
         pipe.execute()
+        if self.app.conf.worker_send_task_events:
+            events.publish(self.client, keys.events, self.hostname,
+                           [events.worker_event("worker-heartbeat", self.hostname, info)])
 
     def deregister(self) -> None:
         try:

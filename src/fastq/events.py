@@ -1,0 +1,70 @@
+"""Task and worker events on a capped Redis stream (``<prefix>events``).
+
+Workers record task events in the consumer's output and send them as ONE stream
+entry per flush (a msgpack list), with ``XADD ... MAXLEN ~``, so events cost a
+small, per-batch price instead of a write per task. An entry has the fields
+``h`` (worker hostname) and ``e`` (the list of events); each event is the tuple
+``(type, task_id, task_name, timestamp, runtime, info)``.
+
+Types: task-received (one per fetched batch, info ``{"n": count}``),
+task-started (tasks with track_started), task-succeeded, task-failed,
+task-retried, task-revoked, task-rejected, worker-heartbeat, worker-online,
+worker-offline. A fast task's succeeded event carries its runtime, so
+received/started need not be sent per task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from ._speedups import pack_command
+
+#: Approximate number of stream entries kept (each holds a batch of events).
+MAXLEN = 10_000
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def pack_events(key: str, hostname: str, events: list) -> bytes:
+    """The XADD that publishes a batch of events."""
+    return pack_command((b"XADD", key, b"MAXLEN", b"~", MAXLEN, b"*", b"h", hostname, b"e", _encode(events)))
+
+
+def publish(client, key: str, hostname: str, events: list) -> None:
+    client.execute_command("XADD", key, "MAXLEN", "~", MAXLEN, "*", "h", hostname, "e", _encode(events))
+
+
+def worker_event(kind: str, hostname: str, info: dict) -> tuple:
+    return (kind, None, None, time.time(), None, info)
+
+
+def unpack_entry(fields: dict) -> list[dict]:
+    """A stream entry -> events as dicts."""
+    host = fields.get(b"h", b"").decode()
+    out = []
+    for kind, task_id, name, ts, runtime, info in _decode(fields[b"e"]):
+        event = {"type": kind, "hostname": host, "timestamp": ts}
+        if task_id is not None:
+            event["uuid"] = task_id
+        if name is not None:
+            event["name"] = name
+        if runtime is not None:
+            event["runtime"] = runtime
+        if info:
+            event.update(info)
+        out.append(event)
+    return out
+
+
+def tail(client, key: str, since: str = "$", block_ms: int = 1000) -> Iterator[dict]:
+    """Follow the event stream forever, yielding events as dicts."""
+    last = since
+    while True:
+        for _stream, entries in client.xread({key: last}, block=block_ms, count=100) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                yield from unpack_entry(fields)
