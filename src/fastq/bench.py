@@ -47,8 +47,11 @@ def echo(x):
     return x
 
 
-SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
-DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 100_000, "drain": 200_000, "e2e": 100_000, "latency": 2_000}
+SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency", "memory")
+DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 100_000, "drain": 200_000, "e2e": 100_000, "latency": 2_000,
+                 "memory": 1_000_000}
+#: Scenarios "all" runs (memory takes a while: ask for it by name).
+DEFAULT_SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
 
 
 # --- Redis ------------------------------------------------------------------------
@@ -258,6 +261,45 @@ def run_latency(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> di
     return {"scenario": "latency", "samples": n, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": samples[-1] * 1000}
 
 
+def run_memory(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dict:
+    """A one-process worker runs n tasks that return their argument (results
+    stored), fed in waves; its RSS after the first tenth is compared with the end."""
+    bapp.broker.purge("default")
+    w = _Worker(url, 1, extra)
+    wave = 50_000
+    samples = []
+    try:
+        _wait_for_worker(bapp, w)
+        sent = 0
+        while sent < n:
+            k = min(wave, n - sent)
+            results = _bulk_send(bapp, k, "bench.echo", lambda _: None)
+            ResultSet(results[-1:], app=bapp).get(timeout=600)
+            while _queue_backlog(bapp)[0]:
+                time.sleep(0.01)
+            sent += k
+            progress(k)
+            bapp.broker.client.flushdb()  # drop the stored results: Redis memory is not what we measure here
+            bapp.broker.ensure_queue("default")
+            samples.append((sent, _child_rss_mb(w)))
+    finally:
+        w.stop()
+    base = next((rss for done, rss in samples if done >= n // 10), samples[0][1])
+    end = samples[-1][1]
+    return {"scenario": "memory", "processes": 1, "tasks": n, "rss_after_10pct_mb": base, "rss_end_mb": end,
+            "rss_growth_pct": (end - base) / base * 100}
+
+
+def _child_rss_mb(w: _Worker) -> float:
+    import psutil
+
+    try:
+        children = psutil.Process(w.proc.pid).children()
+        return sum(c.memory_info().rss for c in children) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
 # --- output -------------------------------------------------------------------------
 
 
@@ -272,6 +314,9 @@ def format_table(results: list[dict]) -> str:
             other.append(f"worker RSS {r['worker_rss_mb']:.0f} MB")
         if "bytes_per_message" in r:
             other.append(f"Redis {r['bytes_per_message']:.0f} B/msg")
+        if "rss_growth_pct" in r:
+            other.append(f"child RSS {r['rss_after_10pct_mb']:.1f} -> {r['rss_end_mb']:.1f} MB "
+                         f"({r['rss_growth_pct']:+.1f}%)")
         lines.append(
             f"{r['scenario']:<10}{r.get('processes', ''):>6}{r.get('tasks', r.get('samples', '')):>10}"
             f"{_f(r.get('seconds'), '.2f'):>10}{_f(r.get('rate'), ',.0f'):>12}"
@@ -293,6 +338,8 @@ def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int],
     for sc in scenarios:
         n = tasks or DEFAULT_TASKS[sc]
         procs = processes if sc == "drain" else ([max(processes)] if sc == "e2e" else [1])
+        if sc == "memory":
+            procs = [1]
         for p in procs:
             label = f"{sc} ({p} proc)" if sc in ("drain", "e2e") else sc
             with click.progressbar(length=n, label=f"{label:<16}", file=sys.stderr,
@@ -305,6 +352,8 @@ def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int],
                     results.append(run_drain(bapp, url, n, p, bar.update, extra))
                 elif sc == "e2e":
                     results.append(run_e2e(bapp, url, n, p, bar.update, extra))
+                elif sc == "memory":
+                    results.append(run_memory(bapp, url, n, bar.update, extra))
                 else:
                     results.append(run_latency(bapp, url, n, bar.update, extra))
     return results
@@ -327,7 +376,7 @@ def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> No
         raise click.BadParameter("give process counts like 1,2", param_hint="--processes") from None
     if not procs or min(procs) < 1:
         raise click.BadParameter("process counts must be >= 1", param_hint="--processes")
-    scenarios = list(SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
+    scenarios = list(DEFAULT_SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
     url = broker or os.environ.get("FASTQ_BROKER_URL")
     with contextlib.ExitStack() as stack:
         if url:

@@ -250,7 +250,10 @@ class RedisBroker:
         out: list[bytes] = []
         start = "-"
         while True:
-            rows = c.xpending_range(stream, GROUP, min=start, max="+", count=1000, consumername=consumer)
+            try:
+                rows = c.xpending_range(stream, GROUP, min=start, max="+", count=1000, consumername=consumer)
+            except ResponseError:  # no group (the stream was deleted): nothing is pending
+                return out
             if not rows:
                 return out
             out.extend(r["message_id"] for r in rows)

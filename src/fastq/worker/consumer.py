@@ -201,11 +201,12 @@ class Consumer:
         try:
             reply = self._read()
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # a stream was deleted: re-create the groups
-                for qk in self.queues:
-                    self.broker.ensure_queue(qk.name)
-                return []
-            raise
+            # NOGROUP / UNBLOCKED: a stream or its group was deleted (purge,
+            # FLUSHDB, a Redis restart without persistence): re-create them.
+            log.warning("Queue keys vanished (%s); re-creating the consumer groups", exc)
+            for qk in self.queues:
+                self.broker.ensure_queue(qk.name)
+            return []
         return parse_xread_reply(reply, self.by_name)
 
     def _release(self, deliveries) -> None:
@@ -244,11 +245,15 @@ class Consumer:
                 return
             except CONNECTION_ERRORS as exc:
                 self._lost_connection(exc)
-                recovered = []
-                if self.stopping and not self.out and not self._pending_outs:
-                    return
-                time.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                log.exception("Consumer error (%s); reconnecting and carrying on", exc)
+                self._warned = True
+                self._lost_connection(exc)
+            recovered = []
+            if self.stopping and not self.out and not self._pending_outs:
+                return
+            time.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
 
     def _lost_connection(self, exc: BaseException) -> None:
         if not self._warned:

@@ -23,6 +23,8 @@ import signal
 import threading
 import time
 
+from redis.exceptions import ResponseError
+
 from .. import states
 from ..broker.redis import CONNECTION_ERRORS
 from ..exceptions import WorkerLostError
@@ -181,7 +183,12 @@ class ProcessPool:
                 child = sentinels[s]
                 child.process.join()
                 self.children.remove(child)
-                self._child_exited(child)
+                try:
+                    self._child_exited(child)
+                except Exception:
+                    log.exception("Handling the exit of pool child %s failed", child.index + 1)
+                    if not self.stopping:
+                        self.children.append(self._spawn(child.index))
         self.maintenance.deregister()
         return 0
 
@@ -210,6 +217,9 @@ class ProcessPool:
                 return
             except CONNECTION_ERRORS:
                 time.sleep(0.5)  # the lease returns them if Redis stays away
+            except ResponseError as exc:  # e.g. the queue's keys were deleted: nothing to hand back
+                log.warning("Could not hand back the dead child's messages: %s", exc)
+                return
 
     def _record_lost(self, entry_id: bytes, child: _Child, how: str) -> None:
         """Record in the task's state that its process died (RETRY, or FAILURE on
