@@ -107,39 +107,56 @@ class FastQ:
         return self._send(name, args, kwargs, options, None)
 
     def send_many(self, signatures: Iterable) -> list:
-        """Send many signatures in pipelined batches; return their AsyncResults."""
+        """Send many signatures in pipelined batches; return their AsyncResults.
+
+        Signatures without options take a short path: what depends only on the
+        task (queue, priority, expiry, parent) is worked out once per run of
+        same-task signatures, not once per message."""
         from .result import AsyncResult
 
         batch, results = [], []
+        in_flight = None  # the previous batch, sent while this one is built
+        broker = self.broker
+        field = self.serializer.field
+        encode = self.serializer.encode
+        limit = self.conf.max_message_size
+        parent = current_request.get()
+        parent_id = parent.id if parent is not None else None
+        root_id = (parent.root_id or parent.id) if parent is not None else None
+        last_name, placement = None, None
         for sig in signatures:
-            task = self.tasks.get(sig.task)
-            msg, queue, priority, due = self._build(sig.task, sig.args, sig.kwargs, dict(sig.options), task)
-            batch.append((queue, priority, due, self._encode(msg, task)))
-            results.append(AsyncResult(msg.id, app=self, task_name=sig.task))
+            name = sig.task
+            task = self.tasks.get(name)
+            if sig.options:
+                msg, queue, priority, due = self._build(name, sig.args, sig.kwargs, dict(sig.options), task)
+                payload = self._encode(msg, task)
+            else:
+                if name != last_name:
+                    queue, priority = self._placement(name, task, sig.args, sig.kwargs, {})
+                    expires = None if task is None or task.expires is None else _expiry_time(task.expires, now())
+                    last_name, placement = name, (queue, priority, expires)
+                queue, priority, expires = placement
+                due = None
+                msg = Message(new_task_id(), name, sig.args, sig.kwargs, 0, None, expires, priority, parent_id,
+                              root_id, now(), None, None)
+                try:
+                    payload = encode(msg)
+                except self.serializer.error as exc:
+                    raise _unserializable(msg, exc, self.serializer) from None
+                if len(payload) > limit:
+                    payload = self._encode(msg, task)  # raises MessageTooLarge with the details
+            batch.append((queue, priority, due, payload))
+            results.append(AsyncResult(msg.id, app=self, task_name=name))
             if len(batch) >= 1000:
-                self.broker.publish_many(batch, self.serializer.field)
+                if in_flight is not None:
+                    broker.finish_packed(in_flight)
+                in_flight = broker.start_packed(broker.publish_many_commands(batch, field))
                 batch = []
+        if in_flight is not None:
+            broker.finish_packed(in_flight)
         if batch:
-            self.broker.publish_many(batch, self.serializer.field)
+            broker.publish_many(batch, field)
         return results
-
-    def add_periodic_task(self, schedule: Any, sig: Any, name: str | None = None, **options: Any) -> str:
-        """Add an entry to ``conf.beat_schedule``: ``app.add_periodic_task(60.0, add.s(1, 1), name="every-minute")``.
-
-        ``schedule`` is seconds, a timedelta, a ``crontab`` or a cron string;
-        ``options`` are apply_async options (``queue``, ``priority``, ``expires``).
-        The entry is checked when beat starts. Returns the entry's name
-        (default: the signature's repr, as in Celery)."""
-        from .canvas import Signature
-
-        if not isinstance(sig, Signature):
-            raise TypeError(f"add_periodic_task() takes a signature (task.s(...)), not {type(sig).__name__}")
-        key = name or repr(sig)
-        entry = {"task": sig.task, "schedule": schedule, "args": tuple(sig.args), "kwargs": dict(sig.kwargs),
-                 "options": {**sig.options, **options}}
-        # a new dict: the default beat_schedule may be shared with other apps
-        self.conf.beat_schedule = {**(self.conf.beat_schedule or {}), key: entry}
-        return key
 
     def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
         from .result import AsyncResult

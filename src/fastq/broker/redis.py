@@ -121,6 +121,29 @@ class RedisBroker:
             raise error
         raise BrokerError("Lua scripts could not be loaded")  # pragma: no cover
 
+    def start_packed(self, commands: list[bytes]) -> tuple:
+        """Send without waiting; ``finish_packed`` reads the replies later, so the
+        caller can prepare the next batch while Redis works on this one."""
+        ch = self._channel()
+        try:
+            ch.send(b"".join(commands))
+        except CONNECTION_ERRORS:
+            ch.close()
+            return (commands, None)
+        return (commands, ch)
+
+    def finish_packed(self, handle: tuple) -> list:
+        commands, ch = handle
+        if ch is not None:
+            try:
+                replies = ch.read_many(len(commands))
+            except CONNECTION_ERRORS:
+                ch.close()
+            else:
+                if not any(isinstance(r, ResponseError) for r in replies):
+                    return replies
+        return self.execute_packed(commands)  # retries, loads scripts, raises what is left
+
     # --- sending ----------------------------------------------------------------
 
     def _register_queue_cmd(self, queue: str) -> bytes | None:
@@ -146,12 +169,27 @@ class RedisBroker:
 
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send (queue, priority, due, payload) tuples in one pipelined round trip."""
-        cmds = [self._publish_cmd(q, p, field, payload, due) for q, p, due, payload in batch]
+        self.execute_packed(self.publish_many_commands(batch, field))
+
+    def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
+        """One publish_many.lua call per stream, one multi-member ZADD per delayed set."""
+        ready: dict[str, list] = {}
+        delayed: dict[str, list] = {}
+        for queue, priority, due, payload in batch:
+            if due is None:
+                ready.setdefault(self.keys.queue(queue).streams[priority], []).append(payload)
+            else:
+                zset = delayed.setdefault(self.keys.queue(queue).delayed, [])
+                zset.append(int(due * 1000))
+                zset.append(field + b"%d" % priority + payload)
+        sha = SCRIPTS.publish_many.sha_bytes
+        cmds = [pack_command((b"EVALSHA", sha, 1, stream, field, *payloads)) for stream, payloads in ready.items()]
+        cmds.extend(pack_command((b"ZADD", key, *members)) for key, members in delayed.items())
         for q in {b[0] for b in batch}:
             reg = self._register_queue_cmd(q)
             if reg is not None:
                 cmds.append(reg)
-        self.execute_packed(cmds)
+        return cmds
 
     # --- queues -----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ class Script:
 class Scripts:
     """The broker's scripts, by name."""
 
-    NAMES = ("fetch", "ack", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
+    NAMES = ("fetch", "ack", "publish_many", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
              "beat_lock", "beat_release", "beat_send")
 
     def __init__(self) -> None:
