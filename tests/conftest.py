@@ -21,6 +21,10 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests' own modules (tests.apps...) import from the checkout; fastq itself
+# comes from wherever it is installed (src/ is deliberately not on the path).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 # Override to run several suites at once on one Redis without clashing.
 TEST_DB = int(os.environ.get("FASTQ_TEST_DB", "9"))
 LEDGER_DB = int(os.environ.get("FASTQ_TEST_LEDGER_DB", "10"))

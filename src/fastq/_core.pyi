@@ -1,0 +1,84 @@
+"""Type stubs for the compiled core; ``_core_py`` is its pure-Python twin with the same API."""
+
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+COMPILED: bool
+current_request: ContextVar[Request | None]
+
+def pack_command(args: Sequence[bytes | str | int | float]) -> bytes: ...
+def pack_xadd(key: bytes, field: bytes, payload: bytes) -> bytes: ...
+def new_task_id() -> str: ...
+def parse_fetch_reply(reply: list | None, streams: Sequence[str]) -> list[Delivery]: ...
+def parse_xread_reply(reply: list | None, by_name: dict[bytes, str]) -> list[Delivery]: ...
+
+class Delivery:
+    stream: str
+    entry_id: bytes
+    field: bytes
+    payload: bytes
+    dc: int
+    message: Any
+    def __init__(self, stream: str, entry_id: bytes, field: bytes, payload: bytes, dc: int = 0) -> None: ...
+
+class TokenBucket:
+    rate: float
+    capacity: float
+    tokens: float
+    stamp: float
+    refill: bool
+    def __init__(self, rate: float, capacity: float, refill: bool = True) -> None: ...
+    def consume(self, n: float = 1.0) -> bool: ...
+    def expected_wait(self, n: float = 1.0) -> float: ...
+    def add(self, n: float) -> None: ...
+
+class Output:
+    acks: dict[str, list[bytes]]
+    commands: list[bytes]
+    replies: int
+    count: int
+    events: list[tuple]
+    def ack(self, stream: str, entry_id: bytes) -> None: ...
+    def add_command(self, packed: bytes, replies: int = 1) -> None: ...
+    def event(self, kind: str, task_id: str | None, name: str | None, runtime: float | None, info: Any) -> None: ...
+    def take(self) -> Output: ...
+    def __bool__(self) -> bool: ...
+
+class Request:
+    message: Any
+    delivery: Delivery | None
+    hostname: str | None
+    queue: str | None
+    id: str
+    task: str
+    args: list
+    kwargs: dict
+    retries: int
+    eta: float | None
+    expires: float | None
+    priority: int
+    parent_id: str | None
+    root_id: str | None
+    options: dict | None
+    headers: dict | None
+    called_directly: bool
+    delivery_count: int
+    def __init__(self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None) -> None: ...
+
+class Runner:
+    registry: dict[str, Any]
+    handler: Any
+    hostname: str
+    stopping: bool
+    processed: int
+    current: Delivery | None
+    flush_interval: float
+    flush: Callable[[Output], None] | None
+    notify: bool
+    events: bool
+    max_size: int
+    slot: Any
+    def __init__(self, registry: dict[str, Any], handler: Any, hostname: str, result_prefix: bytes,
+                 result_expires: int, encode_result: Callable[..., bytes], queue_of: dict[str, str]) -> None: ...
+    def run_batch(self, deliveries: list[Delivery], out: Output) -> int: ...
