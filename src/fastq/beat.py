@@ -274,17 +274,13 @@ class Beat:
         options = dict(entry.options)
         options["queue"] = entry.queue  # the state hash is in this queue's slot
         headers = {**(options.pop("headers", None) or {}), HEADER_ENTRY: entry.name, HEADER_DUE: due_ms}
-        msg, queue, priority, delay = app._build(entry.task, entry.args, entry.kwargs, options, task)
+        # (countdown and eta are refused at load, so the run goes straight to its stream)
+        msg, queue, priority, _ = app._build(entry.task, entry.args, entry.kwargs, options, task)
         msg = msgspec.structs.replace(msg, headers=headers)
         payload = app._encode(msg, task)
-        field = app.serializer.field
-        qk = app.broker.keys.queue(queue)
-        if delay is None:
-            keys, args = [entry.state_key, qk.streams[priority]], [due_ms, msg.id, "s", field, payload]
-        else:  # options such as a countdown: the run waits in the delayed set
-            member = field + b"%d" % priority + payload
-            keys, args = [entry.state_key, qk.delayed], [due_ms, msg.id, "z", member, int(delay * 1000)]
-        return bool(SCRIPTS.beat_send(self.client, keys, args))
+        stream = app.broker.keys.queue(queue).streams[priority]
+        return bool(SCRIPTS.beat_send(self.client, [entry.state_key, stream],
+                                      [due_ms, msg.id, app.serializer.field, payload]))
 
     def _fmt(self, ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, self.tz).isoformat(timespec="milliseconds")

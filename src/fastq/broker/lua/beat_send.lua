@@ -1,9 +1,8 @@
 -- Send one periodic run, exactly once per entry and due time.
 -- KEYS[1]: the entry's state hash (in the queue's slot): due = the latest due
 --          time sent (ms), sent = server ms it was sent, id = its task id
--- KEYS[2]: the target: a priority stream, or the delayed set
--- ARGV: due_ms, task_id, mode ('s' stream | 'z' delayed set),
---       field | member, payload | score
+-- KEYS[2]: the priority stream the run goes to
+-- ARGV: due_ms, task_id, field, payload
 -- A run whose due time is not later than the last one sent is refused, so two
 -- beats that both think they lead (or a leader retrying after a lost reply)
 -- never send a run twice. The check, the send and the state update are one
@@ -12,11 +11,7 @@
 local due = tonumber(ARGV[1])
 local last = tonumber(redis.call('HGET', KEYS[1], 'due'))
 if last and last >= due then return 0 end
-if ARGV[3] == 'z' then
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-else
-  redis.call('XADD', KEYS[2], '*', ARGV[4], ARGV[5])
-end
+redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4])
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'due', ARGV[1], 'id', ARGV[2],
            'sent', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
