@@ -1,9 +1,37 @@
-"""Signatures: a task call packaged to be sent later or elsewhere."""
+"""Signatures and workflows: ``chain``, ``group``, ``chord``, ``chunks``.
+
+A signature is a task call packaged to be sent later or elsewhere. Workflows
+are trees of signatures; sending one turns the tree into plain dicts (see
+``fastq.workflow``) that travel inside the messages, so the continuation of a
+workflow lives in Redis, never in a worker's memory.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
+
+
+def _is_sig(obj: Any) -> bool:
+    return isinstance(obj, Signature)
+
+
+def maybe_signature(obj: Any, app=None, where: str = "workflow") -> Signature:
+    """A Signature from a Signature or its dict form; TypeError for anything else."""
+    if isinstance(obj, Signature):
+        return obj
+    if isinstance(obj, dict) and ("task" in obj or "subtask_type" in obj):
+        return Signature.from_dict(obj, app=app)
+    raise TypeError(f"{where}: expected a signature (task.s(...)), not {type(obj).__name__}: {obj!r:.80}")
+
+
+def _app_of(sigs: Iterable[Signature]):
+    for s in sigs:
+        app = s.app or (s._find_app() if hasattr(s, "_find_app") else None)
+        if app is not None:
+            return app
+    return None
 
 
 class Signature:
@@ -13,6 +41,9 @@ class Signature:
     (``add.s(2)`` called with a parent's result ``r`` runs ``add(r, 2)``).
     ``immutable=True`` (``add.si``) ignores them.
     """
+
+    #: None for a task; "chain", "group", "chord" for workflows.
+    subtask_type: str | None = None
 
     def __init__(self, task: str, args: Any = None, kwargs: dict | None = None, options: dict | None = None,
                  app=None, immutable: bool = False) -> None:
@@ -26,11 +57,21 @@ class Signature:
         self.app = app
 
     def _app(self):
-        if self.app is None:
-            raise RuntimeError(f"signature for {self.task!r} has no app: build it from a task (task.s())")
-        return self.app
+        app = self.app if self.app is not None else self._find_app()
+        if app is None:
+            raise RuntimeError(f"signature for {self!r} has no app: build it from a task (task.s())")
+        return app
+
+    def _find_app(self):
+        return None
+
+    @property
+    def id(self) -> str | None:
+        """The task id, once set (``freeze()`` or ``set(task_id=...)``)."""
+        return self.options.get("task_id")
 
     def clone(self, args: Any = None, kwargs: dict | None = None, **options: Any) -> Signature:
+        """A copy, with ``args`` prepended and ``kwargs``/``options`` merged (unless immutable)."""
         s = copy.copy(self)
         s.options = {**self.options, **options}
         s.kwargs = dict(self.kwargs)
@@ -45,14 +86,45 @@ class Signature:
         self.options.update(options)
         return self
 
+    def set_immutable(self, immutable: bool) -> None:
+        self.immutable = immutable
+
+    def link(self, callback: Any) -> Any:
+        """Add a callback run with this task's result (``apply_async(link=...)``)."""
+        callback = maybe_signature(callback, self.app, "link")
+        self.options["link"] = [*_as_list(self.options.get("link")), callback]
+        return callback
+
+    def link_error(self, errback: Any) -> Any:
+        """Add an errback run with the failed task's id (``apply_async(link_error=...)``)."""
+        errback = maybe_signature(errback, self.app, "link_error")
+        self.options["link_error"] = [*_as_list(self.options.get("link_error")), errback]
+        return errback
+
+    on_error = link_error
+
+    def freeze(self, _id: str | None = None):
+        """Fix the task id now (kept when sent) and return its AsyncResult."""
+        from ._speedups import new_task_id
+        from .result import AsyncResult
+
+        if _id is not None:
+            self.options["task_id"] = _id
+        elif not self.options.get("task_id"):
+            self.options["task_id"] = new_task_id()
+        return AsyncResult(self.options["task_id"], app=self._app(), task_name=self.task)
+
     def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Send it (partial ``args`` are prepended); returns an AsyncResult."""
         s = self.clone(args, kwargs, **options)
         return s._app().send_task(s.task, s.args, s.kwargs, **s.options)
 
     def delay(self, *args: Any, **kwargs: Any):
+        """``apply_async(args, kwargs)``."""
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Run it here and now (an EagerResult)."""
         s = self.clone(args, kwargs)
         return s._app().tasks[s.task].apply(s.args, s.kwargs, **options)
 
@@ -60,9 +132,43 @@ class Signature:
         s = self.clone(args, kwargs)
         return s._app().tasks[s.task](*s.args, **s.kwargs)
 
+    # --- composing ------------------------------------------------------------------
+
+    def __or__(self, other: Any) -> Signature:
+        """``a | b``: a chain; ``group | task``: a chord."""
+        if not _is_sig(other):
+            raise TypeError(f"cannot chain {self!r} with {type(other).__name__}: expected a signature (task.s(...))")
+        return chain(self, other)
+
+    def __ror__(self, other: Any) -> Signature:
+        raise TypeError(f"cannot chain {type(other).__name__} with {self!r}: expected a signature (task.s(...))")
+
+    # --- the wire form ---------------------------------------------------------------
+
     def as_dict(self) -> dict:
-        return {"task": self.task, "args": list(self.args), "kwargs": self.kwargs,
-                "options": self.options, "immutable": self.immutable}
+        """The plain-dict form that travels in messages (callbacks included)."""
+        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
+                "options": _options_dict(self.options), "immutable": self.immutable}
+
+    @staticmethod
+    def from_dict(d: dict, app=None) -> Signature:
+        """Rebuild a Signature (or a chain, group, chord) from ``as_dict()``'s form."""
+        kind = d.get("subtask_type")
+        options = {k: v for k, v in (d.get("options") or {}).items()}
+        for key in ("link", "link_error"):
+            if key in options:
+                options[key] = [maybe_signature(c, app, key) for c in _as_list(options[key])]
+        if kind is None:
+            return Signature(d["task"], d.get("args"), d.get("kwargs"), options, app=app,
+                             immutable=bool(d.get("immutable")))
+        if kind == "chain":
+            return chain(*(maybe_signature(t, app) for t in d["tasks"]), app=app, **options)
+        if kind == "group":
+            return group([maybe_signature(t, app) for t in d["tasks"]], app=app, **options)
+        if kind == "chord":
+            return chord([maybe_signature(t, app) for t in d["header"]],
+                         maybe_signature(d["body"], app) if d.get("body") is not None else None, app=app, **options)
+        raise TypeError(f"unknown signature type {kind!r}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Signature) and self.as_dict() == other.as_dict()
@@ -72,7 +178,262 @@ class Signature:
         return f"{self.task}({args})"
 
 
-def signature(task: str, args: Any = None, kwargs: dict | None = None, options: dict | None = None, app=None,
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _options_dict(options: dict) -> dict:
+    out = dict(options)
+    for key in ("link", "link_error"):
+        if key in out and out[key] is not None:
+            out[key] = [c.as_dict() if _is_sig(c) else c for c in _as_list(out[key])]
+    return out
+
+
+class _Workflow(Signature):
+    """What chain, group and chord share: sending goes through ``fastq.workflow``."""
+
+    def _find_app(self):
+        return _app_of(self._children())
+
+    def _children(self) -> list[Signature]:
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str | None:
+        return None
+
+    def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Send the workflow: every first step in pipelined batches. Returns the
+        result of the last step (a GroupResult for a group)."""
+        from . import workflow
+
+        app = self._app()
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        tree = self.as_dict()
+        if options:
+            tree["options"] = {**tree["options"], **_options_dict(options)}
+        tree = workflow.freeze(tree)
+        result = workflow.result_of(app, tree)
+        workflow.publish(app, workflow.launch(app, tree, tuple(args or ()), dict(kwargs or {})))
+        return result
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        """Workflows are sent when called, as in Celery."""
+        return self.apply_async(args, kwargs)
+
+    def clone(self, args: Any = None, kwargs: dict | None = None, **options: Any) -> Signature:
+        s = copy.copy(self)
+        s.options = {**self.options, **options}
+        return s
+
+    def freeze(self, _id: str | None = None):
+        raise NotImplementedError(f"{type(self).__name__}.freeze(): use apply_async(), which returns the result")
+
+
+class chain(_Workflow):  # noqa: N801 - Celery's name
+    """``chain(a, b, c)`` or ``a | b | c``: each result is the first argument of
+    the next task. The result is the last task's; a failure stops the chain and
+    the chain's result fails with that error."""
+
+    subtask_type = "chain"
+
+    def __init__(self, *tasks: Any, app=None, **options: Any) -> None:
+        if len(tasks) == 1 and not isinstance(tasks[0], (Signature, dict)) and isinstance(tasks[0], Iterable):
+            tasks = tuple(tasks[0])
+        self.tasks = tuple(maybe_signature(t, app, "chain") for t in tasks)
+        super().__init__("fastq.chain", (), {}, options, app=app)
+
+    def _children(self) -> list[Signature]:
+        return list(self.tasks)
+
+    def __or__(self, other: Any) -> Signature:
+        if not _is_sig(other):
+            raise TypeError(f"cannot chain {self!r} with {type(other).__name__}: expected a signature (task.s(...))")
+        tasks = other.tasks if isinstance(other, chain) and not other.options else (other,)
+        return chain(*self.tasks, *tasks, app=self.app, **self.options)
+
+    def as_dict(self) -> dict:
+        return {"subtask_type": "chain", "tasks": [t.as_dict() for t in self.tasks],
+                "options": _options_dict(self.options)}
+
+    def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Run every step here, in order (eager mode)."""
+        result = None
+        for i, t in enumerate(self.tasks):
+            result = t.apply(args, kwargs) if i == 0 else t.apply((result.get(),))
+            if result.failed():
+                return result
+        return result
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(t) for t in self.tasks) or "chain()"
+
+
+class group(_Workflow):  # noqa: N801 - Celery's name
+    """``group(sigs)``: run the signatures in parallel. ``apply_async()`` returns
+    a GroupResult; the messages go out in pipelined batches."""
+
+    subtask_type = "group"
+
+    def __init__(self, *tasks: Any, app=None, **options: Any) -> None:
+        if len(tasks) == 1 and not isinstance(tasks[0], (Signature, dict)) and isinstance(tasks[0], Iterable):
+            tasks = tuple(tasks[0])
+        self.tasks = tuple(maybe_signature(t, app, "group") for t in tasks)
+        super().__init__("fastq.group", (), {}, options, app=app)
+
+    def _children(self) -> list[Signature]:
+        return list(self.tasks)
+
+    def __or__(self, other: Any) -> Signature:
+        """``group | task``: a chord with the task as its body."""
+        if not _is_sig(other):
+            raise TypeError(f"cannot chain {self!r} with {type(other).__name__}: expected a signature (task.s(...))")
+        return chord(self, other, app=self.app)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def as_dict(self) -> dict:
+        return {"subtask_type": "group", "tasks": [t.as_dict() for t in self.tasks],
+                "options": _options_dict(self.options)}
+
+    def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Run every member here (eager mode)."""
+        return _eager_group([t.apply(args, kwargs) for t in self.tasks])
+
+    def __repr__(self) -> str:
+        return f"group([{', '.join(repr(t) for t in self.tasks)}])"
+
+
+class chord(_Workflow):  # noqa: N801 - Celery's name
+    """``chord(header, body)``: run the header group, then the body once with the
+    list of header results. ``chord(header)(body)`` sends it at once.
+
+    The worker counts finished header tasks in Redis (one atomic script per
+    task, idempotent per task), and the call that completes the count sends the
+    body: there is no polling unlock task. A failed header task fails the
+    chord: the body does not run, its result fails with that task's error and
+    its ``link_error`` callbacks run."""
+
+    subtask_type = "chord"
+
+    def __init__(self, header: Any, body: Any = None, app=None, **options: Any) -> None:
+        if isinstance(header, group):
+            options = {**header.options, **options}
+            header = header.tasks
+        elif isinstance(header, (Signature, dict)):
+            header = [header]
+        elif not isinstance(header, Iterable):
+            raise TypeError(f"chord header: expected a group or signatures, not {type(header).__name__}")
+        self.tasks = tuple(maybe_signature(t, app, "chord header") for t in header)
+        self.body = maybe_signature(body, app, "chord body") if body is not None else None
+        super().__init__("fastq.chord", (), {}, options, app=app)
+
+    @property
+    def header(self) -> group:
+        return group(self.tasks, app=self.app)
+
+    def _children(self) -> list[Signature]:
+        return [*self.tasks, *([self.body] if self.body is not None else [])]
+
+    def __or__(self, other: Any) -> Signature:
+        """``chord | task``: the task runs after the body, with its result."""
+        if not _is_sig(other):
+            raise TypeError(f"cannot chain {self!r} with {type(other).__name__}: expected a signature (task.s(...))")
+        if self.body is None:
+            return chord(self.tasks, other, app=self.app, **self.options)
+        return chord(self.tasks, self.body | other, app=self.app, **self.options)
+
+    def __call__(self, body: Any = None, **options: Any):
+        """``chord(header)(body)``: send with this body."""
+        if body is not None:
+            return chord(self.tasks, body, app=self.app, **self.options).apply_async(**options)
+        return self.apply_async(**options)
+
+    def as_dict(self) -> dict:
+        if self.body is None:
+            raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
+        return {"subtask_type": "chord", "header": [t.as_dict() for t in self.tasks], "body": self.body.as_dict(),
+                "options": _options_dict(self.options)}
+
+    def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Run the header, then the body, here (eager mode)."""
+        if self.body is None:
+            raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
+        header = _eager_group([t.apply(args, kwargs) for t in self.tasks])
+        failed = next((r for r in header.results if r.failed()), None)
+        if failed is not None:
+            return failed
+        return self.body.apply((header.get(),))
+
+    def __repr__(self) -> str:
+        return f"chord([{', '.join(repr(t) for t in self.tasks)}], {self.body!r})"
+
+
+class chunks(_Workflow):  # noqa: N801 - Celery's name
+    """``add.chunks(items, n)``: the items split into groups of ``n`` calls, each
+    chunk one ``fastq.starmap`` task. Sends as a group (a GroupResult of lists)."""
+
+    subtask_type = "chunks"
+
+    def __init__(self, task: Any, it: Iterable, n: int, app=None, **options: Any) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"chunks: n must be a positive integer, not {n!r}")
+        self.target = maybe_signature(task, app, "chunks")
+        self.it = [tuple(a) for a in it]
+        self.n = n
+        super().__init__("fastq.chunks", (), {}, options, app=app or self.target.app)
+
+    def _children(self) -> list[Signature]:
+        return [self.target]
+
+    def group(self) -> group:
+        """The group of starmap tasks, one per chunk."""
+        name = self.target.task
+        tasks = [Signature("fastq.starmap", (), {"task": name, "it": [list(a) for a in self.it[i : i + self.n]]},
+                           dict(self.target.options), app=self.app)
+                 for i in range(0, len(self.it), self.n)]
+        return group(tasks, app=self.app, **self.options)
+
+    def as_dict(self) -> dict:
+        return self.group().as_dict()
+
+    def __or__(self, other: Any) -> Signature:
+        return self.group() | other
+
+    def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        return self.group().apply(args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.target.task}.chunks({len(self.it)} items, {self.n})"
+
+
+def _eager_group(results: list):
+    """The GroupResult of a group run eagerly."""
+    from .result import GroupResult
+
+    return GroupResult(None, results)
+
+
+def signature(task: Any, args: Any = None, kwargs: dict | None = None, options: dict | None = None, app=None,
               **opts: Any) -> Signature:
-    """``fastq.signature("proj.add", args=(2, 2))``."""
+    """``fastq.signature("proj.add", args=(2, 2))``; also takes a Signature or its dict form."""
+    if isinstance(task, Signature):
+        return task.clone(args, kwargs, **(options or {}), **opts)
+    if isinstance(task, dict):
+        return Signature.from_dict(task, app=app)
     return Signature(task, args, kwargs, {**(options or {}), **opts}, app=app)
+
+
+subtask = signature
+
+__all__ = ["Signature", "chain", "chord", "chunks", "group", "maybe_signature", "signature", "subtask"]

@@ -1,0 +1,602 @@
+"""Workflows on the wire, and what a worker does when a workflow step ends.
+
+A workflow travels as a tree of plain dicts (msgspec-encodable) inside the
+messages themselves:
+
+- task:  ``{"task", "args", "kwargs", "options", "immutable"}``
+- chain: ``{"subtask_type": "chain", "tasks": [...]}``
+- group: ``{"subtask_type": "group", "tasks": [...], "options": {"group_id"}}``
+- chord: ``{"subtask_type": "chord", "header": [...], "body": {...}, "options": {"chord_id"}}``
+
+``freeze`` gives every task its id before anything is sent (so the producer
+holds the final result at once, and a re-sent step keeps its ids), pushes a
+composite's options down to its tasks, and normalizes: nested chains are
+flattened, a group followed by more steps becomes a chord, and whatever follows
+a chord moves into its body. After that, groups and chords only end chains, and
+a task message carries what runs after it in ``options``:
+
+- ``chain``: the rest of its chain (sent with this task's result prepended);
+- ``link`` / ``link_error``: callbacks (the errback gets the failed task's id);
+- ``chord`` + ``group_index``: it is header task ``group_index`` of that chord.
+
+Exactly once, on an at-least-once worker:
+
+- Chain steps and callbacks are added to the worker's output in the same flush
+  as the ack, before it: a crash before the flush redelivers the step (which
+  re-sends them, with the same frozen ids), a flush that went out acked it.
+- Chords: ``chord_done.lua`` records a header result in the chord's hash
+  (HSETNX by header index: a task that runs twice counts once) and answers
+  whether this call completed (or failed) the chord. The worker calls it
+  synchronously, then adds the body (or the failure of the body) to the output,
+  followed by ``HSET sent``, then the ack. If the worker dies in between, the
+  header task is redelivered, and the script gives the decision again to that
+  same header index while ``sent`` is unset; nobody else ever gets it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from . import states
+from ._speedups import new_task_id, pack_command
+
+log = logging.getLogger("fastq.worker")
+
+CHAIN, GROUP, CHORD = "chain", "group", "chord"
+
+#: Options a task message acts on that make it part of a workflow.
+WORKFLOW_KEYS = ("link", "link_error", "chain", "chord")
+
+#: Options of a composite that apply only to the steps that run first.
+_FIRST_ONLY = ("countdown", "eta")
+
+#: apply_async options that are not worker options (app._build_with_options pops them).
+_SEND_OPTIONS = ("task_id", "eta", "countdown", "expires", "priority", "queue", "parent_id", "root_id", "retries",
+                 "headers", "serializer")
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
+
+
+# --- children of running tasks ------------------------------------------------------------
+
+#: Running task id -> ids of the tasks it sent (stored in its result's ``children``).
+CHILDREN: dict[str, list] = {}
+_MAX_CHILDREN = 10000
+
+
+def note_child(request, child_id: str) -> None:
+    """Remember that the running task ``request`` sent ``child_id`` (``r.children``).
+
+    Best effort: an ignore_result task never collects its list, so the map is
+    dropped whole when it grows past a bound."""
+    ids = request._extra
+    if ids is None:
+        if len(CHILDREN) >= _MAX_CHILDREN:
+            CHILDREN.clear()
+        ids = request._extra = CHILDREN[request.id] = []
+    ids.append(child_id)
+
+
+def pop_children(task_id: str) -> list | None:
+    return CHILDREN.pop(task_id, None) if CHILDREN else None
+
+
+# --- building the tree (producer side) ------------------------------------------------------
+
+
+def node_of(obj: Any, where: str = "workflow") -> dict:
+    """The dict form of a Signature (or a dict already)."""
+    if isinstance(obj, dict):
+        return obj
+    as_dict = getattr(obj, "as_dict", None)
+    if as_dict is None:
+        raise TypeError(f"{where}: expected a signature (task.s(...)), not {type(obj).__name__}")
+    return as_dict()
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def callbacks(value: Any) -> list[dict]:
+    """``link=`` / ``link_error=`` values as frozen dicts (what messages carry)."""
+    return [freeze(node_of(c, "link")) for c in _as_list(value)]
+
+
+_known_options: frozenset | None = None
+
+
+def _check_options(opts: dict) -> None:
+    global _known_options
+    if _known_options is None:
+        from .app import _WORKER_OPTIONS
+
+        _known_options = frozenset((*_SEND_OPTIONS, *_WORKER_OPTIONS))
+    unknown = [k for k in opts if k not in _known_options]
+    if unknown:
+        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
+
+
+def _merge(own: dict, defaults: dict) -> dict:
+    """A task's options over its composite's; callbacks add up."""
+    out = dict(own)
+    for k, v in defaults.items():
+        if k in ("link", "link_error"):
+            out[k] = [*_as_list(out.get(k)), *_as_list(v)]
+        elif out.get(k) is None:
+            out[k] = v
+    return out
+
+
+def _own_options(node: dict) -> dict:
+    """A node's options with its callbacks frozen (once, here, so every task that
+    inherits them carries the same ids)."""
+    opts = {k: v for k, v in (node.get("options") or {}).items() if v is not None}
+    for key in ("link", "link_error"):
+        if key in opts:
+            opts[key] = callbacks(opts[key])
+    return opts
+
+
+def _normalize_chain(tasks: list) -> list:
+    """Flatten nested chains; ``group, x`` -> ``chord(group, x)``; whatever follows
+    a chord moves into its body. Afterwards only the last step may be a group or chord."""
+    flat: list = []
+    for t in tasks:
+        t = node_of(t, "chain")
+        if t.get("subtask_type") == CHAIN:
+            flat.extend(_normalize_chain(_spread(t)))
+        else:
+            flat.append(t)
+    for i, t in enumerate(flat):
+        if i == len(flat) - 1:
+            break
+        kind = t.get("subtask_type")
+        rest = flat[i + 1 :]
+        if kind == GROUP:
+            opts = {k: v for k, v in (t.get("options") or {}).items() if k != "group_id"}
+            if (t.get("options") or {}).get("group_id"):
+                opts["chord_id"] = t["options"]["group_id"]
+            body = rest[0] if len(rest) == 1 else {"subtask_type": CHAIN, "tasks": rest, "options": {}}
+            return [*flat[:i], {"subtask_type": CHORD, "header": t["tasks"], "body": body, "options": opts}]
+        if kind == CHORD:
+            body = {"subtask_type": CHAIN, "tasks": [t["body"], *rest], "options": {}}
+            return [*flat[:i], {**t, "body": body}]
+    return flat
+
+
+def _spread(chain_node: dict) -> list:
+    """A nested chain's steps, its options moved onto them as freeze() would
+    (link and task_id: the last step; countdown/eta: the first; the rest: all)."""
+    opts = {k: v for k, v in (chain_node.get("options") or {}).items() if v is not None}
+    tasks = [node_of(t, "chain") for t in chain_node["tasks"]]
+    if not opts:
+        return tasks
+    out = []
+    for i, t in enumerate(tasks):
+        extra = {k: v for k, v in opts.items() if k not in ("link", "task_id", *_FIRST_ONLY)}
+        if i == 0:
+            extra.update({k: opts[k] for k in _FIRST_ONLY if k in opts})
+        if i == len(tasks) - 1:
+            extra.update({k: opts[k] for k in ("link", "task_id") if k in opts})
+        out.append({**t, "options": _merge(t.get("options") or {}, extra)})
+    return out
+
+
+def _flatten_header(tasks: list) -> list:
+    out: list = []
+    for t in tasks:
+        t = node_of(t, "chord header")
+        if t.get("subtask_type") == GROUP:
+            out.extend(_flatten_header(t["tasks"]))
+        else:
+            out.append(t)
+    return out
+
+
+def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None) -> dict:
+    """A copy of the tree with every task id set and options pushed down.
+
+    ``defaults``: options inherited from the enclosing composite. ``member``:
+    ``(chord_id, index)`` when this node's result is one header result of a chord."""
+    defaults = defaults or {}
+    kind = node.get("subtask_type")
+    opts = _merge(_own_options(node), defaults)
+    if kind is None:
+        _check_options(opts)
+        if not isinstance(node.get("task"), str):
+            raise TypeError(f"a signature needs a task name, not {node.get('task')!r}")
+        if not opts.get("task_id"):
+            opts["task_id"] = new_task_id()
+        if member is not None:
+            opts["chord"], opts["group_index"] = member
+        return {"task": node["task"], "args": list(node.get("args") or ()), "kwargs": dict(node.get("kwargs") or {}),
+                "options": opts, "immutable": bool(node.get("immutable"))}
+    if kind == CHAIN:
+        tasks = _normalize_chain(node["tasks"])
+        if not tasks:
+            raise ValueError("cannot send an empty chain")
+        link, link_error, task_id = opts.pop("link", None), opts.pop("link_error", None), opts.pop("task_id", None)
+        first = {k: opts.pop(k) for k in _FIRST_ONLY if k in opts}
+        out = []
+        for i, t in enumerate(tasks):
+            d = dict(opts)
+            if link_error:
+                d["link_error"] = link_error
+            if i == 0:
+                d.update(first)
+            last = i == len(tasks) - 1
+            if last and link:
+                d["link"] = link
+            if last and task_id:
+                d["task_id"] = task_id
+            out.append(freeze(t, d, member if last else None))
+        return out[0] if len(out) == 1 else {"subtask_type": CHAIN, "tasks": out, "options": {}}
+    if kind == GROUP:
+        if member is not None:
+            raise TypeError("a group cannot end a chain inside a chord header (its result is a list, not one value)")
+        gid = opts.pop("group_id", None) or opts.pop("task_id", None) or new_task_id()
+        opts.pop("task_id", None)
+        return {"subtask_type": GROUP, "tasks": [freeze(node_of(t, "group"), opts) for t in node["tasks"]],
+                "options": {"group_id": gid}}
+    if kind == CHORD:
+        if node.get("body") is None:
+            raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
+        cid = opts.pop("chord_id", None) or opts.pop("group_id", None) or new_task_id()
+        body_only = {k: opts.pop(k) for k in ("link", "link_error", "task_id") if k in opts}
+        placement = {k: v for k, v in opts.items() if k not in _FIRST_ONLY}
+        header = [freeze(t, opts, (cid, i)) for i, t in enumerate(_flatten_header(node["header"]))]
+        body = freeze(node_of(node["body"], "chord body"), {**placement, **body_only}, member)
+        return {"subtask_type": CHORD, "header": header, "body": body, "options": {"chord_id": cid}}
+    raise TypeError(f"unknown signature type {kind!r}")
+
+
+def result_of(app, node: dict, parent=None):
+    """The result handle of a frozen tree: AsyncResult of its last task, or a GroupResult."""
+    from .result import AsyncResult, GroupResult
+
+    def walk(n: dict, parent):
+        kind = n.get("subtask_type")
+        if kind is None:
+            r = AsyncResult(n["options"]["task_id"], app=app, task_name=n["task"])
+            r.parent = parent
+            return r
+        if kind == CHAIN:
+            for t in n["tasks"]:
+                parent = walk(t, parent)
+            return parent
+        if kind == GROUP:
+            return GroupResult(n["options"]["group_id"], [walk(t, None) for t in n["tasks"]], app=app, parent=parent)
+        header = GroupResult(n["options"]["chord_id"], [walk(t, None) for t in n["header"]], app=app, parent=parent)
+        return walk(n["body"], header)
+
+    return walk(node, parent)
+
+
+def task_ids(node: dict) -> Iterator[tuple[str, str]]:
+    """(task id, task name) of every task in a frozen tree."""
+    kind = node.get("subtask_type")
+    if kind is None:
+        yield node["options"]["task_id"], node["task"]
+    elif kind == CHORD:
+        for t in node["header"]:
+            yield from task_ids(t)
+        yield from task_ids(node["body"])
+    else:
+        for t in node["tasks"]:
+            yield from task_ids(t)
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+def chord_keys(prefix: str, chord_id: str) -> tuple[str, str]:
+    """The chord's state hash and results hash (one hash tag: one slot)."""
+    base = f"{prefix}chord:{{{chord_id}}}"
+    return f"{base}:m", f"{base}:r"
+
+
+def _when(value: Any) -> Any:
+    """An eta/expires that crossed JSON as an ISO string comes back a datetime."""
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+def launch(app, node: dict, args: tuple = (), kwargs: dict | None = None, rest: Iterable = (),
+           parent_id: str | None = None, root_id: str | None = None) -> list[bytes]:
+    """The packed commands that start a frozen tree (``args`` prepended to its
+    first tasks' arguments; ``rest``: chain steps to run after it). Messages go
+    out in bulk (publish_many) in batches of 1000; order is kept, so a chord's
+    state is written before its header tasks."""
+    items: list = []
+    _launch(app, node, tuple(args), kwargs or {}, list(rest), parent_id, root_id, items)
+    broker, field = app.broker, app.serializer.field
+    out: list[bytes] = []
+    batch: list = []
+    for item in items:
+        if isinstance(item, tuple):
+            batch.append(item)
+            if len(batch) < 1000:
+                continue
+        if batch:
+            out.extend(broker.publish_many_commands(batch, field))
+            batch = []
+        if not isinstance(item, tuple):
+            out.append(item)
+    if batch:
+        out.extend(broker.publish_many_commands(batch, field))
+    return out
+
+
+def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
+    kind = node.get("subtask_type")
+    if kind is None:
+        opts = dict(node["options"])
+        if rest:
+            opts["chain"] = rest
+        if parent_id is not None:
+            opts["parent_id"], opts["root_id"] = parent_id, root_id
+        for key in ("eta", "expires"):
+            if key in opts:
+                opts[key] = _when(opts[key])
+        a, kw = node["args"], node["kwargs"]
+        if not node.get("immutable"):
+            if args:
+                a = [*args, *a]
+            if kwargs:
+                kw = {**kw, **kwargs}
+        name = node["task"]
+        task = app.tasks.get(name)
+        msg, queue, priority, due = app._build(name, a, kw, opts, task)
+        out.append((queue, priority, due, app._encode(msg, task)))
+        return
+    if kind == CHAIN:
+        tasks = node["tasks"]
+        _launch(app, tasks[0], args, kwargs, [*tasks[1:], *rest], parent_id, root_id, out)
+        return
+    if rest:  # freeze() ends chains with groups and chords only; a hand-made tree may not
+        raise TypeError(f"a {kind} cannot be followed by more chain steps here; build the workflow with canvas")
+    if kind == GROUP:
+        for t in node["tasks"]:
+            _launch(app, t, args, kwargs, [], parent_id, root_id, out)
+        return
+    header, body = node["header"], node["body"]
+    if not header:
+        _launch(app, body, ([],), {}, [], parent_id, root_id, out)
+        return
+    meta, _ = chord_keys(app.broker.keys.prefix, node["options"]["chord_id"])
+    # HSETNX: sending the same chord again (a re-run step) never reopens a decided chord
+    out.append(pack_command((b"HSET", meta, b"n", len(header), b"body", _pack(body))))
+    out.append(pack_command((b"HSETNX", meta, b"state", b"open")))
+    out.append(pack_command((b"EXPIRE", meta, int(app.conf.result_expires))))
+    for t in header:
+        _launch(app, t, args, kwargs, [], parent_id, root_id, out)
+
+
+def publish(app, commands: list[bytes], batch: int = 1000) -> None:
+    """Send packed commands in pipelined batches (in order: a chord's state goes
+    out before its header tasks)."""
+    broker = app.broker
+    for i in range(0, len(commands), batch):
+        broker.execute_packed(commands[i : i + batch])
+
+
+# --- the worker side -------------------------------------------------------------------------
+
+
+def is_workflow(options: dict | None) -> bool:
+    return bool(options) and any(k in options for k in WORKFLOW_KEYS)
+
+
+class _Step:
+    """One finished message's workflow follow-up, written to the worker's output."""
+
+    def __init__(self, ex, msg, out) -> None:
+        self.ex = ex
+        self.app = ex.app
+        self.msg = msg
+        self.out = out
+        self.parent_id = msg.id
+        self.root_id = msg.root_id or msg.id
+        self.acted: set[str] = set()  #: chords decided in this step (acted on once)
+
+    # --- sending follow-ups --------------------------------------------------
+
+    def send(self, node: dict, args: tuple, rest: list | None = None, error_of: str | None = None) -> None:
+        """Add the commands that start ``node`` to the output; a node that cannot
+        be sent (bad options, unencodable arguments...) fails instead."""
+        try:
+            cmds = launch(self.app, node, args, None, rest or (), self.parent_id, self.root_id)
+        except Exception as exc:  # noqa: BLE001 - a bad signature must not stop the worker
+            log.error("Workflow step after %s[%s] could not be sent: %s: %s", self.msg.task, self.msg.id,
+                      type(exc).__name__, exc)
+            err = _error(exc, None)
+            self.fail_tree(node, err, error_of or self.msg.id)
+            for r in rest or ():
+                self.fail_tree(r, err, error_of or self.msg.id)
+            return
+        for c in cmds:
+            self.out.add_command(c, 1)
+
+    def store_failure(self, task_id: str, name: str | None, err: tuple) -> None:
+        from .messages import ResultMeta
+
+        exc_type, exc_module, exc_message, tb = err
+        meta = ResultMeta(states.FAILURE, None, exc_type, exc_module, exc_message, tb, time.time(), None,
+                          self.ex.hostname, 0, name)
+        self.ex._store(self.out, task_id, meta)
+
+    def fail_tree(self, node: dict, err: tuple, failed_id: str, inside: set | None = None) -> None:
+        """Every task of a tree that will never run fails with ``err``; a header
+        task of an enclosing (already sent) chord fails that chord."""
+        inside = set() if inside is None else inside
+        kind = node.get("subtask_type")
+        if kind is None:
+            opts = node["options"]
+            self.store_failure(opts["task_id"], node["task"], err)
+            cid = opts.get("chord")
+            if cid is not None and cid not in inside:
+                self.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, failed_id)
+            return
+        if kind == CHORD:
+            inside.add(node["options"]["chord_id"])
+            for t in node["header"]:
+                self.fail_tree(t, err, failed_id, inside)
+            self.fail_tree(node["body"], err, failed_id, inside)
+            return
+        for t in node["tasks"]:
+            self.fail_tree(t, err, failed_id, inside)
+
+    # --- chords ------------------------------------------------------------------
+
+    def chord(self, cid: str, mode: str, index: Any, value: bytes, err: tuple | None, failed_id: str) -> None:
+        """Record a header result (or failure) and act on the decision, if this call made it."""
+        from .broker.scripts import SCRIPTS
+
+        if cid in self.acted:
+            return
+        meta, res = chord_keys(self.app.broker.keys.prefix, cid)
+        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode,
+                            -1 if index is None else int(index), value, int(self.app.conf.result_expires)))
+        # Synchronous: the answer decides what goes into this flush. A lost
+        # connection raises (ConnectionError): the message stays unacked and runs again.
+        (reply,) = self.app.broker.execute_packed([cmd])
+        code = reply[0]
+        if code == -1:
+            log.warning("Chord %s is unknown (expired or never sent): header result of %s[%s] dropped",
+                        cid, self.msg.task, self.msg.id)
+            return
+        if code == 0:
+            return
+        self.acted.add(cid)
+        body = _unpack(reply[1])
+        if code == 1:
+            try:
+                values = [_unpack(v) for v in reply[2]]
+            except Exception as exc:  # noqa: BLE001
+                self.fail_tree(body, _error(exc, None), failed_id)
+            else:
+                self.send(body, (values,), error_of=failed_id)
+        else:
+            if err is None:
+                stored = _unpack(reply[2]) if reply[2] else ["ChordError", "fastq.exceptions", "a header task failed"]
+                err = (*stored[:3], None)
+            log.info("Chord %s failed: header task %s raised %s: %s", cid, failed_id, err[0], err[2])
+            self.fail_tree(body, err, failed_id)
+            for eb in errbacks_of(body):
+                self.send(eb, (failed_id,))
+        # After the body (or its failure): the decision was acted on; a replay is a
+        # no-op from now on, so the body and the results are no longer needed.
+        self.out.add_command(pack_command((b"HSET", meta, b"sent", b"1")), 1)
+        self.out.add_command(pack_command((b"HDEL", meta, b"body")), 1)
+        self.out.add_command(pack_command((b"DEL", res)), 1)
+
+
+def errbacks_of(node: dict) -> list[dict]:
+    """The errbacks that stand for a whole tree (deduplicated by their frozen id)."""
+    seen: dict[str, dict] = {}
+
+    def walk(n: dict) -> None:
+        kind = n.get("subtask_type")
+        if kind is None:
+            for eb in n["options"].get("link_error") or ():
+                seen.setdefault(_first_id(eb), eb)
+        elif kind == CHAIN:
+            walk(n["tasks"][0])
+        elif kind == GROUP:
+            for t in n["tasks"]:
+                walk(t)
+        else:
+            walk(n["body"])
+
+    walk(node)
+    return list(seen.values())
+
+
+def _first_id(node: dict) -> str:
+    return next(task_ids(node))[0]
+
+
+def _error(exc: BaseException, tb: str | None) -> tuple:
+    cls = type(exc)
+    return cls.__name__, cls.__module__, str(exc), tb
+
+
+def on_success(ex, msg, retval, out) -> None:
+    """A workflow task succeeded: callbacks, the next chain step, the chord count."""
+    opts = msg.options
+    if not is_workflow(opts):
+        return
+    step = _Step(ex, msg, out)
+    cid = opts.get("chord")
+    if cid is not None:
+        try:
+            value = _pack(retval)
+        except Exception as exc:  # noqa: BLE001 - msgspec raises several types
+            err = _error(TypeError(f"chord header result of {msg.task!r} cannot be serialized: {exc}"), None)
+            step.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, msg.id)
+        else:
+            step.chord(cid, "ok", opts.get("group_index"), value, None, msg.id)
+    for cb in opts.get("link") or ():
+        step.send(cb, (retval,))
+    rest = opts.get("chain")
+    if rest:
+        step.send(rest[0], (retval,), rest[1:])
+
+
+def on_failure(ex, msg, exc: BaseException, tb: str | None, out) -> None:
+    """A workflow task failed for good: errbacks run, the rest of its chain fails,
+    and so does its chord."""
+    opts = msg.options
+    if not is_workflow(opts):
+        return
+    step = _Step(ex, msg, out)
+    err = _error(exc, tb)
+    cid = opts.get("chord")
+    if cid is not None:
+        step.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, msg.id)
+    for eb in opts.get("link_error") or ():
+        step.send(eb, (msg.id,))
+    for node in opts.get("chain") or ():
+        step.fail_tree(node, err, msg.id)
+
+
+# --- built-in tasks ---------------------------------------------------------------------------
+
+
+def register_builtins(app) -> None:
+    """``fastq.map`` and ``fastq.starmap`` (``task.map()``, ``starmap()``, ``chunks()``)."""
+    if "fastq.starmap" in app.tasks:
+        return
+    from .exceptions import NotRegistered
+
+    def target(name: str):
+        t = app.tasks.get(name)
+        if t is None:
+            raise NotRegistered(f"task {name!r} is not registered in this worker")
+        return t
+
+    def xmap(task, it):
+        """Call ``task(item)`` for each item; the list of results."""
+        t = target(task)
+        return [t(item) for item in it]
+
+    def xstarmap(task, it):
+        """Call ``task(*args)`` for each args; the list of results."""
+        t = target(task)
+        return [t(*args) for args in it]
+
+    app.task(name="fastq.map")(xmap)
+    app.task(name="fastq.starmap")(xstarmap)

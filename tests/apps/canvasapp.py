@@ -1,0 +1,102 @@
+"""The app for the canvas tests (``-A tests.apps.canvasapp:app``).
+
+Tasks that record their runs write into the ledger DB (FASTQ_TEST_LEDGER), so a
+test can count how many times a chord body or a chain step really ran.
+"""
+
+import os
+import time
+
+import redis
+
+from fastq import FastQ
+
+app = FastQ("canvas")
+app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
+
+_ledger = None
+
+
+def ledger():
+    global _ledger
+    if _ledger is None or _ledger[0] != os.getpid():
+        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
+    return _ledger[1]
+
+
+@app.task(name="canvas.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="canvas.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="canvas.tsum")
+def tsum(values):
+    return sum(values)
+
+
+@app.task(name="canvas.identity")
+def identity(value):
+    return value
+
+
+@app.task(name="canvas.fail")
+def fail(*args, message="boom"):
+    raise ValueError(message)
+
+
+@app.task(name="canvas.noop")
+def noop(*args):
+    return None
+
+
+@app.task(name="canvas.record")
+def record(value, key, item, seconds=0.0):
+    """Count one run of ``item`` in ledger hash ``key``; returns ``value``."""
+    if seconds:
+        time.sleep(seconds)
+    ledger().hincrby(key, item, 1)
+    return value
+
+
+@app.task(name="canvas.record_sum")
+def record_sum(values, key):
+    """A chord body that counts its runs and returns the sum of the header results."""
+    ledger().hincrby(key, "body", 1)
+    ledger().set(f"{key}:len", len(values))
+    return sum(values)
+
+
+@app.task(name="canvas.slow_square")
+def slow_square(x, seconds=0.0):
+    if seconds:
+        time.sleep(seconds)
+    return x * x
+
+
+@app.task(name="canvas.errback")
+def errback(task_id, key):
+    """An errback: records the failed task's id."""
+    ledger().rpush(key, task_id)
+
+
+@app.task(name="canvas.spawn", bind=True)
+def spawn(self, n):
+    """Sends ``n`` subtasks; returns their ids."""
+    return [who_parent.delay().id for _ in range(n)]
+
+
+@app.task(name="canvas.who_parent", bind=True)
+def who_parent(self):
+    return {"id": self.request.id, "parent_id": self.request.parent_id, "root_id": self.request.root_id}
+
+
+@app.task(name="canvas.wait_child")
+def wait_child(allow=False):
+    """Waits for a subtask's result: refused unless ``allow``."""
+    r = add.delay(20, 22)
+    return r.get(timeout=30, disable_sync_subtasks=not allow)

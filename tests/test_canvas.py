@@ -1,0 +1,389 @@
+"""Workflows (canvas): signatures, chains, groups, chords, callbacks, map/starmap/
+chunks and subtasks, run by real ``fastq worker`` processes on Redis.
+
+Run: FASTQ_TEST_DB=13 FASTQ_TEST_LEDGER_DB=14 python -m pytest tests/test_canvas.py -q
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from conftest import wait_for
+from fastq import GroupResult, chain, chord, group, signature, states
+from fastq.canvas import Signature
+from fastq.exceptions import NotRegistered
+
+CANVAS = "tests.apps.canvasapp:app"
+
+
+@pytest.fixture
+def capp(redis_url):
+    """The canvas tests' app (tests.apps.canvasapp), pointed at the test DB."""
+    from tests.apps import canvasapp
+
+    canvasapp.app.conf.broker_url = redis_url
+    canvasapp.app.conf.task_always_eager = False
+    canvasapp.app._reset()
+    return canvasapp
+
+
+@pytest.fixture
+def cworker(worker):
+    """One worker with two pool processes running the canvas app."""
+
+    def start(*args: str, **kw):
+        return worker("-P", "process", "-c", "2", *args, app=CANVAS, **kw)
+
+    return start
+
+
+# --- building (no worker) -------------------------------------------------------------------
+
+
+def test_signature_forms_and_options(capp):
+    add = capp.add
+    # Given the signature forms
+    s = add.s(2, 2)
+    si = add.si(2, 2)
+    full = add.signature((1,), {"y": 2}, {"queue": "other"})
+    by_name = signature("canvas.add", args=(3,), kwargs={"y": 4})
+    # Then they carry what they were given
+    assert (s.task, s.args, s.immutable) == ("canvas.add", (2, 2), False)
+    assert si.immutable
+    assert (full.args, full.kwargs, full.options) == ((1,), {"y": 2}, {"queue": "other"})
+    assert (by_name.task, by_name.args, by_name.kwargs) == ("canvas.add", (3,), {"y": 4})
+    # ... partial application prepends, and an immutable signature ignores the parent's result
+    assert add.s(2).clone((5,)).args == (5, 2)
+    assert si.clone((5,)).args == (2, 2)
+    # ... set() updates options in place; clone() copies
+    c = s.clone()
+    assert s.set(queue="q1", countdown=5) is s and s.options == {"queue": "q1", "countdown": 5}
+    assert c.options == {}
+    # ... and a whole workflow survives msgpack, the wire format
+    flow = chain(add.s(1, 1), group(add.s(1), capp.mul.s(2)), capp.tsum.s())
+    again = Signature.from_dict(msgspec.msgpack.decode(msgspec.msgpack.encode(flow.as_dict())), app=capp.app)
+    assert again.as_dict() == flow.as_dict()
+
+
+def test_composing_something_that_is_not_a_signature_raises_type_error(capp):
+    add = capp.add
+    # When a workflow is built from something that is not a signature, it fails at once
+    with pytest.raises(TypeError, match="signature"):
+        add.s(1, 1) | 5
+    with pytest.raises(TypeError, match="signature"):
+        chain(add.s(1, 1), "canvas.add")
+    with pytest.raises(TypeError, match="signature"):
+        group([add.s(1, 1), lambda: 1])
+    with pytest.raises(TypeError, match="signature"):
+        chord([add.s(1, 1)], 42)
+    with pytest.raises(TypeError, match="signature"):
+        chord([add.s(1, 1)])(object())
+    with pytest.raises(TypeError, match="signature"):
+        group([add.s(1, 1)]) | None
+    with pytest.raises(TypeError, match="unknown apply_async option"):
+        chain(add.s(1, 1), add.s(2).set(colour="red")).apply_async()
+
+
+def test_chord_done_script_counts_each_header_once_and_decides_once(capp, r):
+    """chord_done.lua on its own: idempotent per header index, one decision, which
+    only the deciding index gets again (a redelivered message) until ``sent``."""
+    from fastq.broker.scripts import SCRIPTS
+    from fastq.workflow import chord_keys
+
+    def call(cid, mode, idx, value=b"\x01"):
+        meta, res = chord_keys("fastq:", cid)
+        return SCRIPTS.chord_done(r, [meta, res], [mode, idx, value, 60])
+
+    for cid in ("c-ok", "c-fail"):
+        r.hset(chord_keys("fastq:", cid)[0], mapping={"n": 3, "body": b"B", "state": "open"})
+    # Given a chord of 3: a header task that runs twice counts once
+    assert call("c-ok", "ok", 0)[0] == 0
+    assert call("c-ok", "ok", 0)[0] == 0
+    assert call("c-ok", "ok", 1, b"\x02")[0] == 0
+    # When the last index arrives, that call completes it, with the results in order
+    done = call("c-ok", "ok", 2, b"\x03")
+    assert done == [1, b"B", [b"\x01", b"\x02", b"\x03"]]
+    # ... other indexes (and failures) after that decide nothing
+    assert call("c-ok", "ok", 1)[0] == 0
+    assert call("c-ok", "fail", 0)[0] == 0
+    # ... the deciding index, redelivered before its decision was sent, gets it again
+    assert call("c-ok", "ok", 2)[0] == 1
+    r.hset(chord_keys("fastq:", "c-ok")[0], "sent", 1)
+    assert call("c-ok", "ok", 2)[0] == 0
+    # A failure decides once too; later results do nothing
+    assert call("c-fail", "fail", 1, b"E") == [2, b"B", b"E"]
+    assert call("c-fail", "fail", 0)[0] == 0
+    assert call("c-fail", "ok", 0)[0] == 0
+    assert call("c-fail", "ok", 1)[0] == 2
+    # An unknown chord is reported as such
+    assert call("c-none", "ok", 0) == [-1]
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def test_signatures_send_with_delay_apply_async_and_set(capp, cworker):
+    cworker("-Q", "default,other")
+    add = capp.add
+    # When signatures are sent in each form
+    assert add.s(2, 2).delay().get(timeout=30) == 4
+    assert add.s(2).delay(5).get(timeout=30) == 7
+    assert add.s(2, 2).apply_async().get(timeout=30) == 4
+    assert signature("canvas.add", args=(1, 2), app=capp.app).delay().get(timeout=30) == 3
+    # ... to the queue set() names, with a countdown
+    r = add.s(3, 3).set(queue="other", countdown=0.2).apply_async()
+    assert r.get(timeout=30) == 6
+    who = capp.who_parent.s().set(queue="other").apply_async()
+    assert who.get(timeout=30)["id"] == who.id
+
+
+def test_chain_passes_results_through_three_steps(capp, cworker):
+    cworker()
+    add, mul = capp.add, capp.mul
+    # Given a chain of three steps
+    res = (add.s(2, 2) | add.s(4) | mul.s(10)).apply_async()
+    # Then each result is the first argument of the next, and get() returns the last
+    assert res.get(timeout=30) == 80
+    assert res.parent.get(timeout=30) == 8 and res.parent.parent.get(timeout=30) == 4
+    # ... chain() is the same, an immutable step ignores its parent's result, args go to the first step
+    assert chain(add.s(1, 1), add.si(10, 10), mul.s(3)).apply_async().get(timeout=30) == 60
+    assert chain(add.s(1), add.s(2), add.s(3)).apply_async((100,)).get(timeout=30) == 106
+    # ... each step records the previous one as its parent, the first as its root
+    res = (add.s(1, 1) | capp.noop.si() | capp.who_parent.si()).delay()
+    info = res.get(timeout=30)
+    assert info["parent_id"] == res.parent.id and info["root_id"] == res.parent.parent.id
+
+
+def test_a_failed_step_stops_the_chain_and_fails_its_result(capp, cworker, ledger):
+    cworker()
+    add = capp.add
+    # Given a chain whose second step fails, with an errback
+    res = chain(add.s(1, 1), capp.fail.s(), capp.record.s("steps", "third"), add.s(1)).apply_async(
+        link_error=capp.errback.s("errbacks"))
+    # Then the chain's result fails with that error
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    assert res.state == states.FAILURE and res.parent.state == states.FAILURE
+    # ... the later steps never ran, and the errback ran once with the failed task's id
+    failed_id = res.parent.parent.id
+    wait_for(lambda: ledger.lrange("errbacks", 0, -1), 30, message="the errback")
+    assert ledger.lrange("errbacks", 0, -1) == [failed_id.encode()]
+    assert not ledger.hgetall("steps")
+    assert res.parent.parent.parent.get(timeout=30) == 2
+
+
+def test_group_result_api(capp, cworker):
+    cworker()
+    add = capp.add
+    # Given a group
+    g = group(add.s(i, i) for i in range(20)).apply_async()
+    # Then get() returns the values in order, and the rest of the GroupResult agrees
+    assert g.get(timeout=30) == [2 * i for i in range(20)]
+    assert g.ready() and g.successful() and not g.failed()
+    assert g.completed_count() == 20 and len(g.results) == 20
+    # ... save()/restore() give it back by id
+    g.save()
+    back = GroupResult.restore(g.id, app=capp.app)
+    assert [r.id for r in back.results] == [r.id for r in g.results]
+    assert back.get(timeout=30) == [2 * i for i in range(20)]
+    assert GroupResult.restore("no-such-group", app=capp.app) is None
+    # A group with a failure
+    bad = group([add.s(1, 1), capp.fail.s(), add.s(2, 2)]).apply_async()
+    wait_for(bad.ready, 30, message="the group to finish")
+    assert bad.failed() and not bad.successful() and bad.completed_count() == 2
+    values = bad.get(timeout=30, propagate=False)
+    assert values[0] == 2 and isinstance(values[1], ValueError) and values[2] == 4
+    with pytest.raises(ValueError):
+        bad.get(timeout=30)
+
+
+def test_chord_forms(capp, cworker):
+    cworker()
+    add, tsum = capp.add, capp.tsum
+    # chord(header, body), chord(header)(body), group | task, chord | task
+    assert chord([add.s(i, i) for i in range(10)], tsum.s()).apply_async().get(timeout=30) == 90
+    assert chord(add.s(i, i) for i in range(10))(tsum.s()).get(timeout=30) == 90
+    res = (group(add.s(i, i) for i in range(10)) | tsum.s()).apply_async()
+    assert res.get(timeout=30) == 90
+    assert res.parent.get(timeout=30) == [2 * i for i in range(10)]
+    assert (chord([add.s(1, 1)], tsum.s()) | add.s(100)).apply_async().get(timeout=30) == 102
+    # ... an empty header runs the body with []
+    assert chord([], tsum.s()).apply_async().get(timeout=30) == 0
+
+
+def test_nested_workflows(capp, cworker):
+    cworker()
+    add, mul, tsum = capp.add, capp.mul, capp.tsum
+    # a chain containing a group in the middle (a chord) and at the end
+    assert (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s() | mul.s(10)).apply_async().get(timeout=30) == 70
+    assert (add.s(1, 1) | group(add.s(1), add.s(2))).apply_async().get(timeout=30) == [3, 4]
+    # a group containing chains
+    g = group(chain(add.s(i, i), mul.s(10)) for i in range(5)).apply_async()
+    assert g.get(timeout=30) == [20 * i for i in range(5)]
+    # a chord whose header holds chains and a nested group, whose body is a chain
+    res = chord([chain(add.s(1, 1), mul.s(2)), group(add.s(1, 1), add.s(2, 2)), add.s(5, 5)],
+                chain(tsum.s(), add.s(1))).apply_async()
+    assert res.get(timeout=30) == 4 + 2 + 4 + 10 + 1
+    # a chord in a chord's header, and a chord inside a chain
+    inner = chord([add.s(1, 1), add.s(2, 2)], tsum.s())
+    assert chord([inner, add.s(10, 10)], tsum.s()).apply_async().get(timeout=30) == 26
+    assert chain(add.s(1, 1), chord([add.s(1), add.s(2)], tsum.s()), mul.s(2)).apply_async().get(timeout=30) == 14
+    # a group of groups
+    assert group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)).apply_async().get(timeout=30) == [[2, 4], 6]
+
+
+def test_chord_with_a_failed_header_task(capp, cworker, ledger):
+    cworker()
+    add = capp.add
+    # Given a chord whose header has a failure, with an errback on the chord
+    res = chord([add.s(1, 1), capp.fail.s(message="header boom"), add.s(2, 2)],
+                capp.record_sum.s("failed-chord")).apply_async(link_error=capp.errback.s("chord-errbacks"))
+    # Then the chord's result fails with that task's error
+    with pytest.raises(ValueError, match="header boom"):
+        res.get(timeout=30)
+    assert res.state == states.FAILURE
+    # ... the errback ran once, with the failed header task's id, and the body never ran
+    failed_id = res.parent.results[1].id
+    wait_for(lambda: ledger.lrange("chord-errbacks", 0, -1), 30, message="the errback")
+    assert ledger.lrange("chord-errbacks", 0, -1) == [failed_id.encode()]
+    assert res.parent.get(timeout=30, propagate=False)[0] == 2
+    assert not ledger.hget("failed-chord", "body")
+
+
+def test_unknown_task_fails_the_workflow_step(capp, cworker, ledger):
+    cworker()
+    add = capp.add
+    nope = signature("canvas.no_such_task", args=(1,), app=capp.app)
+    # A chord whose header names an unknown task fails, it does not hang
+    res = chord([add.s(1, 1), nope], capp.record_sum.s("unknown")).apply_async()
+    with pytest.raises(NotRegistered, match="no_such_task"):
+        res.get(timeout=30)
+    # ... as does a chain with an unknown step, and a chord with an unknown body
+    with pytest.raises(NotRegistered, match="no_such_task"):
+        chain(add.s(1, 1), nope.clone(), add.s(1)).apply_async().get(timeout=30)
+    with pytest.raises(NotRegistered, match="no_such_task"):
+        chord([add.s(1, 1)], nope.clone()).apply_async().get(timeout=30)
+    assert not ledger.hget("unknown", "body")
+
+
+def test_link_and_link_error_callbacks(capp, cworker, ledger):
+    cworker()
+    add = capp.add
+    # A callback gets the result; an errback gets the failed task's id
+    r = add.apply_async((2, 3), link=capp.record.s("links", "ok"))
+    assert r.get(timeout=30) == 5
+    wait_for(lambda: ledger.hget("links", "ok"), 30, message="the callback")
+    bad = capp.fail.apply_async(link=capp.record.s("links", "never"), link_error=capp.errback.s("errs"))
+    with pytest.raises(ValueError):
+        bad.get(timeout=30)
+    wait_for(lambda: ledger.lrange("errs", 0, -1), 30, message="the errback")
+    assert ledger.lrange("errs", 0, -1) == [bad.id.encode()]
+    # ... a callback may be a workflow, and link() adds one to a signature
+    s = add.s(1, 1)
+    s.link(chain(add.s(10), capp.record.s("links", "chain")))
+    s.delay()
+    wait_for(lambda: ledger.hget("links", "chain"), 30, message="the chained callback")
+    assert ledger.hget("links", "never") is None
+
+
+def test_map_starmap_chunks(capp, cworker):
+    cworker()
+    assert capp.identity.map([1, 2, 3]).delay().get(timeout=30) == [1, 2, 3]
+    assert capp.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=30) == [3, 7]
+    res = capp.add.chunks([(i, i) for i in range(10)], 3).apply_async()
+    assert isinstance(res, GroupResult) and res.get(timeout=30) == [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]
+    assert len(capp.add.chunks([(i, i) for i in range(10)], 5).group()) == 2
+    assert (capp.add.chunks([(1, 1), (2, 2)], 1) | capp.identity.s()).apply_async().get(timeout=30) == [[2], [4]]
+
+
+def test_subtasks_record_parent_and_children(capp, cworker):
+    cworker("--prefetch", "1")
+    # Given a task that sends two subtasks with delay()
+    r = capp.spawn.delay(2)
+    ids = r.get(timeout=30)
+    # Then the result lists them as children, and they know their parent and root
+    assert [c.id for c in r.children] == ids
+    info = r.children[0].get(timeout=30)
+    assert info["parent_id"] == r.id and info["root_id"] == r.id
+    # Waiting for a subtask inside a task is refused by default ...
+    with pytest.raises(RuntimeError, match="deadlock"):
+        capp.wait_child.delay().get(timeout=30)
+    # ... and allowed with disable_sync_subtasks=False (two pool processes here)
+    assert capp.wait_child.delay(allow=True).get(timeout=60) == 42
+
+
+def test_ten_thousand_task_chord_completes_once(capp, cworker, ledger):
+    cworker()
+    n = 10_000
+    # Given a chord of 10,000 header tasks
+    res = chord((capp.add.s(i, 1) for i in range(n)), capp.record_sum.s("big")).apply_async()
+    # Then the body runs once, with all 10,000 results
+    assert res.get(timeout=150) == sum(range(1, n + 1))
+    assert ledger.get("big:len") == b"10000"
+    assert ledger.hget("big", "body") == b"1"
+    # And a 10,000-task group returns every value in order
+    g = group(capp.add.s(i, i) for i in range(n)).apply_async()
+    assert g.get(timeout=150) == [2 * i for i in range(n)]
+
+
+def test_chord_completes_once_when_header_tasks_run_twice(capp, cworker, ledger):
+    """At-least-once: every header message sent twice (as a producer retry may)."""
+    from fastq import workflow
+
+    tree = workflow.freeze(chord([capp.record.s(i, "dup", str(i)) for i in range(50)],
+                                 capp.record_sum.s("dup-body")).as_dict())
+    cmds = workflow.launch(capp.app, tree)
+    workflow.publish(capp.app, cmds)
+    workflow.publish(capp.app, cmds)
+    cworker()
+    res = workflow.result_of(capp.app, tree)
+    assert res.get(timeout=60) == sum(range(50))
+    wait_for(lambda: sum(int(v) for v in ledger.hvals("dup")) == 100, 30, message="every header to run twice")
+    assert ledger.hget("dup-body", "body") == b"1"
+
+
+def test_worker_killed_during_a_chord_still_completes_it_once(capp, cworker, ledger):
+    env = {"FASTQ_TEST_LEASE": "3"}
+    # Given a chord of 40 header tasks, one slow (it completes the chord), on one worker
+    header = [capp.record.s(i, "kill", str(i), 0.05) for i in range(39)]
+    header.append(capp.record.s(39, "kill", "slow", 4.0))
+    a = cworker(env=env)
+    res = chord(header, capp.record_sum.s("kill-body")).apply_async()
+    # When the whole worker is killed while the slow task runs
+    wait_for(lambda: len(ledger.hkeys("kill")) >= 39, 60, message="the fast header tasks")
+    a.kill_all()
+    # ... and another worker takes over (the lease recovers the unacked messages)
+    cworker(env=env)
+    # Then the chord completes, once, with every header result
+    assert res.get(timeout=90) == sum(range(40))
+    assert ledger.hget("kill-body", "body") == b"1"
+    assert ledger.get("kill-body:len") == b"40"
+    assert all(int(v) >= 1 for v in ledger.hvals("kill")) and len(ledger.hkeys("kill")) == 40
+
+
+def test_worker_killed_after_completing_a_chord_but_before_sending_the_body(capp, cworker, ledger, r):
+    """The narrow window: the header task that completed the chord's count dies
+    before its output (body, ack) is flushed. Its redelivery gets the decision again."""
+    from fastq.workflow import chord_keys
+
+    env = {"FASTQ_TEST_LEASE": "3"}
+    # Given a chord whose last header task to finish also has a callback that takes
+    # the worker a while to send (a 50,000-task group, to a queue nobody reads)
+    slow_link = group(capp.noop.s(i).set(queue="nowhere") for i in range(50_000))
+    header = [capp.record.s(i, "window", str(i)) for i in range(5)]
+    header.append(capp.record.s(5, "window", "last", 1.0).set(link=slow_link))
+    a = cworker(env=env)
+    res = chord(header, capp.record_sum.s("window-body")).apply_async()
+    meta, _ = chord_keys("fastq:", res.parent.id)
+    # When the worker is killed once the chord is complete, before the body went out
+    wait_for(lambda: r.hget(meta, "state") == b"done", 60, interval=0.002, message="the chord to complete")
+    a.kill_all()
+    assert r.hget(meta, "sent") is None, "killed too late to test the window"
+    assert ledger.hget("window-body", "body") is None
+    # ... and another worker recovers the unacked header message
+    cworker(env=env)
+    # Then the body runs, once
+    assert res.get(timeout=90) == sum(range(6))
+    assert ledger.hget("window-body", "body") == b"1"
+    assert r.hget(meta, "sent") == b"1"
