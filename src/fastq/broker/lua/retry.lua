@@ -1,4 +1,5 @@
--- Replace a message a consumer holds with its next try, atomically.
+-- Replace a message a consumer holds with another delivery of it, atomically:
+-- its next try (retries), or the same message later (waiting for rate-limit tokens).
 -- KEYS[1]: the stream   KEYS[2]: the delayed set   KEYS[3]: the target stream
 -- ARGV: group, consumer, entry_id, due_ms (0 = now), member_or_field, payload
 -- With a due time the new try waits in the delayed set (member = ARGV[5]);
