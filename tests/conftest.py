@@ -220,6 +220,8 @@ class RedisServer:
         def up():
             try:
                 return client.ping()
+            except redis.AuthenticationError:  # --requirepass: it answers, so it is up
+                return True
             except redis.ConnectionError:
                 return False
 

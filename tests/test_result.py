@@ -1,0 +1,353 @@
+"""Results: states, stored fields, get() semantics, expiry, ignore_result, forget."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+
+import pytest
+from tests.apps import extra
+
+import fastq.exceptions
+from conftest import TEST_DB, wait_for
+from fastq import AsyncResult, states
+from fastq.exceptions import TaskError, TaskRevokedError
+
+EXTRA = "tests.apps.extra:app"
+
+
+@pytest.fixture
+def worker(worker):
+    """The conftest ``worker`` fixture, but workers still running when the test
+    ends are killed instead of warm-stopped (an idle warm stop takes seconds;
+    warm shutdown has its own tests in test_worker.py)."""
+    started = []
+
+    def start(*args, **kwargs):
+        wp = worker(*args, **kwargs)
+        started.append(wp)
+        return wp
+
+    yield start
+    for wp in started:
+        if wp.proc.poll() is None:
+            wp.kill_all()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture
+def expiring_app(redis_url):
+    extra.expiring_app.conf.broker_url = redis_url
+    extra.expiring_app._reset()
+    return extra.expiring_app
+
+
+@pytest.fixture
+def started_app(redis_url):
+    extra.started_app.conf.broker_url = redis_url
+    extra.started_app._reset()
+    return extra.started_app
+
+
+# --- states ---------------------------------------------------------------------------------
+
+
+def test_unknown_id_is_pending(app):
+    # Given an id no task ever had
+    res = app.AsyncResult(str(uuid.uuid4()))
+    # Then it reads as PENDING with no data
+    assert isinstance(res, AsyncResult)
+    assert res.state == states.PENDING
+    assert res.status == states.PENDING
+    assert not res.ready() and not res.successful() and not res.failed()
+    assert res.result is None
+    assert res.traceback is None
+    assert res.date_done is None
+    assert res.runtime is None
+
+
+def test_success_stores_value_date_and_runtime(app, worker):
+    # Given a worker
+    worker("-P", "solo")
+    before = _utcnow() - dt.timedelta(seconds=5)
+    # When a task succeeds
+    res = app.tasks["tests.add"].delay(2, 3)
+    assert res.get(timeout=30) == 5
+    # Then the result has every field of a success
+    assert res.state == states.SUCCESS
+    assert res.ready() and res.successful() and not res.failed()
+    assert res.result == 5
+    assert res.traceback is None
+    assert before <= res.date_done <= _utcnow() + dt.timedelta(seconds=5)
+    assert isinstance(res.runtime, float) and res.runtime >= 0
+    # ... and a fresh handle on the same id reads the same
+    again = app.AsyncResult(res.id)
+    assert again.state == states.SUCCESS
+    assert again.result == 5
+    assert again.get(timeout=5) == 5
+
+
+def test_failure_stores_type_message_and_traceback(app, worker):
+    # Given a worker
+    worker("-P", "solo")
+    # When a task raises ValueError
+    res = app.tasks["tests.fail"].delay("boom!")
+    # Then get() re-raises a ValueError with the same message
+    with pytest.raises(ValueError, match="boom!"):
+        res.get(timeout=30)
+    # ... and the result records the failure
+    assert res.state == states.FAILURE
+    assert res.failed() and res.ready() and not res.successful()
+    assert isinstance(res.result, ValueError) and str(res.result) == "boom!"
+    assert res.traceback.startswith("Traceback (most recent call last):")
+    assert "raise ValueError(message)" in res.traceback
+    assert "ValueError: boom!" in res.traceback
+    assert res.date_done is not None
+    # ... get(propagate=False) returns the exception instead
+    exc = app.AsyncResult(res.id).get(timeout=5, propagate=False)
+    assert isinstance(exc, ValueError) and str(exc) == "boom!"
+
+
+def test_failure_with_an_exception_from_an_unknown_module_is_a_task_error(app, worker):
+    # Given a worker running a task whose exception class lives in a module the
+    # producer never imported
+    worker("-P", "solo", app=EXTRA)
+    # When it fails
+    res = extra.private_error.delay()
+    # Then get() raises TaskError naming the original exception
+    with pytest.raises(TaskError) as info:
+        res.get(timeout=30)
+    assert info.value.exc_type == "PrivateError"
+    assert info.value.exc_module == "tests.apps.never_imported_anywhere"
+    assert "tests.apps.never_imported_anywhere.PrivateError" in str(info.value)
+    assert "hidden cause" in str(info.value)
+    assert isinstance(res.get(propagate=False), TaskError)
+
+
+def test_failure_with_an_exception_that_cannot_be_rebuilt_is_a_task_error(app, worker):
+    # Given a task raising an exception whose constructor needs two arguments
+    worker("-P", "solo", app=EXTRA)
+    # When it fails
+    res = extra.needs_two_args.delay()
+    # Then get() raises TaskError naming it
+    with pytest.raises(TaskError, match="NeedsTwoArgs") as info:
+        res.get(timeout=30)
+    assert "left/right" in str(info.value)
+
+
+def test_started_state_with_track_started_task_option(app, worker):
+    # Given a worker and a task declared with track_started=True
+    worker("-P", "solo")
+    # When the task runs for a while
+    res = app.tasks["tests.started"].delay(3)
+    # Then STARTED is recorded while it runs, and SUCCESS after
+    wait_for(lambda: res.state == states.STARTED, 20, interval=0.02, message="STARTED")
+    assert not res.ready()
+    assert res.get(timeout=30) == "done"
+    assert res.state == states.SUCCESS
+
+
+def test_started_state_with_task_track_started_setting(started_app, worker):
+    # Given a worker for an app with task_track_started=True
+    worker("-P", "solo", app="tests.apps.extra:started_app")
+    key = f"tracked-{uuid.uuid4()}"
+    # When a task of that app runs (held until released)
+    res = started_app.tasks["extra.tracked"].delay(key)
+    wait_for(lambda: extra.is_running(key), 30, message="the task to run")
+    # Then its state is STARTED while it runs
+    assert res.state == states.STARTED
+    assert not res.ready()
+    # ... and SUCCESS once it finished
+    extra.release(key)
+    assert res.get(timeout=30) == "released"
+    assert res.state == states.SUCCESS
+
+
+def test_tasks_without_track_started_stay_pending_while_running(app, worker):
+    # Given a worker and a task without track_started
+    worker("-P", "solo", app=EXTRA)
+    key = f"untracked-{uuid.uuid4()}"
+    # When it runs
+    res = extra.block.delay(key)
+    wait_for(lambda: extra.is_running(key), 30, message="the task to run")
+    # Then no STARTED state is recorded
+    assert res.state == states.PENDING
+    extra.release(key)
+    assert res.get(timeout=30) == "released"
+
+
+def test_retry_state_is_recorded_with_the_exception(app, worker):
+    # Given a worker and a task that asks for a retry five minutes later
+    worker("-P", "solo", app=EXTRA)
+    # When it runs
+    res = extra.retry_later.delay()
+    # Then its state is RETRY, not ready, carrying the reason
+    wait_for(lambda: res.state == states.RETRY, 30, message="RETRY")
+    assert not res.ready() and not res.failed()
+    assert isinstance(res.result, ValueError) and str(res.result) == "try again later"
+    assert "ValueError: try again later" in res.traceback
+
+
+def test_revoked_state_for_an_expired_message(app, worker):
+    # Given a message that expired before any worker saw it
+    res = app.tasks["tests.add"].apply_async((1, 1), expires=_utcnow() - dt.timedelta(seconds=1))
+    # When a worker takes it
+    worker("-P", "solo")
+    # Then it is not run and is REVOKED
+    with pytest.raises(TaskRevokedError, match="expired"):
+        res.get(timeout=30)
+    assert res.state == states.REVOKED
+    assert res.ready() and not res.successful()
+
+
+def test_retried_task_succeeds_and_counts_its_retries(app, worker, ledger):
+    # Given a task that fails twice before it succeeds
+    worker("-P", "solo")
+    key = f"flaky-{uuid.uuid4()}"
+    # When it runs
+    res = app.tasks["tests.flaky"].delay(key, 2)
+    # Then it ends in SUCCESS after two retries
+    assert res.get(timeout=30) == 3
+    assert res.state == states.SUCCESS
+    assert res.retries == 2
+
+
+# --- get() ----------------------------------------------------------------------------------
+
+
+def test_get_times_out_with_fastq_timeout_error(app):
+    # Given a task id with no result
+    res = app.AsyncResult(str(uuid.uuid4()))
+    # When get() is given a short timeout
+    t0 = time.monotonic()
+    with pytest.raises(fastq.exceptions.TimeoutError) as info:
+        res.get(timeout=0.5)
+    # Then it gives up with fastq's TimeoutError (also a builtin TimeoutError)
+    assert time.monotonic() - t0 >= 0.45
+    assert isinstance(info.value, TimeoutError)
+
+
+def _blocked_waiters(client) -> list[dict]:
+    return [c for c in client.client_list()
+            if c.get("cmd") == "blmove" and "b" in c.get("flags", "") and int(c.get("db", -1)) == TEST_DB]
+
+
+def test_get_blocks_in_redis_and_wakes_when_the_result_is_stored(app, worker, r):
+    # Given a worker and two threads waiting for a task id not yet sent
+    worker("-P", "solo")
+    task_id = str(uuid.uuid4())
+    got: list = []
+
+    def wait():
+        got.append(app.AsyncResult(task_id).get(timeout=60))
+
+    threads = [threading.Thread(target=wait, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    # Then they wait inside Redis (a blocking BLMOVE), not in a polling loop
+    wait_for(lambda: len(_blocked_waiters(r)) >= 2, 20, message="blocked BLMOVE waiters")
+    # When the task is sent and stored
+    app.tasks["tests.add"].apply_async((20, 22), task_id=task_id)
+    # Then both waiters wake with the value
+    for t in threads:
+        t.join(30)
+    assert got == [42, 42]
+
+
+def test_get_after_the_result_is_stored_returns_at_once(app, worker):
+    # Given a finished task
+    worker("-P", "solo")
+    res = app.tasks["tests.add"].delay(1, 1)
+    wait_for(res.ready, 30, message="the result")
+    # When get() is called with a tiny timeout
+    # Then the stored result is returned
+    assert app.AsyncResult(res.id).get(timeout=0.01) == 2
+
+
+# --- expiry, ignore_result, forget ----------------------------------------------------------
+
+
+def test_results_expire_after_the_default_result_expires(app, worker, r):
+    # Given a worker with the default result_expires (one day)
+    worker("-P", "solo")
+    # When a task succeeds and another fails
+    ok = app.tasks["tests.add"].delay(1, 1)
+    bad = app.tasks["tests.fail"].delay()
+    ok.get(timeout=30)
+    bad.get(timeout=30, propagate=False)
+    # Then both result keys have a TTL of about a day
+    for res in (ok, bad):
+        ttl = r.ttl(f"fastq:r:{res.id}")
+        assert 86400 - 600 < ttl <= 86400
+
+
+def test_results_expire_after_the_configured_result_expires(expiring_app, worker, r):
+    # Given a worker for an app with result_expires=120
+    worker("-P", "solo", app="tests.apps.extra:expiring_app")
+    # When a task succeeds and another fails
+    ok = expiring_app.tasks["extra.expiring_add"].delay(1, 2)
+    bad = expiring_app.tasks["extra.expiring_fail"].delay()
+    assert ok.get(timeout=30) == 3
+    assert isinstance(bad.get(timeout=30, propagate=False), ValueError)
+    # Then the result keys expire within 120 s
+    for res in (ok, bad):
+        ttl = r.ttl(f"fastq:r:{res.id}")
+        assert 0 < ttl <= extra.EXPIRING_RESULT_EXPIRES
+
+
+def test_started_and_retry_states_expire_too(app, worker, r):
+    # Given a worker and a task that stays in RETRY
+    worker("-P", "solo", app=EXTRA)
+    res = extra.retry_later.delay()
+    wait_for(lambda: res.state == states.RETRY, 30, message="RETRY")
+    # Then every key holding its state has a TTL
+    keys = [k for k in r.scan_iter(f"fastq:*{res.id}*")]
+    assert keys
+    for k in keys:
+        assert 0 < r.ttl(k) <= 86400
+
+
+def test_ignore_result_task_option_stores_nothing(app, worker, r):
+    # Given a worker and a task declared with ignore_result=True
+    worker("-P", "solo")
+    # When it runs (followed by a task whose result shows the first has run)
+    ignored = app.tasks["tests.noop"].delay(1, 2)
+    after = app.tasks["tests.add"].delay(1, 1)
+    assert after.get(timeout=30) == 2
+    wait_for(lambda: r.xlen("fastq:{default}:s") == 0, 10, message="the queue to drain")
+    # Then nothing was stored for it
+    assert list(r.scan_iter(f"fastq:*{ignored.id}*")) == []
+    assert ignored.state == states.PENDING
+
+
+def test_ignore_result_call_option_stores_nothing(app, worker, r):
+    # Given a worker
+    worker("-P", "solo")
+    # When a task that returns a value and one that fails are sent with ignore_result=True
+    a = app.tasks["tests.add"].apply_async((1, 1), ignore_result=True)
+    b = app.tasks["tests.fail"].apply_async(ignore_result=True)
+    after = app.tasks["tests.add"].delay(2, 2)
+    assert after.get(timeout=30) == 4
+    wait_for(lambda: r.xlen("fastq:{default}:s") == 0, 10, message="the queue to drain")
+    # Then nothing was stored for either
+    for res in (a, b):
+        assert list(r.scan_iter(f"fastq:*{res.id}*")) == []
+
+
+def test_forget_deletes_the_result(app, worker, r):
+    # Given a finished task
+    worker("-P", "solo")
+    res = app.tasks["tests.add"].delay(2, 2)
+    assert res.get(timeout=30) == 4
+    assert r.exists(f"fastq:r:{res.id}") == 1
+    # When it is forgotten
+    res.forget()
+    # Then the result is gone and the id reads PENDING again
+    assert r.exists(f"fastq:r:{res.id}") == 0
+    assert res.state == states.PENDING
+    assert app.AsyncResult(res.id).state == states.PENDING

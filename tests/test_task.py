@@ -1,0 +1,340 @@
+"""Tasks: the decorator, names, ways of calling, bound tasks and their request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import msgspec
+import pytest
+from tests.apps import extra
+
+from fastq import AsyncResult, EagerResult, FastQ, Task
+from fastq.exceptions import ImproperlyConfigured
+
+EXTRA = "tests.apps.extra:app"
+
+
+@pytest.fixture
+def worker(worker):
+    """The conftest ``worker`` fixture, but workers still running when the test
+    ends are killed instead of warm-stopped (an idle warm stop takes seconds;
+    warm shutdown has its own tests in test_worker.py)."""
+    started = []
+
+    def start(*args, **kwargs):
+        wp = worker(*args, **kwargs)
+        started.append(wp)
+        return wp
+
+    yield start
+    for wp in started:
+        if wp.proc.poll() is None:
+            wp.kill_all()
+
+
+def module_level_function(x):
+    return x
+
+
+# --- the decorator and names ------------------------------------------------------------
+
+
+def test_task_name_defaults_to_module_and_qualname():
+    # Given an app
+    app = FastQ("proj")
+
+    # When functions are registered without a name
+    @app.task
+    def top(x):
+        return x
+
+    class Holder:
+        @staticmethod
+        def method():
+            return 1
+
+    t_method = app.task(Holder.method)
+    t_module = app.task(module_level_function)
+    # Then each is named module.qualname
+    assert top.name == f"{__name__}.test_task_name_defaults_to_module_and_qualname.<locals>.top"
+    assert t_method.name == f"{__name__}.test_task_name_defaults_to_module_and_qualname.<locals>.Holder.method"
+    assert t_module.name == f"{__name__}.module_level_function"
+    assert extra.plain_add.name == "tests.apps.extra.plain_add"
+    # ... and is registered under that name
+    assert app.tasks[t_module.name] is t_module
+
+
+def test_task_decorator_with_options():
+    # Given / When the Core issue's example task (tests.apps.extra.fetch)
+    t = extra.fetch
+    # Then its options are kept and it is registered under its name
+    assert isinstance(t, Task)
+    assert t.name == "proj.fetch"
+    assert t.queue == "io"
+    assert t.bind is True
+    assert t.ignore_result is False
+    assert extra.app.tasks["proj.fetch"] is t
+
+
+def test_bare_decorator_returns_a_registered_task():
+    # Given an app
+    app = FastQ("proj")
+
+    # When a function is decorated with @app.task (no parentheses)
+    @app.task
+    def mul(x, y):
+        return x * y
+
+    # Then the result is a Task that keeps the function's name and is registered
+    assert isinstance(mul, Task)
+    assert mul.__name__ == "mul"
+    assert app.tasks[mul.name] is mul
+
+
+def test_unknown_task_option_is_a_type_error():
+    # Given an app
+    app = FastQ("proj")
+    # When a task is declared with an option that does not exist
+    # Then the decorator raises TypeError naming it
+    with pytest.raises(TypeError, match="no_such_option"):
+
+        @app.task(name="proj.bad", no_such_option=1)
+        def bad():
+            pass
+
+
+# --- calling ------------------------------------------------------------------------------
+
+
+def test_plain_call_runs_locally_without_redis(app, r):
+    # Given the tests' app and an empty Redis DB
+    add = app.tasks["tests.add"]
+    # When the task is called like a function
+    value = add(2, 2)
+    # Then it runs here and sends nothing
+    assert value == 4
+    assert r.dbsize() == 0
+
+
+def test_delay_returns_an_async_result_that_a_worker_fills(app, worker):
+    # Given a worker
+    worker("-P", "solo")
+    # When a task is sent with delay()
+    res = app.tasks["tests.add"].delay(2, 2)
+    # Then the handle is an AsyncResult with a UUID id, and the value arrives
+    assert isinstance(res, AsyncResult)
+    uuid.UUID(res.id)
+    assert res.get(timeout=30) == 4
+
+
+def test_apply_async_with_args_kwargs_and_default_options(app, worker):
+    # Given a worker
+    worker("-P", "solo")
+    # When apply_async gets positional args, kwargs and every option as None
+    res = app.tasks["tests.add"].apply_async(args=(2,), kwargs={"y": 2}, task_id=None, queue=None, priority=None,
+                                             expires=None)
+    # Then the task runs with both
+    assert res.get(timeout=30) == 4
+
+
+def test_apply_async_with_a_task_id(app, worker, r):
+    # Given a worker and a chosen id
+    worker("-P", "solo")
+    task_id = f"my-id-{uuid.uuid4()}"
+    # When the task is sent with that id
+    res = app.tasks["tests.add"].apply_async((1, 1), task_id=task_id)
+    # Then the result is stored under it
+    assert res.id == task_id
+    assert res.get(timeout=30) == 2
+    assert r.exists(f"fastq:r:{task_id}") == 1
+
+
+def test_apply_async_with_a_queue(app, worker, r):
+    # Given a message sent to queue "io" (no worker consumes it yet)
+    res = app.tasks["tests.add"].apply_async((3, 4), queue="io")
+    # Then it waits in io's stream, not in the default queue
+    assert r.xlen("fastq:{io}:s") == 1
+    assert not r.exists("fastq:{default}:s")
+    # When a worker consumes "io"
+    worker("-P", "solo", "-Q", "io")
+    # Then it runs
+    assert res.get(timeout=30) == 7
+
+
+def test_apply_async_with_a_priority(app, r):
+    # Given the tests' app
+    add = app.tasks["tests.add"]
+    # When messages are sent with priorities
+    add.apply_async((1, 1), priority=7)
+    add.apply_async((1, 1), priority=0)
+    # Then each lands in its priority's stream of the queue
+    assert r.xlen("fastq:{default}:s7") == 1
+    assert r.xlen("fastq:{default}:s") == 1
+
+
+def test_apply_async_with_an_invalid_priority_is_refused(app, r):
+    # Given the tests' app
+    add = app.tasks["tests.add"]
+    # When a priority outside 0..9 is given
+    # Then it is refused and nothing is sent
+    with pytest.raises(ImproperlyConfigured, match="priority"):
+        add.apply_async((1, 1), priority=10)
+    assert r.dbsize() == 0
+
+
+def test_apply_async_with_expires_puts_the_expiry_in_the_message(app, r):
+    # Given the tests' app
+    before = dt.datetime.now(dt.timezone.utc).timestamp()
+    # When a message is sent with expires=60 seconds
+    app.tasks["tests.add"].apply_async((1, 1), expires=60)
+    # Then the message carries an absolute expiry about a minute away
+    (_, fields), = r.xrange("fastq:{default}:s")
+    envelope = msgspec.msgpack.decode(fields[b"p"])
+    assert before + 50 < envelope[6] < before + 120
+
+
+def test_apply_async_unknown_option_is_a_type_error(app, r):
+    # Given the tests' app
+    # When apply_async gets an option it does not know
+    # Then it raises TypeError and sends nothing
+    with pytest.raises(TypeError, match="bogus_option"):
+        app.tasks["tests.add"].apply_async((1, 1), bogus_option=True)
+    assert r.dbsize() == 0
+
+
+def test_send_task_by_name(app, worker):
+    # Given a worker
+    worker("-P", "solo")
+    # When a task is sent by name
+    res = app.send_task("tests.add", args=(1, 2), kwargs={})
+    # Then it runs
+    assert isinstance(res, AsyncResult)
+    assert res.get(timeout=30) == 3
+
+
+def test_task_with_a_queue_option_is_routed_there(app, worker, r):
+    # Given the example task declared with queue="io"
+    res = extra.fetch.delay("http://example.invalid/")
+    assert r.xlen("fastq:{io}:s") == 1
+    # When a worker consumes "io"
+    w = worker("-P", "solo", "-Q", "io", app=EXTRA)
+    # Then it runs there, and its request knows the queue and the worker
+    out = res.get(timeout=30)
+    assert out["url"] == "http://example.invalid/"
+    assert out["queue"] == "io"
+    assert out["hostname"] == w.name
+    assert out["id"] == res.id
+
+
+# --- local runs: apply() and task_always_eager ----------------------------------------------
+
+
+def test_apply_returns_an_eager_result(app, r):
+    # Given the tests' app
+    add = app.tasks["tests.add"]
+    # When the task is applied locally
+    res = add.apply((2, 2))
+    # Then an EagerResult with the AsyncResult interface describes the run
+    assert isinstance(res, EagerResult)
+    uuid.UUID(res.id)
+    assert res.get() == 4
+    assert res.get(timeout=1, propagate=True) == 4
+    assert res.state == "SUCCESS"
+    assert res.ready() and res.successful() and not res.failed()
+    assert res.result == 4
+    assert res.traceback is None
+    assert isinstance(res.date_done, dt.datetime) and res.date_done.tzinfo is not None
+    assert res.runtime is not None and res.runtime >= 0
+    res.forget()
+    # ... and nothing went through Redis
+    assert r.dbsize() == 0
+
+
+def test_apply_of_a_failing_task(app):
+    # Given a task that raises ValueError
+    fail = app.tasks["tests.fail"]
+    # When it is applied locally
+    res = fail.apply(("bad input",))
+    # Then the EagerResult is a FAILURE carrying the exception and traceback
+    assert res.state == "FAILURE"
+    assert res.failed() and res.ready() and not res.successful()
+    assert isinstance(res.result, ValueError)
+    assert "ValueError: bad input" in res.traceback
+    with pytest.raises(ValueError, match="bad input"):
+        res.get()
+    exc = res.get(propagate=False)
+    assert isinstance(exc, ValueError) and str(exc) == "bad input"
+
+
+def test_apply_with_kwargs_and_task_id(app):
+    # Given the tests' app
+    # When apply gets kwargs and an id
+    res = app.tasks["tests.add"].apply((1,), {"y": 5}, task_id="eager-id-1")
+    # Then both are used
+    assert res.id == "eager-id-1"
+    assert res.get() == 6
+
+
+def test_task_always_eager_runs_delay_and_apply_async_locally(app, r):
+    # Given task_always_eager is on
+    app.conf.task_always_eager = True
+    try:
+        add = app.tasks["tests.add"]
+        # When tasks are sent
+        a = add.delay(2, 2)
+        b = add.apply_async(args=(3,), kwargs={"y": 4})
+        c = app.send_task("tests.add", args=(5, 5))
+        # Then they ran here and now
+        assert isinstance(a, EagerResult) and a.get() == 4
+        assert isinstance(b, EagerResult) and b.get() == 7
+        assert isinstance(c, EagerResult) and c.get() == 10
+        assert r.dbsize() == 0
+    finally:
+        app.conf.task_always_eager = False
+
+
+# --- bound tasks ----------------------------------------------------------------------------
+
+
+def test_bound_task_request_in_a_worker(app, worker):
+    # Given a worker with a known hostname
+    w = worker("-P", "solo")
+    # When a bound task reports its request
+    res = app.tasks["tests.who"].delay()
+    info = res.get(timeout=30)
+    # Then it saw its id, retries and the worker's hostname
+    assert info["id"] == res.id
+    assert info["retries"] == 0
+    assert info["hostname"] == w.name
+
+
+def test_bound_task_request_retries_count_up(app, worker):
+    # Given a worker running the extra tasks
+    w = worker("-P", "solo", app=EXTRA)
+    # When a bound task retries once, then reports its request
+    res = extra.retry_once.delay()
+    info = res.get(timeout=30)
+    # Then the second try has the same id and retries == 1
+    assert info == {"id": res.id, "retries": 1, "hostname": w.name}
+    assert res.retries == 1
+
+
+def test_bound_task_request_when_applied_locally(app):
+    # Given a bound task
+    who = app.tasks["tests.who"]
+    # When it is applied locally with an id
+    info = who.apply(task_id="local-1").get()
+    # Then its request has that id and no retries
+    assert info["id"] == "local-1"
+    assert info["retries"] == 0
+
+
+def test_bound_task_called_directly_has_an_empty_request(app):
+    # Given a bound task
+    who = app.tasks["tests.who"]
+    # When it is called like a function
+    info = who()
+    # Then the request exists but has no id
+    assert info["id"] is None
+    assert info["retries"] == 0
