@@ -15,22 +15,6 @@ from conftest import ROOT, fastq_command, wait_for
 APP = "tests.apps.basic:app"
 
 
-@pytest.fixture
-def worker(worker):
-    """The conftest ``worker`` fixture, but workers still running when the test
-    ends are killed instead of warm-stopped (an idle warm stop takes seconds;
-    warm shutdown has its own tests in test_worker.py)."""
-    started = []
-
-    def start(*args, **kwargs):
-        wp = worker(*args, **kwargs)
-        started.append(wp)
-        return wp
-
-    yield start
-    for wp in started:
-        if wp.proc.poll() is None:
-            wp.kill_all()
 
 
 def fastq_cli(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:  # noqa: A002

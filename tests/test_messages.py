@@ -16,22 +16,6 @@ from fastq.exceptions import ImproperlyConfigured
 DEFAULT_STREAM = "fastq:{default}:s"
 
 
-@pytest.fixture
-def worker(worker):
-    """The conftest ``worker`` fixture, but workers still running when the test
-    ends are killed instead of warm-stopped (an idle warm stop takes seconds;
-    warm shutdown has its own tests in test_worker.py)."""
-    started = []
-
-    def start(*args, **kwargs):
-        wp = worker(*args, **kwargs)
-        started.append(wp)
-        return wp
-
-    yield start
-    for wp in started:
-        if wp.proc.poll() is None:
-            wp.kill_all()
 
 
 def _entries(r, key=DEFAULT_STREAM) -> list[dict]:

@@ -26,22 +26,6 @@ DLQ = "fastq:{default}:dlq"
 BASIC_TASKS = ["tests.add", "tests.echo", "tests.fail", "tests.noop", "tests.sleep", "tests.started", "tests.who"]
 
 
-@pytest.fixture
-def worker(worker):
-    """The conftest ``worker`` fixture, but workers still running when the test
-    ends are killed instead of warm-stopped (an idle warm stop takes seconds;
-    warm shutdown has its own tests in test_worker.py)."""
-    started = []
-
-    def start(*args, **kwargs):
-        wp = worker(*args, **kwargs)
-        started.append(wp)
-        return wp
-
-    yield start
-    for wp in started:
-        if wp.proc.poll() is None:
-            wp.kill_all()
 
 
 def _pending(r: redis.Redis, stream: str = STREAM) -> int:
