@@ -39,8 +39,11 @@ class Output:
     replies: int
     count: int
     events: list[tuple]
+    results: list[bytes]
+    result_replies: int
     def ack(self, stream: str, entry_id: bytes) -> None: ...
     def add_command(self, packed: bytes, replies: int = 1) -> None: ...
+    def add_result(self, packed: bytes, replies: int = 1) -> None: ...
     def event(self, kind: str, task_id: str | None, name: str | None, runtime: float | None, info: Any) -> None: ...
     def take(self) -> Output: ...
     def __bool__(self) -> bool: ...
@@ -64,7 +67,9 @@ class Request:
     headers: dict | None
     called_directly: bool
     delivery_count: int
-    def __init__(self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None) -> None: ...
+    def __init__(
+        self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None
+    ) -> None: ...
 
 class Runner:
     registry: dict[str, Any]
@@ -77,6 +82,7 @@ class Runner:
     flush: Callable[[Output], None] | None
     notify: bool
     events: bool
+    slow_streams: set[str]
     max_size: int
     slot: Any
     def __init__(self, registry: dict[str, Any], handler: Any, hostname: str, result_prefix: bytes,

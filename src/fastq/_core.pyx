@@ -273,6 +273,8 @@ cdef class Output:
     cdef public long replies
     cdef public long count
     cdef public list events
+    cdef public list results
+    cdef public long result_replies
 
     def __init__(self):
         self.acks = {}
@@ -280,6 +282,8 @@ cdef class Output:
         self.replies = 0
         self.count = 0
         self.events = []
+        self.results = []
+        self.result_replies = 0
 
     cpdef ack(self, stream, entry_id):
         cdef object ids = self.acks.get(stream)
@@ -293,18 +297,24 @@ cdef class Output:
         self.commands.append(packed)
         self.replies += replies
 
+    cpdef add_result(self, bytes packed, long replies=1):
+        self.results.append(packed)
+        self.result_replies += replies
+
     cpdef event(self, kind, task_id, name, runtime, info):
         """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
         self.events.append((kind, task_id, name, _time_time(), runtime, info))
 
     def __bool__(self):
-        return bool(self.acks) or bool(self.commands) or bool(self.events)
+        return bool(self.acks) or bool(self.commands) or bool(self.events) or bool(self.results)
 
     cpdef Output take(self):
         """Hand over the contents and start empty."""
         cdef Output o = Output.__new__(Output)
         o.acks, o.commands, o.replies, o.count, o.events = self.acks, self.commands, self.replies, self.count, self.events
+        o.results, o.result_replies = self.results, self.result_replies
         self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
+        self.results, self.result_replies = [], 0
         return o
 
 
@@ -410,6 +420,7 @@ cdef class Runner:
     cdef public object flush
     cdef public bint notify
     cdef public bint events
+    cdef public set slow_streams
     cdef public Py_ssize_t max_size
     cdef object _slot
     cdef unsigned char[:] _slot_view
@@ -431,6 +442,7 @@ cdef class Runner:
         self.flush = None
         self.notify = False
         self.events = False
+        self.slow_streams = set()
         self.max_size = 16 * 1024 * 1024
         self._slot = None
 
@@ -449,6 +461,7 @@ cdef class Runner:
         cdef object handler = self.handler
         cdef dict registry = self.registry
         cdef dict decoders = handler.decoders
+        cdef set slow_streams = self.slow_streams
         cdef Py_ssize_t started = 0
         cdef double last_flush = _now()
         cdef double now, t0, runtime
@@ -457,10 +470,10 @@ cdef class Runner:
         cdef bytes key
         cdef bint has_slot = self._slot is not None
         for d in deliveries:
+            self.current = d  # before the check: a warm stop's early hand-back keeps it
             if self.stopping:
                 break
             started += 1
-            self.current = d
             if has_slot:
                 _mark(self._slot_view, d.entry_id)
             msg = d.message
@@ -482,7 +495,8 @@ cdef class Runner:
             if task is None:
                 handler.unknown_task(d, msg, out)
                 continue
-            if not task._fast or msg.options is not None or msg.expires is not None or handler.revoked:
+            if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
+                    or (slow_streams and d.stream in slow_streams)):
                 handler.execute(task, d, msg, out)
             else:
                 token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
@@ -502,8 +516,8 @@ cdef class Runner:
                         handler.result_not_serializable(task, d, msg, exc, runtime, out)
                         continue
                     key = self.result_prefix + PyUnicode_AsUTF8String(msg.id)
-                    out.add_command(pack_command((b"RPUSH", key, blob)), 1)
-                    out.add_command(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
+                    out.add_result(pack_command((b"RPUSH", key, blob)), 1)
+                    out.add_result(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
                 out.ack(d.stream, d.entry_id)
                 if self.events:
                     out.events.append(("task-succeeded", msg.id, msg.task, _time_time(), runtime, None))

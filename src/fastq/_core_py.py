@@ -175,12 +175,14 @@ class TokenBucket:
 class Output:
     """What a consumer must still send: acks per stream and packed result writes."""
 
-    __slots__ = ("acks", "commands", "count", "events", "replies")
+    __slots__ = ("acks", "commands", "count", "events", "replies", "result_replies", "results")
 
     def __init__(self) -> None:
         self.acks = {}  #: stream -> [entry_id, ...]
-        self.commands = []  #: packed commands (bytes)
+        self.commands = []  #: packed broker commands (bytes)
         self.replies = 0  #: replies the packed commands will produce
+        self.results = []  #: packed result writes (they go to the result backend)
+        self.result_replies = 0
         self.count = 0  #: messages finished
         self.events = []  #: task events, sent as one stream entry per flush
 
@@ -196,18 +198,24 @@ class Output:
         self.commands.append(packed)
         self.replies += replies
 
+    def add_result(self, packed: bytes, replies: int = 1) -> None:
+        self.results.append(packed)
+        self.result_replies += replies
+
     def event(self, kind: str, task_id: str, name: str, runtime, info) -> None:
         """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
         self.events.append((kind, task_id, name, time.time(), runtime, info))
 
     def __bool__(self) -> bool:
-        return bool(self.acks) or bool(self.commands) or bool(self.events)
+        return bool(self.acks) or bool(self.commands) or bool(self.events) or bool(self.results)
 
     def take(self) -> Output:
         """Hand over the contents and start empty."""
         o = Output()
         o.acks, o.commands, o.replies, o.count, o.events = self.acks, self.commands, self.replies, self.count, self.events
+        o.results, o.result_replies = self.results, self.result_replies
         self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
+        self.results, self.result_replies = [], 0
         return o
 
 
@@ -278,6 +286,7 @@ class Runner:
         self.flush = None  #: callable(out) sending what is due mid-batch
         self.notify = False  #: call handler.succeeded (task logging on)
         self.events = False  #: record task events in the output
+        self.slow_streams = set()  #: streams whose messages all take the slow path (rate-limited queues)
         self.max_size = 16 * 1024 * 1024  #: larger payloads are dead-lettered unread
         #: A shared-memory buffer (process pool): the entry id being run is
         #: written here, so the parent knows which message a dead child held.
@@ -291,13 +300,14 @@ class Runner:
         handler = self.handler
         registry = self.registry
         decoders = handler.decoders
+        slow_streams = self.slow_streams
         started = 0
         last_flush = time.monotonic()
         for d in deliveries:
+            self.current = d  # before the check: a warm stop's early hand-back keeps it
             if self.stopping:
                 break
             started += 1
-            self.current = d
             if self.slot is not None:
                 _mark(self.slot, d.entry_id)
             msg = d.message
@@ -319,7 +329,8 @@ class Runner:
             if task is None:
                 handler.unknown_task(d, msg, out)
                 continue
-            if not task._fast or msg.options is not None or msg.expires is not None or handler.revoked:
+            if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
+                    or (slow_streams and d.stream in slow_streams)):
                 handler.execute(task, d, msg, out)
             else:
                 token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
@@ -339,8 +350,8 @@ class Runner:
                         handler.result_not_serializable(task, d, msg, exc, runtime, out)
                         continue
                     key = self.result_prefix + msg.id.encode()
-                    out.add_command(pack_command((b"RPUSH", key, blob)), 1)
-                    out.add_command(pack_command((b"EXPIRE", key, self.result_expires)), 1)
+                    out.add_result(pack_command((b"RPUSH", key, blob)), 1)
+                    out.add_result(pack_command((b"EXPIRE", key, self.result_expires)), 1)
                 out.ack(d.stream, d.entry_id)
                 if self.events:
                     out.event("task-succeeded", msg.id, msg.task, runtime, None)

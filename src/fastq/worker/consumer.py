@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 
 from redis.exceptions import ResponseError
 
+from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
+from ..ratelimit import Limiter
 from .execute import Executor
 
 log = logging.getLogger("fastq.worker")
@@ -37,11 +40,15 @@ class Consumer:
     """Fetches, runs and acknowledges messages from some queues."""
 
     def __init__(self, app, queues: list[str], hostname: str, name: str, prefetch: int | None = None,
-                 slot=None) -> None:
+                 slot=None, weights: dict[str, int] | None = None) -> None:
         self.app = app
         self.broker = app.broker
         conf = app.conf
         self.queues = [self.broker.ensure_queue(q) for q in queues]
+        # Fetches go round the queues; a queue of weight w gets w turns per round,
+        # so busy queues share the worker in proportion and none starves another.
+        weights = weights or {}
+        self._turns = [i for i, q in enumerate(queues) for _ in range(max(1, int(weights.get(q, 1))))]
         self.name = name
         self.hostname = hostname
         self.prefetch = int(prefetch or conf.worker_prefetch)
@@ -52,13 +59,22 @@ class Consumer:
         self.runner = Runner(app.tasks, self.executor, hostname, f"{conf.key_prefix}r:".encode(),
                              conf.result_expires, self.executor.encode_success, queue_of)
         self.runner.max_size = int(conf.max_message_size)
-        self.runner.flush_interval = float(conf.worker_ack_flush_interval)
+        self.runner.flush_interval = self.flush_interval = float(conf.worker_ack_flush_interval)
         self.runner.flush = self._flush_mid_batch
         self.runner.notify = self.executor.log_tasks
         self.events = bool(conf.worker_send_task_events)
         self.runner.events = self.events
         self.executor.events = self.events
         self.events_key = self.broker.keys.events
+        backend_broker = app.backend.broker
+        self.result_broker = None if backend_broker is self.broker else backend_broker
+        self.limiter = Limiter(app, queues)
+        self.executor.limiter = self.limiter
+        self.runner.slow_streams = {k for qk in self.queues if qk.name in self.limiter.limited_queues
+                                    for k in qk.fetch_order}
+        if any((signals.task_prerun, signals.task_postrun, signals.task_success, signals.task_failure)):
+            # Receivers are connected (an integration): every task takes the path that sends signals.
+            self.runner.slow_streams = set(queue_of)
         self.runner.slot = slot
         self.executor.ack_now = self._ack_now
         self.executor.flush_now = self._flush_mid_batch
@@ -78,13 +94,44 @@ class Consumer:
         self._broken = False
         self._warned = False
         self._pending_outs: list = []  #: writes to send again after reconnecting
+        self._returned = {qk.returned for qk in self.queues}
+        self._batch: list = []  #: the batch being run
+        self._prev_batch: list = []  #: the one before it (finished; its acks may still be in flight)
 
     # --- control -------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Warm stop: finish the running task, hand back the rest, return."""
+        """Warm stop: hand back what was not started (at once), finish the running task, return."""
+        if self.stopping:
+            return
         self.stopping = True
         self.runner.stopping = True
+        threading.Thread(target=self._hand_back_unstarted, name="fastq-hand-back", daemon=True).start()
+
+    def _hand_back_unstarted(self) -> None:
+        """Release now, on a connection of its own (the consumer's is busy with the
+        running task), what this consumer holds and will not start. Kept back: the
+        batch being run up to its current message (the runner publishes
+        ``current`` before its stopping check, so a message it is about to start
+        is kept), all of it between batches, and the previous batch (finished; its
+        acks may not have reached Redis yet). The loop hands back what is left
+        once the running task ends; release.lua is fenced, so twice is harmless."""
+        keep = {d.entry_id for d in self._prev_batch}
+        batch, current = self._batch, self.runner.current
+        upto = next((i + 1 for i, d in enumerate(batch) if d is current), len(batch))
+        keep.update(d.entry_id for d in batch[:upto])
+        client = self.broker.new_client()
+        try:
+            for qk in self.queues:
+                for stream in qk.fetch_order:
+                    ids = [i for i in self.broker.pending_of(stream, self.name, client) if i not in keep]
+                    if ids:
+                        moved, _ = self.broker.release(stream, qk.name, self.name, ids, client=client)
+                        log.info("Handed back %d unstarted message(s) at once", moved)
+        except CONNECTION_ERRORS:
+            pass  # the loop hands them back after the running task, or their lease expires
+        finally:
+            client.close()
 
     @property
     def processed(self) -> int:
@@ -104,8 +151,12 @@ class Consumer:
         return self.conn.read()
 
     def _pack_output(self, out: Output) -> tuple[bytes, int]:
-        parts = list(out.commands)
-        n = out.replies
+        if self.result_broker is None:  # results live next to the queue: one write
+            parts = [*out.results, *out.commands]
+            n = out.result_replies + out.replies
+        else:
+            parts = list(out.commands)
+            n = out.replies
         if out.events:
             parts.append(pack_events(self.events_key, self.hostname, out.events))
             n += 1
@@ -115,6 +166,11 @@ class Consumer:
         return b"".join(parts), n
 
     def _send_output(self, out: Output) -> None:
+        if self.result_broker is not None and out.results:
+            # A separate result backend: store the results first, then ack, so a
+            # crash in between runs a task again rather than losing its result.
+            self.result_broker.execute_packed(out.results)
+            out.results, out.result_replies = [], 0
         data, n = self._pack_output(out)
         self._outstanding.append(("out", out, n))
         self._send(data)
@@ -139,7 +195,7 @@ class Consumer:
         self._flush_mid_batch(o)
 
     def _send_fetch(self) -> None:
-        i = self._rr % len(self.queues)
+        i = self._turns[self._rr % len(self._turns)]
         self._rr += 1
         self._outstanding.append(("fetch", self.queues[i]))
         self._send(self._fetch_cmds[i])
@@ -301,7 +357,7 @@ class Consumer:
                 break
             if not batch:
                 empty_rounds += 1
-                if empty_rounds < len(self.queues):
+                if empty_rounds < len(self._turns):
                     self._send_fetch()
                     continue
                 self._drain()
@@ -314,9 +370,16 @@ class Consumer:
                 if self.stopping:
                     continue
             empty_rounds = 0
+            self.limiter.refresh()
             self._send_fetch()  # the next batch is prepared while this one runs
             if self.events:
                 self.out.event("task-received", None, None, None, {"n": len(batch)})
+            # A batch with redelivered messages may hold the one that killed the last
+            # process: ack each message before the next starts, so its batch-mates
+            # are not run again with it (design note 4.7.5).
+            redelivered = any(d.dc or d.stream in self._returned for d in batch)
+            self.runner.flush_interval = 0.0 if redelivered else self.flush_interval
+            self._prev_batch, self._batch = self._batch, batch
             started = self.runner.run_batch(batch, self.out)
             if self._broken:
                 raise ConnectionError("connection lost during the batch")
