@@ -1,0 +1,439 @@
+"""The dashboard's web app (Starlette) and its JSON API.
+
+Pages (``/``, ``/workers``, ``/queues``, ``/queues/<q>``, ``/tasks``,
+``/tasks/<id>``) all serve one HTML shell; ``static/app.js`` draws them from the
+API below. Reads are GET, changes are POST with the header ``X-CSRF-Token``
+(``GET /api/csrf`` gives it; the page reads it from a meta tag).
+
+API (JSON):
+
+- ``GET  /api/overview``                      counts for the header
+- ``GET  /api/workers``                       registry: online, pool, concurrency, processed, failed, active, rss, load
+- ``POST /api/workers/<host>/pool_grow``      ``{"n": 1}``; also ``pool_shrink``, ``shutdown``
+- ``GET  /api/workers/<host>``                inspect stats/active/registered of one worker
+- ``GET  /api/queues``                        waiting, in_flight, delayed, dead, rate_in, rate_out
+- ``GET  /api/queues/<q>/dlq``                dead letters with their reasons
+- ``POST /api/queues/<q>/dlq/requeue``        ``{"ids": [...]}`` or ``{"all": true}``
+- ``GET  /api/tasks?state=&name=&search=&limit=``  recent tasks, newest first
+- ``GET  /api/tasks/<id>``                    detail: result or exception and traceback, args, parent/children
+- ``POST /api/tasks/<id>/revoke``             ``{"terminate": false}``
+- ``POST /api/tasks/<id>/retry``              send the task again (new id) with the same arguments
+- ``GET  /api/stats?minutes=10``              chart series: tasks per second, queue lengths
+- ``GET  /metrics``                           Prometheus; ``GET /healthcheck``
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import secrets
+import time
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import ResponseError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import states
+from ..broker.keys import GROUP, validate_queue_name
+from ..control import decode_delayed, decode_fields, request_info
+from ..exceptions import ImproperlyConfigured
+from ..metrics import exposition
+from ..monitor import queue_rows, workers
+from .state import DashboardState
+
+#: Most stream entries scanned to find a queued message by id.
+SCAN_LIMIT = 5000
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class BasicAuth:
+    """ASGI middleware: every request needs ``Authorization: Basic`` with these credentials."""
+
+    def __init__(self, app, credentials: str) -> None:
+        self.app = app
+        self.expected = credentials.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        given = b""
+        if header[:6].lower() == b"basic ":
+            with contextlib.suppress(binascii.Error, ValueError):
+                given = base64.b64decode(header[6:].strip(), validate=True)
+        if not hmac.compare_digest(given, self.expected):
+            response = PlainTextResponse("authentication required", status_code=401,
+                                         headers={"WWW-Authenticate": 'Basic realm="fastq", charset="UTF-8"'})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware adding CSP and friends to every response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + self.headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """Task arguments and results as JSON (bytes and unknown types as text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth > 20:
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v, depth + 1) for v in value]
+    return repr(value)
+
+
+class Dashboard:
+    """The routes, bound to one fastq app and one DashboardState."""
+
+    def __init__(self, app, state: DashboardState, csrf_token: str | None = None) -> None:
+        self.app = app
+        self.state = state
+        self.csrf_token = csrf_token or secrets.token_urlsafe(32)
+        index = resources.files("fastq.dashboard").joinpath("static/index.html").read_text()
+        self.index_html = index.replace("{{csrf_token}}", self.csrf_token)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _check_csrf(self, request: Request) -> Response | None:
+        token = request.headers.get("x-csrf-token", "")
+        if not hmac.compare_digest(token.encode(), self.csrf_token.encode()):
+            return JSONResponse({"error": "missing or wrong X-CSRF-Token (GET /api/csrf)"}, status_code=403)
+        origin = request.headers.get("origin")
+        if origin and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+        return None
+
+    @staticmethod
+    async def _body(request: Request) -> dict:
+        try:
+            data = await request.json()
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # --- pages -------------------------------------------------------------------------
+
+    def page(self, request: Request) -> Response:
+        return HTMLResponse(self.index_html, headers={"Cache-Control": "no-store"})
+
+    def healthcheck(self, request: Request) -> Response:
+        return PlainTextResponse("OK")
+
+    def metrics(self, request: Request) -> Response:
+        body, content_type = exposition(self.state.registry)
+        return Response(body, media_type=content_type)
+
+    def csrf(self, request: Request) -> Response:
+        return JSONResponse({"token": self.csrf_token}, headers={"Cache-Control": "no-store"})
+
+    # --- overview and workers ----------------------------------------------------------
+
+    def overview(self, request: Request) -> Response:
+        ws = workers(self.app)
+        series = self.state.task_series(60)
+        return JSONResponse({
+            "workers_online": sum(1 for w in ws if w["online"]),
+            "workers_offline": sum(1 for w in ws if not w["online"]),
+            "succeeded_last_minute": sum(r[1] for r in series),
+            "failed_last_minute": sum(r[2] for r in series),
+            "queues": len(self.app.broker.known_queues()),
+            "broker": self.app.broker_safe_url,
+            "time": time.time(),
+        })
+
+    def workers(self, request: Request) -> Response:
+        return JSONResponse(_jsonable(workers(self.app)))
+
+    def worker_detail(self, request: Request) -> Response:
+        host = request.path_params["host"]
+        i = self.app.control.inspect([host], timeout=2.0)
+        return JSONResponse(_jsonable({
+            "stats": i.stats().get(host), "active": i.active().get(host), "registered": i.registered().get(host),
+        }))
+
+    async def worker_action(self, request: Request) -> Response:
+        refused = self._check_csrf(request)
+        if refused:
+            return refused
+        host, action = request.path_params["host"], request.path_params["action"]
+        body = await self._body(request)
+        control = self.app.control
+        if action == "pool_grow":
+            call = lambda: control.pool_grow(int(body.get("n", 1)), [host], reply=True, timeout=2.0)  # noqa: E731
+        elif action == "pool_shrink":
+            call = lambda: control.pool_shrink(int(body.get("n", 1)), [host], reply=True, timeout=2.0)  # noqa: E731
+        elif action == "shutdown":
+            call = lambda: control.shutdown([host], reply=True, timeout=2.0)  # noqa: E731
+        else:
+            return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
+        from starlette.concurrency import run_in_threadpool
+
+        replies = await run_in_threadpool(call)
+        merged = {k: v for r in replies or [] for k, v in r.items()}
+        if host not in merged:
+            return JSONResponse({"error": f"{host} did not answer"}, status_code=504)
+        return JSONResponse({"reply": merged[host]})
+
+    # --- queues ------------------------------------------------------------------------
+
+    def queues(self, request: Request) -> Response:
+        return JSONResponse(queue_rows(self.app, self.state.queue_rates))
+
+    def dlq(self, request: Request) -> Response:
+        queue = request.path_params["queue"]
+        try:
+            validate_queue_name(queue)
+        except ImproperlyConfigured as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        limit = min(int(request.query_params.get("limit", 100)), 1000)
+        rows = []
+        for item in self.app.broker.dlq_list(queue, limit):
+            payload = item.pop("payload", b"")
+            field = b"p" if item.pop("serializer", "msgpack") == "msgpack" else b"j"
+            msg = decode_fields({field: payload}) if payload else None
+            item["task"] = _jsonable(request_info(msg, queue)) if msg is not None else None
+            rows.append(item)
+        return JSONResponse({"queue": queue, "items": rows, "total": self.app.broker.client.xlen(
+            self.app.broker.keys.queue(queue).dlq)})
+
+    async def dlq_requeue(self, request: Request) -> Response:
+        refused = self._check_csrf(request)
+        if refused:
+            return refused
+        queue = request.path_params["queue"]
+        try:
+            validate_queue_name(queue)
+        except ImproperlyConfigured as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        body = await self._body(request)
+        ids = None if body.get("all") else [str(i) for i in body.get("ids") or []]
+        if ids is not None and not ids:
+            return JSONResponse({"error": "give ids or all=true"}, status_code=400)
+        from starlette.concurrency import run_in_threadpool
+
+        moved = await run_in_threadpool(self.app.broker.dlq_requeue, queue, ids)
+        return JSONResponse({"requeued": moved})
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def tasks(self, request: Request) -> Response:
+        q = request.query_params
+        limit = max(1, min(int(q.get("limit", 100)), 1000))
+        items, total = self.state.recent(q.get("state") or None, q.get("name") or None, q.get("search") or None, limit)
+        return JSONResponse({"tasks": items, "total": total, "names": self.state.task_names()})
+
+    def task(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        return JSONResponse(_jsonable(self.task_detail(task_id)))
+
+    def task_detail(self, task_id: str) -> dict:
+        """Everything known about one task: stored result, last event, the message
+        if it is still queued (its arguments), revoke flag, parent and children."""
+        out: dict[str, Any] = {"id": task_id}
+        meta = self.app.backend.get_meta(task_id)
+        event = self.state.event_record(task_id)
+        request = None
+        if meta is not None:
+            out.update(state=meta.state, name=meta.task, result=meta.result if meta.exc_type is None else None,
+                       exc_type=meta.exc_type, exc_message=meta.exc_message, traceback=meta.traceback,
+                       date_done=meta.date_done, runtime=meta.runtime, hostname=meta.hostname, retries=meta.retries,
+                       children=list(meta.children or []))
+            extra = dict(meta.meta or {})
+            request = extra.pop("request", None)
+            if extra:
+                out["meta"] = extra
+        location = self._locate(task_id) if meta is None or meta.state not in states.READY_STATES else None
+        if location is not None:
+            out["location"] = location
+            request = request or location.get("request")
+            if meta is None:
+                out["state"] = location["state"]
+        if event is not None:
+            out["event"] = event
+            out.setdefault("name", event.get("name"))
+            if "state" not in out:
+                out["state"] = event["state"]
+        out.setdefault("state", states.PENDING)
+        if request:
+            out["args"], out["kwargs"] = request.get("args"), request.get("kwargs")
+            out["parent_id"], out["root_id"] = request.get("parent_id"), request.get("root_id")
+            out["name"] = out.get("name") or request.get("name")
+        out["arguments_known"] = request is not None
+        out["revoked"] = self.app.broker.client.zscore(self.app.broker.keys.revoked, task_id) is not None
+        out["children"] = sorted(set(out.get("children") or []) | set(self._children(task_id)))
+        return out
+
+    def _locate(self, task_id: str) -> dict | None:
+        """Find a task's message in the queues (waiting, in flight, delayed or dead)."""
+        broker = self.app.broker
+        c = broker.client
+        for q in broker.known_queues():
+            qk = broker.keys.queue(q)
+            for stream in qk.fetch_order:
+                for entry_id, fields in c.xrange(stream, count=SCAN_LIMIT):
+                    msg = decode_fields(fields)
+                    if msg is not None and msg.id == task_id:
+                        try:
+                            pending = c.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                        except ResponseError:  # no consumer group yet: no worker ever read this queue
+                            pending = []
+                        return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,
+                                "where": "in flight" if pending else "waiting", "request": request_info(msg, q)}
+            for member, score in c.zrange(qk.delayed, 0, SCAN_LIMIT - 1, withscores=True):
+                msg = decode_delayed(member)
+                if msg is not None and msg.id == task_id:
+                    return {"state": "SCHEDULED", "queue": q, "where": "delayed", "eta": score / 1000.0,
+                            "request": request_info(msg, q)}
+            for item in broker.dlq_list(q, SCAN_LIMIT):
+                field = b"p" if item.get("serializer") == "msgpack" else b"j"
+                msg = decode_fields({field: item.get("payload", b"")})
+                if msg is not None and msg.id == task_id:
+                    return {"state": "DEAD", "queue": q, "where": "dead-lettered", "reason": item.get("reason"),
+                            "error": item.get("error"), "dead_letter_id": item["id"], "request": request_info(msg, q)}
+        return None
+
+    def _children(self, task_id: str) -> list[str]:
+        """Children among recent tasks, from their extended results (``result_extended``)."""
+        parents = self.state.parents
+        with self.state.lock:
+            unknown = [i for i in self.state.recent_ids(lock=False) if i not in parents]
+        metas = self.app.backend.get_many(unknown) if unknown else []
+        with self.state.lock:
+            for i, meta in zip(unknown, metas):
+                if meta is not None:  # not final yet: look again next time
+                    parents[i] = ((meta.meta or {}).get("request") or {}).get("parent_id")
+            while len(parents) > 50_000:
+                parents.popitem(last=False)
+            return [i for i, p in parents.items() if p == task_id]
+
+    async def revoke(self, request: Request) -> Response:
+        refused = self._check_csrf(request)
+        if refused:
+            return refused
+        task_id = request.path_params["task_id"]
+        body = await self._body(request)
+        from starlette.concurrency import run_in_threadpool
+
+        replies = await run_in_threadpool(
+            lambda: self.app.control.revoke(task_id, terminate=bool(body.get("terminate")), reply=True, timeout=1.0))
+        return JSONResponse({"revoked": task_id, "replies": _jsonable(replies)})
+
+    async def retry(self, request: Request) -> Response:
+        refused = self._check_csrf(request)
+        if refused:
+            return refused
+        task_id = request.path_params["task_id"]
+        from starlette.concurrency import run_in_threadpool
+
+        detail = await run_in_threadpool(self.task_detail, task_id)
+        if not detail.get("arguments_known") or not detail.get("name"):
+            return JSONResponse({"error": "the task's arguments are not known (set result_extended = True)"},
+                                status_code=409)
+        queue = (detail.get("location") or {}).get("queue")
+        options = {"queue": queue} if queue else {}
+        res = await run_in_threadpool(lambda: self.app.send_task(detail["name"], detail.get("args") or [],
+                                                                 detail.get("kwargs") or {}, **options))
+        return JSONResponse({"task_id": res.id, "retry_of": task_id})
+
+    # --- charts ------------------------------------------------------------------------
+
+    def stats(self, request: Request) -> Response:
+        minutes = max(1, min(int(request.query_params.get("minutes", 10)), 15))
+        return JSONResponse({"tasks": self.state.task_series(minutes * 60),
+                             "queues": self.state.queue_series(minutes * 60)})
+
+    # --- the app -----------------------------------------------------------------------
+
+    def routes(self) -> list:
+        static = resources.files("fastq.dashboard").joinpath("static")
+        page = self.page
+        return [
+            Route("/", page), Route("/workers", page), Route("/queues", page), Route("/queues/{queue}", page),
+            Route("/tasks", page), Route("/tasks/{task_id}", page),
+            Route("/healthcheck", self.healthcheck), Route("/metrics", self.metrics),
+            Route("/api/csrf", self.csrf), Route("/api/overview", self.overview),
+            Route("/api/workers", self.workers), Route("/api/workers/{host}", self.worker_detail),
+            Route("/api/workers/{host}/{action}", self.worker_action, methods=["POST"]),
+            Route("/api/queues", self.queues), Route("/api/queues/{queue}/dlq", self.dlq),
+            Route("/api/queues/{queue}/dlq/requeue", self.dlq_requeue, methods=["POST"]),
+            Route("/api/tasks", self.tasks), Route("/api/tasks/{task_id}", self.task),
+            Route("/api/tasks/{task_id}/revoke", self.revoke, methods=["POST"]),
+            Route("/api/tasks/{task_id}/retry", self.retry, methods=["POST"]),
+            Route("/api/stats", self.stats),
+            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+        ]
+
+
+def create_app(app, basic_auth: str | None = None, state: DashboardState | None = None):
+    """The dashboard as an ASGI app (mountable in your own ASGI server).
+
+    ``basic_auth="user:password"`` protects every page and API call. The state
+    (event tail, samplers) starts and stops with the ASGI lifespan."""
+    state = state or DashboardState(app)
+    dash = Dashboard(app, state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        state.start()
+        try:
+            yield
+        finally:
+            state.stop()
+
+    asgi = Starlette(routes=dash.routes(), lifespan=lifespan)
+    asgi.state.dashboard = dash
+    wrapped: Any = SecurityHeaders(asgi)
+    if basic_auth:
+        wrapped = BasicAuth(wrapped, basic_auth)
+    return wrapped
+
+
+def serve(app, address: str = "127.0.0.1", port: int = 5555, basic_auth: str | None = None,
+          log_level: str = "warning") -> None:
+    """Run the dashboard with uvicorn until interrupted."""
+    import logging
+
+    import uvicorn
+
+    logging.getLogger("fastq.dashboard").warning("fastq dashboard on http://%s:%d/ (broker %s)", address, port,
+                                                 app.broker_safe_url)
+    uvicorn.run(create_app(app, basic_auth), host=address, port=port, log_level=log_level, access_log=False,
+                lifespan="on")

@@ -1,0 +1,119 @@
+"""Read-only views of a fastq deployment, shared by the CLI, the dashboard and metrics:
+the workers registry and queue rates.
+
+Queue rates come from Redis itself: ``XINFO STREAM`` reports how many entries a
+stream ever received (``entries-added``, Redis 7). Finished messages are deleted
+from their stream, so between two samples a queue's *in* rate is the growth of
+``entries-added`` and its *out* (done) rate is the growth of
+``entries-added - length``. No per-message bookkeeping is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .control import ONLINE_WINDOW
+
+
+def workers(app, forget_after: float = 3600.0) -> list[dict]:
+    """Every worker seen in the last ``forget_after`` seconds: its last heartbeat
+    (hostname, pid, queues, pool, concurrency, processed, failed, active, rss,
+    loadavg) and ``online`` (heartbeat younger than 10 s)."""
+    keys = app.broker.keys
+    client = app.broker.client
+    now = time.time()
+    rows = client.zrangebyscore(keys.workers, now - forget_after, "+inf", withscores=True)
+    if not rows:
+        return []
+    infos = client.mget([keys.worker(h.decode()) for h, _ in rows])
+    out = []
+    for (host, ts), raw in zip(rows, infos):
+        info = {}
+        if raw:
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                info = {}
+        info["hostname"] = host.decode()
+        info["last_heartbeat"] = ts
+        info["online"] = now - ts < ONLINE_WINDOW
+        out.append(info)
+    out.sort(key=lambda w: (not w["online"], w["hostname"]))
+    return out
+
+
+def queue_totals(app, names: list[str]) -> dict[str, tuple[int, int] | None]:
+    """queue -> (entries ever added, entries now present) over its streams; None
+    when Redis does not report ``entries-added`` (before 7.0)."""
+    client = app.broker.client
+    pipe = client.pipeline(transaction=False)
+    layout = []
+    for q in names:
+        streams = app.broker.keys.queue(q).fetch_order
+        for s in streams:
+            pipe.execute_command("XINFO", "STREAM", s)
+        layout.append((q, len(streams)))
+    replies = pipe.execute(raise_on_error=False)
+    out: dict[str, tuple[int, int] | None] = {}
+    i = 0
+    for q, n in layout:
+        added = length = 0
+        ok = True
+        for r in replies[i : i + n]:
+            if isinstance(r, Exception):  # a stream not created yet
+                continue
+            info = _pairs(r)
+            if b"entries-added" not in info and "entries-added" not in info:
+                ok = False
+                break
+            added += int(info.get(b"entries-added", info.get("entries-added", 0)))
+            length += int(info.get(b"length", info.get("length", 0)))
+        out[q] = (added, length) if ok else None
+        i += n
+    return out
+
+
+def _pairs(reply) -> dict:
+    if isinstance(reply, dict):
+        return reply
+    return {reply[k]: reply[k + 1] for k in range(0, len(reply) - 1, 2)}
+
+
+class QueueRates:
+    """Per-queue in/out rates (messages per second) from two samples."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._last: dict[str, tuple[float, tuple[int, int]]] = {}
+        #: queue -> {"rate_in": ..., "rate_out": ...} after the second sample
+        self.rates: dict[str, dict] = {}
+
+    def sample(self, names: list[str]) -> dict[str, dict]:
+        now = time.monotonic()
+        for q, totals in queue_totals(self.app, names).items():
+            prev = self._last.get(q)
+            if totals is None:
+                continue
+            if prev is not None and now > prev[0]:
+                dt = now - prev[0]
+                (a0, l0), (a1, l1) = prev[1], totals
+                self.rates[q] = {"rate_in": max(0.0, (a1 - a0) / dt),
+                                 "rate_out": max(0.0, ((a1 - l1) - (a0 - l0)) / dt)}
+            self._last[q] = (now, totals)
+        return self.rates
+
+
+def queue_rows(app, rates: dict[str, dict] | None = None) -> list[dict]:
+    """queue_stats of every known queue, with rates when known."""
+    rows = []
+    for q in app.broker.known_queues():
+        row = app.broker.queue_stats(q)
+        r = (rates or {}).get(q)
+        row["rate_in"] = r["rate_in"] if r else None
+        row["rate_out"] = r["rate_out"] if r else None
+        rows.append(row)
+    return rows
+
+
+__all__ = ["QueueRates", "queue_rows", "queue_totals", "workers"]
