@@ -1,7 +1,9 @@
-# System packages the suite needs (sourced by .ci/run). iproute2 gives `ip netns`
-# for the tests that place workers on separate hosts.
+# System packages the suite needs (sourced by .ci/run): iproute2 for `ip netns`
+# (workers on separate hosts), Debian's chromium for the dashboard's browser
+# tests (Playwright drives it; it never downloads a browser of its own).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -7,9 +7,8 @@ from importlib import resources
 from pathlib import Path
 
 import fastq
-from fastq import _speedups
-
 from conftest import fastq_command
+from fastq import _speedups
 
 
 def test_the_expected_core_is_loaded():

@@ -6,8 +6,8 @@ __version__ = "0.1.0"
 
 from . import exceptions, signals, states
 from .app import FastQ
-from .canvas import Signature, signature
-from .result import AsyncResult, EagerResult, ResultSet
+from .canvas import Signature, chain, chord, chunks, group, signature
+from .result import AsyncResult, EagerResult, GroupResult, ResultSet
 from .schedules import crontab
 from .task import Task
 
@@ -15,12 +15,17 @@ __all__ = [
     "AsyncResult",
     "EagerResult",
     "FastQ",
+    "GroupResult",
     "ResultSet",
     "Signature",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "crontab",
     "exceptions",
+    "group",
     "signals",
     "signature",
     "states",

@@ -257,8 +257,8 @@ class Request:
 
 
 def _mark(slot, entry_id) -> None:
-    n = len(entry_id)
-    slot[:n] = entry_id
+    n = min(len(entry_id), 39)  # 40 bytes for the entry id; a deadline follows
+    slot[:n] = entry_id[:n]
     slot[n] = 0
 
 

@@ -13,6 +13,7 @@ from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
+from .workflow import note_child
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -79,6 +80,13 @@ class FastQ:
     @cached_property
     def router(self) -> routing.Router:
         return routing.Router(self.conf.task_routes, self.conf.task_default_queue)
+
+    @cached_property
+    def control(self):
+        """Remote control of the workers: ``app.control.ping()``, ``app.control.inspect().active()``."""
+        from .control import Control
+
+        return Control(self)
 
     # --- tasks ----------------------------------------------------------------
 
@@ -158,6 +166,24 @@ class FastQ:
             broker.publish_many(batch, field)
         return results
 
+    def add_periodic_task(self, schedule: Any, sig: Any, name: str | None = None, **options: Any) -> str:
+        """Add an entry to ``conf.beat_schedule``: ``app.add_periodic_task(60.0, add.s(1, 1), name="every-minute")``.
+
+        ``schedule`` is seconds, a timedelta, a ``crontab`` or a cron string;
+        ``options`` are apply_async options (``queue``, ``priority``, ``expires``).
+        The entry is checked when beat starts. Returns the entry's name
+        (default: the signature's repr, as in Celery)."""
+        from .canvas import Signature
+
+        if not isinstance(sig, Signature):
+            raise TypeError(f"add_periodic_task() takes a signature (task.s(...)), not {type(sig).__name__}")
+        key = name or repr(sig)
+        entry = {"task": sig.task, "schedule": schedule, "args": tuple(sig.args), "kwargs": dict(sig.kwargs),
+                 "options": {**sig.options, **options}}
+        # a new dict: the default beat_schedule may be shared with other apps
+        self.conf.beat_schedule = {**(self.conf.beat_schedule or {}), key: entry}
+        return key
+
     def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
         from .result import AsyncResult
 
@@ -179,6 +205,8 @@ class FastQ:
             parent_id, root_id = parent.id, parent.root_id or parent.id
         msg = Message(new_task_id(), name, args or [], kwargs or {}, 0, None, expires, priority, parent_id, root_id,
                       now(), None, None)
+        if parent is not None and parent.delivery is not None:  # sent from a task a worker runs
+            note_child(parent, msg.id)
         return msg, queue, priority, None
 
     def _placement(self, name: str, task, args, kwargs, options) -> tuple[str, int]:
@@ -214,12 +242,14 @@ class FastQ:
         root_id = options.pop("root_id", None) or (
             (parent.root_id or parent.id) if parent is not None else None
         )
+        retries = options.pop("retries", 0)
+        headers = options.pop("headers", None)
         msg = Message(
             task_id,
             name,
             list(args) if args else [],
             kwargs if kwargs else {},
-            options.pop("retries", 0),
+            retries,
             due,
             expires,
             priority,
@@ -227,8 +257,10 @@ class FastQ:
             root_id,
             t,
             _message_options(options),
-            options.pop("headers", None),
+            headers,
         )
+        if parent is not None and parent.delivery is not None and parent_id == parent.id:
+            note_child(parent, msg.id)
         return msg, queue, priority, due
 
     def _encode(self, msg: Message, task) -> bytes:
@@ -249,7 +281,10 @@ class FastQ:
         msg, queue, priority, due = self._build(name, args, kwargs, options, task)
         payload = self._encode(msg, task)
         self.broker.publish(queue, priority, self.serializer.field, payload, due)
-        return AsyncResult(msg.id, app=self, task_name=name)
+        result = AsyncResult(msg.id, app=self, task_name=name)
+        if msg.parent_id is not None:
+            result.parent = AsyncResult(msg.parent_id, app=self)
+        return result
 
     def __repr__(self) -> str:
         return f"<FastQ {self.main or '__main__'} broker={self.broker_safe_url}>"
@@ -266,7 +301,7 @@ class FastQ:
 #: apply_async options the worker acts on; carried in ``Message.options``.
 _WORKER_OPTIONS = (
     "ignore_result", "link", "link_error", "time_limit", "soft_time_limit",
-    "group_id", "group_index", "chord", "max_retries", "reply_to",
+    "group_id", "group_index", "chord", "max_retries", "reply_to", "chain",
 )  # fmt: skip
 
 
@@ -278,6 +313,10 @@ def _message_options(options: dict) -> dict | None:
             if value is not None:
                 if out is None:
                     out = {}
+                if key in ("link", "link_error"):  # signatures travel as frozen dicts
+                    from .workflow import callbacks
+
+                    value = callbacks(value)
                 out[key] = value
     options.pop("serializer", None)
     if options:

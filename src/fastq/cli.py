@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from ._speedups import COMPILED
+from .exceptions import FastQError
 
 
 def load_app(spec: str):
@@ -41,23 +42,13 @@ def load_app(spec: str):
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import JsonFormatter, text_formatter
+
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else text_formatter())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": record.created, "level": record.levelname, "logger": record.name,
-               "process": record.processName, "message": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
 
 
 class _AppState:
@@ -109,14 +100,28 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None) -> None:
 def _queues(value: str | None) -> list[str] | None:
     if not value:
         return None
-    return [q.strip() for q in value.split(",") if q.strip()]
+    return [q.strip().split(":")[0] for q in value.split(",") if q.strip()]
+
+
+def _weights(value: str | None) -> dict[str, int]:
+    """``-Q a:3,b:1`` -> {"a": 3, "b": 1} (queues without a weight get 1)."""
+    out: dict[str, int] = {}
+    for item in (value or "").split(","):
+        name, _, weight = item.strip().partition(":")
+        if name and weight:
+            if not weight.isdigit() or int(weight) < 1:
+                raise click.BadParameter(f"queue weight must be a positive integer: {item!r}", param_hint="-Q")
+            out[name] = int(weight)
+    return out
 
 
 @main.command()
 @_app_option
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size (default: CPU count).")
 @click.option("-P", "--pool", type=click.Choice(["process", "thread", "solo"]), default="process", show_default=True)
-@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the default queue).")
+@click.option("-Q", "--queues",
+              help="Comma-separated queues to consume, optionally weighted: a:3,b:1 (default: the default queue).")
+@click.option("-X", "--exclude-queues", help="Consume every known queue except these (comma-separated).")
 @click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
               case_sensitive=False), default="WARNING", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -130,12 +135,32 @@ def _queues(value: str | None) -> list[str] | None:
               help="Seconds: send acks mid-batch after this (default 0.01).")
 @click.option("-B", "--beat", "with_beat", is_flag=True,
               help="Also run beat (periodic tasks) in this worker; safe on several workers.")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
+              help="Serve Prometheus metrics on this port (needs fastq[metrics]).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option("--without-events", is_flag=True, help="Do not publish task and worker events.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Hard time limit in seconds for tasks without their own (process pool: the process is killed).")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Soft time limit in seconds: SoftTimeLimitExceeded is raised in the task.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a pool process after this many tasks.")
+@click.option("--autoscale", help="MAX,MIN: grow toward MAX processes while messages wait, shrink to MIN when idle.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1),
+              help="Replace a pool process once its resident memory passes this many KiB.")
 @click.pass_obj
-def worker(state: _AppState, concurrency, pool, queues, loglevel, log_format, hostname, prefetch, lease_timeout,
-           max_deliveries, ack_flush_interval, with_beat=False) -> None:
+def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel, log_format, hostname, prefetch,
+           lease_timeout, max_deliveries, ack_flush_interval, with_beat=False, metrics_port=None,
+           metrics_address="127.0.0.1", without_events=False, time_limit=None, soft_time_limit=None,
+           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
     app = state.app()
+    _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child)
+    if without_events:
+        app.conf.worker_send_task_events = False
+    if metrics_port:
+        app.conf.worker_metrics_port = metrics_port
+        app.conf.worker_metrics_address = metrics_address
     if lease_timeout is not None:
         app.conf.worker_lease_timeout = lease_timeout
     if max_deliveries is not None:
@@ -145,9 +170,13 @@ def worker(state: _AppState, concurrency, pool, queues, loglevel, log_format, ho
     from .worker import Worker
 
     try:
-        w = Worker(app, _queues(queues), concurrency, pool, hostname, prefetch)
-    except ValueError as exc:
+        w = Worker(app, _queues(queues), concurrency, pool, hostname, prefetch, exclude=_queues(exclude_queues),
+                   weights=_weights(queues), autoscale=_autoscale(autoscale))
+    except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
+    from .logs import set_hostname
+
+    set_hostname(w.hostname)
     beat_service = _make_beat(app) if with_beat else None
     if beat_service is not None:  # a thread of this (the parent) process, leader-elected like `fastq beat`
         beat_service.start()
@@ -157,6 +186,34 @@ def worker(state: _AppState, concurrency, pool, queues, loglevel, log_format, ho
         if beat_service is not None:
             beat_service.stop()
     sys.exit(code)
+
+
+def _autoscale(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        high, low = (int(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give MAX,MIN, e.g. --autoscale 8,2", param_hint="--autoscale") from None
+    return high, low
+
+
+def _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks, max_memory) -> None:
+    """Worker-wide defaults for tasks that have no limits of their own."""
+    if max_tasks:
+        app.conf.worker_max_tasks_per_child = max_tasks
+    if max_memory:
+        app.conf.worker_max_memory_per_child = max_memory
+    if time_limit:
+        app.conf.task_time_limit = time_limit
+    if soft_time_limit:
+        app.conf.task_soft_time_limit = soft_time_limit
+    for task in app.tasks.values():
+        if time_limit and not task.time_limit:
+            task.time_limit = time_limit
+        if soft_time_limit and not task.soft_time_limit:
+            task.soft_time_limit = soft_time_limit
+        task._refresh()
 
 
 def _fail(exc: Exception) -> None:
@@ -180,7 +237,8 @@ def result(state: _AppState, task_id: str, as_json: bool) -> None:
     if as_json:
         import msgspec
 
-        click.echo(msgspec.json.encode(meta).decode() if meta else json.dumps({"state": "PENDING"}))
+        fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING"}
+        click.echo(msgspec.json.encode(fields).decode())
         return
     if meta is None:
         click.echo("PENDING")
@@ -199,17 +257,35 @@ def result(state: _AppState, task_id: str, as_json: bool) -> None:
 @main.command()
 @_app_option
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds to measure the in/out rates over (0: no rates).")
 @click.pass_obj
-def queues(state: _AppState, as_json: bool) -> None:
-    """Per queue: waiting, in flight, delayed, dead-lettered."""
+def queues(state: _AppState, as_json: bool, interval: float) -> None:
+    """Per queue: waiting, in flight, delayed, dead-lettered, and in/out rates (messages/s)."""
+    import time
+
+    from .monitor import QueueRates, queue_rows
+
     app = state.app()
-    rows = [app.broker.queue_stats(q) for q in app.broker.known_queues()]
+    rates = None
+    if interval > 0:
+        sampler = QueueRates(app)
+        names = app.broker.known_queues()
+        sampler.sample(names)
+        time.sleep(interval)
+        rates = sampler.sample(names)
+    rows = queue_rows(app, rates)
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'queue':<24}{'waiting':>10}{'in flight':>11}{'delayed':>10}{'dead':>8}")
+
+    def rate(v) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    click.echo(f"{'queue':<24}{'waiting':>10}{'in flight':>11}{'delayed':>10}{'dead':>8}{'in/s':>10}{'out/s':>10}")
     for r in rows:
-        click.echo(f"{r['queue']:<24}{r['waiting']:>10}{r['in_flight']:>11}{r['delayed']:>10}{r['dead']:>8}")
+        click.echo(f"{r['queue']:<24}{r['waiting']:>10}{r['in_flight']:>11}{r['delayed']:>10}{r['dead']:>8}"
+                   f"{rate(r['rate_in']):>10}{rate(r['rate_out']):>10}")
 
 
 @main.command()
@@ -229,8 +305,9 @@ def purge(state: _AppState, queue_list: str | None, force: bool) -> None:
 
 @main.command()
 @_app_option
+@click.option("-d", "--destination", help="Comma-separated worker names to show.")
 @click.pass_obj
-def status(state: _AppState) -> None:
+def status(state: _AppState, destination: str | None) -> None:
     """List the workers that are online."""
     import time
 
@@ -238,6 +315,9 @@ def status(state: _AppState) -> None:
     keys = app.broker.keys
     now = time.time()
     online = [h.decode() for h, ts in app.broker.client.zrange(keys.workers, 0, -1, withscores=True) if now - ts < 10]
+    if destination:
+        wanted = set(_queues(destination) or [])
+        online = [h for h in online if h in wanted]
     for h in online:
         click.echo(f"{h}: OK")
     click.echo(f"{len(online)} node(s) online.")
@@ -322,6 +402,226 @@ def dlq_purge(state: _AppState, queue_name: str | None, force: bool) -> None:
         click.confirm(f"Delete all dead letters of {', '.join(names)}?", abort=True)
     n = sum(app.broker.dlq_purge(q) for q in names)
     click.echo(f"Deleted {n} dead letter(s).")
+
+
+# --- inspect and control ------------------------------------------------------------------
+
+
+class _UnderscoreGroup(click.Group):
+    """Accepts ``pool-grow`` for ``pool_grow`` (Celery spells them with underscores)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        return super().get_command(ctx, cmd_name.replace("-", "_"))
+
+
+def _remote_options(f):
+    """-A, -d/--destination, -t/--timeout and --json, on the group or the command."""
+
+    def store(name):
+        def cb(ctx: click.Context, param: Any, value):
+            if value is not None and value is not False:
+                setattr(ctx.ensure_object(_AppState), name, value)
+
+        return cb
+
+    f = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=store("as_json"),
+                     help="Print the replies as JSON.")(f)
+    f = click.option("-t", "--timeout", type=click.FloatRange(min=0.01), expose_value=False, callback=store("timeout"),
+                     help="Seconds to wait for replies (default 1).")(f)
+    f = click.option("-d", "--destination", expose_value=False, callback=store("destination"),
+                     help="Comma-separated worker names (default: all workers).")(f)
+    return _app_option(f)
+
+
+def _print_replies(state: _AppState, replies: dict) -> None:
+    if getattr(state, "as_json", False):
+        click.echo(json.dumps(replies, default=str))
+        return
+    if not replies:
+        raise click.ClickException("No nodes replied within time constraint.")
+    for host, reply in sorted(replies.items()):
+        error = isinstance(reply, dict) and "error" in reply
+        click.echo(f"-> {host}: {'ERROR' if error else 'OK'}")
+        if isinstance(reply, dict) and set(reply) <= {"ok", "error"}:
+            click.echo(f"    {reply.get('ok') or reply.get('error')}")
+        elif isinstance(reply, list) and not reply:
+            click.echo("    - empty -")
+        elif isinstance(reply, list):
+            for item in reply:
+                click.echo(f"    * {_describe(item)}")
+        else:
+            for line in json.dumps(reply, indent=2, default=str).splitlines():
+                click.echo(f"    {line}")
+    click.echo(f"\n{len(replies)} node(s) replied.")
+
+
+def _describe(item) -> str:
+    if isinstance(item, dict) and "request" in item:  # scheduled
+        import datetime as dt
+
+        eta = dt.datetime.fromtimestamp(item["eta"], dt.timezone.utc).isoformat(timespec="seconds")
+        return f"{eta} {_describe(item['request'])}"
+    if isinstance(item, dict) and "id" in item and "name" in item:
+        return f"{item['name']}[{item['id']}] args={item.get('args')!r} kwargs={item.get('kwargs')!r}"
+    return str(item)
+
+
+def _remote(state: _AppState):
+    app = state.app()
+    return app, getattr(state, "destination", None), getattr(state, "timeout", None) or 1.0
+
+
+def _reply_dict(replies: list | None) -> dict:
+    out: dict = {}
+    for r in replies or []:
+        out.update(r)
+    return out
+
+
+@main.group(cls=_UnderscoreGroup)
+@_remote_options
+def inspect() -> None:
+    """Ask the workers: active, reserved, scheduled, registered, stats, revoked, active_queues, ping."""
+
+
+def _inspect_command(name: str, doc: str):
+    @_remote_options
+    @click.pass_obj
+    def command(state: _AppState) -> None:
+        app, dest, timeout = _remote(state)
+        _print_replies(state, getattr(app.control.inspect(dest, timeout), name)())
+
+    command.__doc__ = doc
+    inspect.command(name)(command)
+
+
+for _name, _doc in (
+    ("active", "Tasks the workers are running."),
+    ("reserved", "Messages the workers fetched and have not started."),
+    ("scheduled", "Delayed messages (countdown, ETA, retries) of the workers' queues."),
+    ("registered", "Task names the workers know."),
+    ("stats", "Pool, counters, memory and uptime of the workers."),
+    ("revoked", "Revoked task ids the workers know."),
+    ("active_queues", "Queues the workers consume."),
+    ("ping", "Which workers answer."),
+):
+    _inspect_command(_name, _doc)
+
+
+@main.group(cls=_UnderscoreGroup)
+@_remote_options
+def control() -> None:
+    """Tell the workers: ping, shutdown, pool_grow, pool_shrink, add_consumer, cancel_consumer, revoke, rate_limit."""
+
+
+def _control_call(state: _AppState, method: str, *args, **kwargs) -> None:
+    from .exceptions import ImproperlyConfigured
+
+    app, dest, timeout = _remote(state)
+    try:
+        replies = getattr(app.control, method)(*args, destination=dest, reply=True, timeout=timeout, **kwargs)
+    except ImproperlyConfigured as exc:
+        raise click.BadParameter(str(exc)) from None
+    _print_replies(state, _reply_dict(replies))
+
+
+@control.command("ping")
+@_remote_options
+@click.pass_obj
+def control_ping(state: _AppState) -> None:
+    """Which workers answer."""
+    app, dest, timeout = _remote(state)
+    _print_replies(state, _reply_dict(app.control.ping(dest, timeout)))
+
+
+@control.command("shutdown")
+@_remote_options
+@click.pass_obj
+def control_shutdown(state: _AppState) -> None:
+    """Warm shutdown: finish running tasks and exit."""
+    _control_call(state, "shutdown")
+
+
+@control.command("pool_grow")
+@_remote_options
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@click.pass_obj
+def control_pool_grow(state: _AppState, n: int) -> None:
+    """Add N processes (or threads) to the pools."""
+    _control_call(state, "pool_grow", n)
+
+
+@control.command("pool_shrink")
+@_remote_options
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@click.pass_obj
+def control_pool_shrink(state: _AppState, n: int) -> None:
+    """Remove N processes (or threads) from the pools."""
+    _control_call(state, "pool_shrink", n)
+
+
+@control.command("add_consumer")
+@_remote_options
+@click.argument("queue")
+@click.pass_obj
+def control_add_consumer(state: _AppState, queue: str) -> None:
+    """Start consuming QUEUE."""
+    _control_call(state, "add_consumer", queue)
+
+
+@control.command("cancel_consumer")
+@_remote_options
+@click.argument("queue")
+@click.pass_obj
+def control_cancel_consumer(state: _AppState, queue: str) -> None:
+    """Stop consuming QUEUE."""
+    _control_call(state, "cancel_consumer", queue)
+
+
+@control.command("revoke")
+@_remote_options
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also kill the pool process running the task (process pool).")
+@click.option("--signal", "sig", default="SIGKILL", show_default=True, help="Signal for --terminate.")
+@click.pass_obj
+def control_revoke(state: _AppState, task_ids: tuple[str, ...], terminate: bool, sig: str) -> None:
+    """Revoke tasks: workers store REVOKED instead of running them."""
+    _control_call(state, "revoke", list(task_ids), terminate=terminate, signal=sig)
+
+
+@control.command("rate_limit")
+@_remote_options
+@click.argument("task_name")
+@click.argument("rate")
+@click.pass_obj
+def control_rate_limit(state: _AppState, task_name: str, rate: str) -> None:
+    """Set TASK_NAME's rate limit (e.g. 10/s, 100/m; 0 removes it)."""
+    _control_call(state, "rate_limit", task_name, None if rate in ("0", "none", "None") else rate)
+
+
+# --- dashboard --------------------------------------------------------------------------
+
+
+@main.command()
+@_app_option
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--basic-auth", envvar="FASTQ_DASHBOARD_BASIC_AUTH",
+              help="user:password required for every page and API call (or FASTQ_DASHBOARD_BASIC_AUTH).")
+@click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+              case_sensitive=False), default="WARNING", show_default=True)
+@click.pass_obj
+def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
+    """Serve the web dashboard (needs fastq[dashboard])."""
+    _setup_logging(loglevel)
+    if basic_auth is not None and ":" not in basic_auth:
+        raise click.BadParameter("use user:password", param_hint="--basic-auth")
+    app = state.app()
+    try:
+        from .dashboard import serve
+    except ImportError as exc:
+        raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
+    serve(app, address=address, port=port, basic_auth=basic_auth)
 
 
 def _register_bench() -> None:

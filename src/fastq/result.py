@@ -205,6 +205,10 @@ class _ResultBase:
 class AsyncResult(_ResultBase):
     """A handle to a task's result in the backend."""
 
+    #: The result before this one: the previous step of a chain, the header of a
+    #: chord's body, or the task that sent this one from inside a task (when known here).
+    parent = None
+
     def __init__(self, id: str, app=None, task_name: str | None = None, backend=None) -> None:  # noqa: A002
         if app is None:
             raise ValueError("AsyncResult needs the app (use app.AsyncResult(task_id))")
@@ -217,6 +221,12 @@ class AsyncResult(_ResultBase):
     @property
     def backend(self):
         return self._backend or self.app.backend
+
+    @property
+    def children(self) -> list:
+        """Results of the tasks this task sent while it ran (recorded by the worker with its result)."""
+        meta = self._meta()
+        return [AsyncResult(c, app=self.app) for c in (meta.children if meta is not None else None) or ()]
 
     def _meta(self) -> ResultMeta | None:
         if self._cache is not None:
@@ -324,6 +334,104 @@ class ResultSet:
         return [r._outcome(r._meta(), propagate) for r in self.results]
 
     join = get
+
+
+class GroupResult(ResultSet):
+    """The result of a group: ``get()`` (the values, in order), ``ready()``,
+    ``successful()``, ``failed()``, ``completed_count()``, ``results``.
+
+    ``save()`` stores the member ids (for ``result_expires``), so another
+    process can ``GroupResult.restore(group_id, app=app)``."""
+
+    #: The app ``restore()`` uses when none is given: the last one a GroupResult was made with.
+    _default_app = None
+
+    def __init__(self, id: str | None = None, results: Iterable = (), app=None, parent=None) -> None:  # noqa: A002
+        super().__init__(results, app)
+        if self.app is None:
+            self.app = next((r.app for r in self.results if isinstance(r, GroupResult) and r.app is not None), None)
+        self.id = id
+        self.parent = parent
+        if self.app is not None:
+            GroupResult._default_app = self.app
+
+    @property
+    def children(self) -> list:
+        return self.results
+
+    def _leaves(self) -> list:
+        out = []
+        for r in self.results:
+            out.extend(r._leaves() if isinstance(r, GroupResult) else (r,))
+        return out
+
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> list:
+        """Every member's value, in order (a nested group gives a nested list)."""
+        _check_sync_subtask(disable_sync_subtasks)
+        if not any(isinstance(r, GroupResult) for r in self.results):
+            return super().get(timeout, propagate, False)
+        ResultSet(self._leaves(), self.app).get(timeout, False, False)  # wait for all, in batches
+        return [r.get(propagate=propagate, disable_sync_subtasks=False) if isinstance(r, GroupResult)
+                else r._outcome(r._meta(), propagate) for r in self.results]
+
+    join = get
+
+    def _ids(self) -> list:
+        return [[r.id, r._ids()] if isinstance(r, GroupResult) else r.id for r in self.results]
+
+    def save(self) -> GroupResult:
+        """Store the group (member ids) under its id for ``result_expires`` seconds."""
+        if self.id is None:
+            raise ValueError("this GroupResult has no id")
+        backend = self.app.backend
+        with backend.broker.retrying():
+            backend.client.set(_group_key(backend, self.id), encode_group(self._ids()), ex=int(self.app.conf.result_expires))
+        return self
+
+    @classmethod
+    def restore(cls, id: str, app=None) -> GroupResult | None:  # noqa: A002
+        """The saved group ``id`` (None when unknown or expired)."""
+        app = app or cls._default_app
+        if app is None:
+            raise ValueError("GroupResult.restore() needs the app: GroupResult.restore(group_id, app=app)")
+        backend = app.backend
+        with backend.broker.retrying():
+            raw = backend.client.get(_group_key(backend, id))
+        if raw is None:
+            return None
+
+        def build(gid, ids):
+            return cls(gid, [build(*i) if isinstance(i, list) else AsyncResult(i, app=app) for i in ids], app=app)
+
+        return build(id, decode_group(raw))
+
+    def forget(self) -> None:
+        """Delete the stored group and its members' results."""
+        for r in self._leaves():
+            r.forget()
+        if self.id is not None and self.app is not None:
+            backend = self.app.backend
+            with backend.broker.retrying():
+                backend.client.delete(_group_key(backend, self.id))
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(str(r.id) for r in self.results[:10])}{', ...' if len(self) > 10 else ''}]>"
+
+
+def _group_key(backend, group_id: str) -> str:
+    return f"{backend.keys.prefix}g:{group_id}"
+
+
+def encode_group(ids: list) -> bytes:
+    import msgspec
+
+    return msgspec.msgpack.encode(ids)
+
+
+def decode_group(raw: bytes) -> list:
+    import msgspec
+
+    return msgspec.msgpack.decode(raw)
 
 
 def _check_sync_subtask(disable: bool) -> None:

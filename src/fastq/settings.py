@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any
 
@@ -29,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "task_time_limit": None,
     "task_soft_time_limit": None,
     "task_annotations": None,
+    "rate_limit_scope": "cluster",  # or "worker": each worker process limits on its own (Celery's way)
+    "queue_rate_limits": None,  # {"mail": "50/s"}
     "result_expires": 86400,
     # worker
     "worker_concurrency": None,  # CPU count
@@ -39,9 +42,24 @@ DEFAULTS: dict[str, Any] = {
     "worker_block_timeout": 1.0,  # seconds an idle consumer waits per blocking read
     "worker_promote_interval": 0.02,  # seconds between delayed-set checks
     "worker_send_task_events": True,
+    "worker_max_tasks_per_child": None,  # replace a pool process after this many tasks
+    "worker_max_memory_per_child": None,  # KiB: replace a pool process above this resident memory
+    "worker_revoke_expires": 10800,  # seconds a revoke is remembered (Redis and workers)
+    "worker_metrics_port": None,  # `fastq worker --metrics-port`: serve Prometheus metrics
+    "worker_metrics_address": "127.0.0.1",
+    "result_extended": False,  # also store args, kwargs, queue, parent/root id with the result
+    # monitoring: e-mail on task failure (fastq.mail)
+    "task_send_error_emails": False,  # per task: @app.task(send_error_emails=True)
+    "error_email_to": None,  # ["ops@example.com"]
+    "error_email_from": "fastq@localhost",
+    "error_email_smtp_url": "smtp://127.0.0.1:25",  # smtp://, smtps://, smtp+starttls://; user:password@ allowed
+    "error_email_interval": 300,  # seconds: at most one e-mail per task name per interval
+    "error_email_timeout": 10.0,  # seconds for the SMTP conversation
+    "error_email_redact": None,  # callable(task_name, args, kwargs) -> (args, kwargs)
     # scheduling
     "timezone": "UTC",
     "beat_schedule": {},
+    "beat_lease": 10.0,  # seconds: a standby beat takes over this long after the leader stops
 }
 
 
@@ -49,7 +67,8 @@ class Settings(dict):
     """A dict with attribute access: ``app.conf.result_expires``."""
 
     def __init__(self, values: dict[str, Any] | None = None) -> None:
-        super().__init__(DEFAULTS)
+        # Deep copies: a default dict (beat_schedule) must not be shared between apps.
+        super().__init__({k: copy.deepcopy(v) for k, v in DEFAULTS.items()})
         if values:
             self.update(values)
 
@@ -70,5 +89,5 @@ class Settings(dict):
         for name in dir(obj):
             if name.islower() and not name.startswith("_"):
                 value = getattr(obj, name)
-                if not callable(value) or name in ("task_routes",):
+                if not callable(value) or name in ("task_routes", "error_email_redact"):
                     self[name] = value

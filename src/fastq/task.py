@@ -64,6 +64,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_backoff_max": 600,
     "retry_jitter": True,
     "rate_limit": None,
+    "rate_limit_scope": None,
     "time_limit": None,
     "soft_time_limit": None,
     "expires": None,
@@ -107,6 +108,9 @@ class Task:
         self.retry_jitter = bool(opts["retry_jitter"])
         self.rate_limit = opts["rate_limit"]
         self.rate = parse_rate(self.rate_limit, f"task {name!r}")
+        self.rate_limit_scope = opts["rate_limit_scope"]
+        if self.rate_limit_scope not in (None, "cluster", "worker"):
+            raise ImproperlyConfigured(f"task {name!r}: rate_limit_scope must be 'cluster' or 'worker'")
         self.time_limit = opts["time_limit"] if opts["time_limit"] is not None else conf.task_time_limit
         self.soft_time_limit = opts["soft_time_limit"] if opts["soft_time_limit"] is not None else conf.task_soft_time_limit
         self.expires = opts["expires"]
@@ -200,6 +204,48 @@ class Task:
         from .canvas import Signature
 
         return self.app.send_many(Signature(self.name, tuple(a), None, app=self.app) for a in iterable)
+
+    def map(self, it: Iterable):
+        """A signature of one task calling this one for each item: ``add.map([...])``
+        (``fastq.map``; the result is the list of results)."""
+        from .canvas import Signature
+        from .workflow import register_builtins
+
+        register_builtins(self.app)
+        return Signature("fastq.map", (), {"task": self.name, "it": list(it)}, app=self.app)
+
+    def starmap(self, it: Iterable):
+        """Like ``map`` with each item unpacked as arguments: ``add.starmap([(1, 2), (3, 4)])``."""
+        from .canvas import Signature
+        from .workflow import register_builtins
+
+        register_builtins(self.app)
+        return Signature("fastq.starmap", (), {"task": self.name, "it": [list(a) for a in it]}, app=self.app)
+
+    def chunks(self, it: Iterable, n: int):
+        """Split the calls into chunks of ``n``, one task each: ``add.chunks(zip(xs, ys), 10)``.
+        ``apply_async()`` sends them as a group (a GroupResult of lists); ``.group()`` gives the group."""
+        from .canvas import chunks
+        from .workflow import register_builtins
+
+        register_builtins(self.app)
+        return chunks(self.s(), it, n, app=self.app)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: dict | None = None) -> None:
+        """Record a custom state, e.g. progress, while the task runs:
+        ``self.update_state(state="PROGRESS", meta={"done": 40, "total": 100})``.
+        Readers see ``r.state == "PROGRESS"`` and ``r.info == meta``."""
+        from .messages import ResultMeta
+
+        req = self.request
+        task_id = task_id or req.id
+        if task_id is None:
+            raise ValueError("update_state() needs a task_id outside a running task")
+        if state in states.READY_STATES:
+            raise ValueError(f"update_state() records progress; {state} is stored by the worker when the task ends")
+        meta_obj = ResultMeta(state or "PROGRESS", None, date_done=time.time(), hostname=req.hostname,
+                              retries=req.retries, task=self.name, meta=meta)
+        self.app.backend.store(task_id, meta_obj)
 
     # --- retries -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import threading
@@ -157,7 +158,7 @@ class RedisBroker:
         if due is None:
             return pack_command((b"XADD", qk.streams[priority], b"*", field, payload))
         member = field + b"%d" % priority + payload
-        return pack_command((b"ZADD", qk.delayed, int(due * 1000), member))
+        return pack_command((b"ZADD", qk.delayed, math.ceil(due * 1000), member))
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""
@@ -180,7 +181,7 @@ class RedisBroker:
                 ready.setdefault(self.keys.queue(queue).streams[priority], []).append(payload)
             else:
                 zset = delayed.setdefault(self.keys.queue(queue).delayed, [])
-                zset.append(int(due * 1000))
+                zset.append(math.ceil(due * 1000))
                 zset.append(field + b"%d" % priority + payload)
         sha = SCRIPTS.publish_many.sha_bytes
         cmds = [pack_command((b"EVALSHA", sha, 1, stream, field, *payloads)) for stream, payloads in ready.items()]

@@ -32,8 +32,8 @@ class Script:
 class Scripts:
     """The broker's scripts, by name."""
 
-    NAMES = ("fetch", "ack", "publish_many", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
-             "beat_lock", "beat_release", "beat_send")
+    NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
+             "beat_lock", "beat_release", "beat_send", "chord_done")
 
     def __init__(self) -> None:
         for name in self.NAMES:

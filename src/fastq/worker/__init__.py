@@ -27,10 +27,18 @@ class Worker:
     """Runs a pool of consumers for an app until told to stop."""
 
     def __init__(self, app, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "process",
-                 hostname: str | None = None, prefetch: int | None = None) -> None:
+                 hostname: str | None = None, prefetch: int | None = None, exclude: list[str] | None = None,
+                 weights: dict[str, int] | None = None, autoscale: tuple[int, int] | None = None) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.app = app
+        self.weights = dict(weights or {})
+        if exclude:
+            # -X: every queue known to Redis (and the default) except those.
+            known = set(app.broker.known_queues()) | {app.conf.task_default_queue} | set(queues or ())
+            queues = sorted(known - set(exclude))
+            if not queues:
+                raise ValueError(f"-X {','.join(exclude)} leaves no queue to consume")
         self.queues = [validate_queue_name(q) for q in (queues or [app.conf.task_default_queue])]
         self.pool_name = pool
         self.concurrency = 1 if pool == "solo" else int(concurrency or app.conf.worker_concurrency or os.cpu_count() or 1)
@@ -38,6 +46,12 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.hostname = hostname or default_hostname()
         self.prefetch = int(prefetch or app.conf.worker_prefetch)
+        self.autoscale = autoscale
+        if autoscale is not None:
+            high, low = autoscale
+            if pool != "process" or not 1 <= low <= high:
+                raise ValueError("--autoscale MAX,MIN needs the process pool and 1 <= MIN <= MAX")
+            self.concurrency = low
         self.started = time.time()
         self.pool = None
 
@@ -54,7 +68,7 @@ class Worker:
             f"fastq {__version__} ({core} core) worker {self.hostname}\n"
             f"- broker:      {safe_url(self.app.broker_url)}\n"
             f"- results:     {safe_url(self.app.backend_url)}\n"
-            f"- queues:      {', '.join(self.queues)}\n"
+            f"- queues:      {', '.join(f'{q}:{self.weights[q]}' if q in self.weights else q for q in self.queues)}\n"
             f"- pool:        {self.pool_name} (concurrency {self.concurrency}), prefetch {self.prefetch}\n"
             f"- lease:       {self.app.conf.worker_lease_timeout}s, max deliveries {self.app.conf.worker_max_deliveries}\n"
             f"[tasks]\n{tasks}\n"
@@ -77,20 +91,52 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    def warn_about_limits(self) -> None:
+        """A hard time limit needs a process to kill: say so where it cannot hold."""
+        if self.pool_name == "process":
+            return
+        limited = sorted(name for name, t in self.app.tasks.items() if t.time_limit)
+        if limited:
+            log.warning("The %s pool cannot stop a running task at its hard time limit (%s); soft time limits "
+                        "still apply. Use -P process to enforce hard limits.", self.pool_name, ", ".join(limited))
+
     def start(self) -> int:
         from .pool import ProcessPool, SoloPool
 
         sys.stdout.write(self.banner())
         sys.stdout.flush()
+        self.warn_about_limits()
         self.wait_for_broker()
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         else:
             self.pool = SoloPool(self, self.concurrency)
+        self._start_monitoring()
         signals.worker_ready.send(sender=self)
         log.warning("%s ready.", self.hostname)
         try:
             return self.pool.run()
         finally:
+            self._stop_monitoring()
             signals.worker_shutdown.send(sender=self)
             log.warning("%s stopped.", self.hostname)
+
+    def _start_monitoring(self) -> None:
+        """Remote control, and the Prometheus endpoint when ``worker_metrics_port`` is set."""
+        from ..control import WorkerControl
+
+        #: Answers ``app.control`` (inspect, ping, pool_grow, revoke, ...).
+        self.control = WorkerControl(self)
+        self.control.start()
+        self.metrics = None
+        port = self.app.conf.get("worker_metrics_port")
+        if port:
+            from ..metrics import WorkerMetrics
+
+            self.metrics = WorkerMetrics(self, int(port), self.app.conf.get("worker_metrics_address") or "127.0.0.1")
+            self.metrics.start()
+
+    def _stop_monitoring(self) -> None:
+        for part in (getattr(self, "control", None), getattr(self, "metrics", None)):
+            if part is not None:
+                part.stop()

@@ -17,11 +17,13 @@ the consumer re-reads its own pending entries.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 from collections import deque
 
+import psutil
 from redis.exceptions import ResponseError
 
 from .. import signals
@@ -76,6 +78,10 @@ class Consumer:
             # Receivers are connected (an integration): every task takes the path that sends signals.
             self.runner.slow_streams = set(queue_of)
         self.runner.slot = slot
+        self.executor.slot = slot
+        # Recycling limits apply to process-pool children (the parent replaces them).
+        self.max_tasks = int(conf.get("worker_max_tasks_per_child") or 0) if slot is not None else 0
+        self.max_memory_kib = int(conf.get("worker_max_memory_per_child") or 0) if slot is not None else 0
         self.executor.ack_now = self._ack_now
         self.executor.flush_now = self._flush_mid_batch
         self._fetch_cmds = [
@@ -282,6 +288,22 @@ class Consumer:
         if deliveries:
             log.info("Handed back %d unstarted message(s)", len(deliveries))
 
+    def _check_recycle(self) -> None:
+        """Stop (and so be replaced by the pool's parent) after --max-tasks-per-child
+        tasks or above --max-memory-per-child KiB of resident memory."""
+        if self.stopping:
+            return
+        if self.max_tasks and self.runner.processed >= self.max_tasks:
+            log.warning("Pool process %s ran %d tasks (--max-tasks-per-child): replacing it",
+                        os.getpid(), self.runner.processed)
+            self.stop()
+        elif self.max_memory_kib:
+            rss_kib = psutil.Process().memory_info().rss // 1024
+            if rss_kib > self.max_memory_kib:
+                log.warning("Pool process %s uses %d KiB, over --max-memory-per-child %d KiB: replacing it",
+                            os.getpid(), rss_kib, self.max_memory_kib)
+                self.stop()
+
     # --- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -379,6 +401,11 @@ class Consumer:
             # are not run again with it (design note 4.7.5).
             redelivered = any(d.dc or d.stream in self._returned for d in batch)
             self.runner.flush_interval = 0.0 if redelivered else self.flush_interval
+            if self.max_tasks:  # run no more than the child may; hand back the rest
+                left = max(0, self.max_tasks - self.runner.processed)
+                if left < len(batch):
+                    self._release(batch[left:])
+                    batch = batch[:left]
             self._prev_batch, self._batch = self._batch, batch
             started = self.runner.run_batch(batch, self.out)
             if self._broken:
@@ -387,5 +414,6 @@ class Consumer:
             if started < len(batch):
                 self._release(batch[started:])
             batch = []
+            self._check_recycle()
         self._flush()
         self._drain()

@@ -9,11 +9,12 @@ Redis to the consumer's ``Output``; nothing here raises because of a message.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import msgspec
 
-from .. import states
+from .. import signals, states, workflow
 from .._speedups import Request, current_request, pack_command
 from ..broker.keys import GROUP
 from ..broker.scripts import SCRIPTS
@@ -21,6 +22,8 @@ from ..exceptions import NotRegistered, Reject, Retry
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..result import pack_store
 from ..task import format_exception
+from ..workflow import CHILDREN
+from .limits import SoftLimit, write_deadline
 
 log = logging.getLogger("fastq.worker")
 
@@ -51,23 +54,49 @@ class Executor:
         self.flush_now = None
         #: Record task events in the output (set by the consumer).
         self.events = False
+        workflow.register_builtins(app)  # fastq.map / fastq.starmap (task.map(), chunks())
+        #: Rate limits (a ratelimit.Limiter), set by the consumer.
+        self.limiter = None
+        #: The process pool child's shared slot (hard time limits), set by the consumer.
+        self.slot = None
+        #: Tasks that ended in FAILURE (``inspect stats``, the dashboard).
+        self.failures = 0
+        #: Sends e-mail on failure (fastq.mail); None unless ``error_email_to`` is set.
+        self.mailer = None
+        if app.conf.get("error_email_to"):
+            from ..mail import mailer_for
+
+            self.mailer = mailer_for(app, hostname)
+        #: ``result_extended``: store args, kwargs, queue and parent with final states.
+        self.extended = bool(app.conf.get("result_extended"))
+        if self.extended:  # chosen once here, so the default path pays nothing
+            self.encode_success = self._encode_success_extended
 
     # --- results ------------------------------------------------------------------
 
     def encode_success(self, task, msg, retval, runtime: float) -> bytes:
         return encode_result(
-            ResultMeta(states.SUCCESS, retval, None, None, None, None, time.time(), runtime, self.hostname, msg.retries, msg.task)
+            ResultMeta(states.SUCCESS, retval, None, None, None, None, time.time(), runtime, self.hostname, msg.retries, msg.task,
+                       children=CHILDREN.pop(msg.id, None) if CHILDREN else None)
+        )
+
+    def _encode_success_extended(self, task, msg, retval, runtime: float) -> bytes:
+        return encode_result(
+            ResultMeta(states.SUCCESS, retval, None, None, None, None, time.time(), runtime, self.hostname, msg.retries,
+                       msg.task, {"request": _request_fields(msg)}, CHILDREN.pop(msg.id, None) if CHILDREN else None)
         )
 
     def _store(self, out, task_id: str, meta: ResultMeta) -> None:
         for cmd in pack_store(self.keys, task_id, meta, self.expires):
-            out.add_command(cmd, 1)
+            out.add_result(cmd, 1)
 
     def _meta(self, state: str, msg, exc: BaseException | None = None, runtime: float | None = None,
               tb: str | None = None, meta: dict | None = None) -> ResultMeta:
         exc_type = exc_module = exc_message = None
         if exc is not None:
             exc_type, exc_module, exc_message = _exc_fields(exc)
+        if self.extended and msg is not None and state in states.READY_STATES:
+            meta = {**(meta or {}), "request": _request_fields(msg)}
         return ResultMeta(state, None, exc_type, exc_module, exc_message, tb, time.time(), runtime,
                           self.hostname, msg.retries if msg is not None else 0, msg.task if msg is not None else None, meta)
 
@@ -101,6 +130,8 @@ class Executor:
     def unknown_task(self, d, msg, out) -> None:
         error = f"task {msg.task!r} is not registered in this worker"
         log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(), msg.id, error)
+        if msg.options:  # a workflow step: its chain, chord and errbacks fail now, not hang
+            workflow.on_failure(self, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
         if self.events:
@@ -116,6 +147,11 @@ class Executor:
         if msg.id in self.revoked:
             self._revoked(d, msg, out, "revoked")
             return
+        if self.limiter is not None and (task.rate or self.queue_of[d.stream] in self.limiter.limited_queues):
+            wait = self.limiter.acquire(task, self.queue_of[d.stream])
+            if wait > 0:
+                self._defer(d, msg, wait, out)
+                return
         if not task.acks_late and self.ack_now is not None:
             self.ack_now(d)
         if task.track_started:
@@ -125,16 +161,38 @@ class Executor:
             if self.flush_now is not None:
                 self.flush_now(out)
         token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+        if signals.task_prerun:
+            signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
+        opts = msg.options or {}
+        soft = opts.get("soft_time_limit") or task.soft_time_limit
+        hard = opts.get("time_limit") or task.time_limit
+        if hard and self.slot is not None:  # the pool's parent kills the process after this
+            write_deadline(self.slot, time.time() + hard)
         t0 = time.perf_counter()
         try:
-            retval = task.run(*msg.args, **msg.kwargs)
+            with SoftLimit(soft):
+                retval = task.run(*msg.args, **msg.kwargs)
         except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-            current_request.reset(token)
+            if hard and self.slot is not None:
+                write_deadline(self.slot, 0.0)
             self.failed(task, d, msg, exc, time.perf_counter() - t0, out)
+            self._postrun(task, msg, None, "FAILURE")
+            current_request.reset(token)
             return
+        if hard and self.slot is not None:
+            write_deadline(self.slot, 0.0)
         runtime = time.perf_counter() - t0
-        current_request.reset(token)
         self.finished(task, d, msg, retval, runtime, out)
+        if signals.task_success:
+            signals.task_success.send(sender=task, result=retval)
+        self._postrun(task, msg, retval, states.SUCCESS)
+        current_request.reset(token)
+
+    @staticmethod
+    def _postrun(task, msg, retval, state: str) -> None:
+        if signals.task_postrun:
+            signals.task_postrun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs,
+                                      retval=retval, state=state)
 
     def finished(self, task, d, msg, retval, runtime: float, out) -> None:
         opts = msg.options or {}
@@ -145,8 +203,10 @@ class Executor:
                 self.result_not_serializable(task, d, msg, exc, runtime, out)
                 return
             key = self.keys.result(msg.id)
-            out.add_command(pack_command((b"RPUSH", key, blob)), 1)
-            out.add_command(pack_command((b"EXPIRE", key, self.expires)), 1)
+            out.add_result(pack_command((b"RPUSH", key, blob)), 1)
+            out.add_result(pack_command((b"EXPIRE", key, self.expires)), 1)
+        if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
+            workflow.on_success(self, msg, retval, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-succeeded", msg.id, msg.task, runtime, None)
@@ -154,12 +214,15 @@ class Executor:
 
     def succeeded(self, task, d, msg, runtime: float) -> None:
         if self.log_tasks:
-            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime)
+            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
+                     extra={"task_name": msg.task, "task_id": msg.id, "state": states.SUCCESS, "runtime": runtime})
 
     def result_not_serializable(self, task, d, msg, exc: Exception, runtime: float, out) -> None:
         error = TypeError(f"task {msg.task!r} returned a value that cannot be serialized: {exc}")
-        log.error("Task %s[%s] failed: %s", msg.task, msg.id, error)
+        log.error("Task %s[%s] failed in %.6fs: %s", msg.task, msg.id, runtime, error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
+        if msg.options:
+            workflow.on_failure(self, msg, error, None, out)
         out.ack(d.stream, d.entry_id)
 
     def failed(self, task, d, msg, exc: BaseException, runtime: float, out) -> None:
@@ -173,21 +236,35 @@ class Executor:
         if isinstance(exc, Reject):
             log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
+            if msg.options:
+                workflow.on_failure(self, msg, exc, None, out)
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
             if self.events:
                 out.event("task-rejected", msg.id, msg.task, runtime, {"reason": "rejected"})
             return
         tb = format_exception(exc)
-        log.error("Task %s[%s] raised %s: %s\n%s", msg.task, msg.id, type(exc).__name__, exc, tb)
+        log.error("Task %s[%s] failed in %.6fs: %s: %s\n%s", msg.task, msg.id, runtime, type(exc).__name__, exc, tb,
+                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.FAILURE, "runtime": runtime})
+        self.failures += 1
+        if self.mailer is not None:  # queued for a background thread: never blocks
+            self.mailer.task_failed(task, msg, exc, tb, self.queue_of.get(d.stream))
         opts = msg.options or {}
         if not (task.ignore_result or opts.get("ignore_result")):
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
+        if opts:  # errbacks, the rest of the chain and the chord fail: before the ack
+            workflow.on_failure(self, msg, exc, tb, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-failed", msg.id, msg.task, runtime, {"exception": f"{type(exc).__name__}: {exc}"[:500]})
+        if signals.task_failure:
+            signals.task_failure.send(sender=task, task_id=msg.id, exception=exc, args=msg.args, kwargs=msg.kwargs,
+                                      traceback=exc.__traceback__, einfo=tb)
 
     def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out) -> None:
         """Replace the message with its next try, atomically (retry.lua)."""
+        if signals.task_retry:
+            signals.task_retry.send(sender=task, request=current_request.get(), reason=exc,
+                                    einfo=format_exception(exc) if exc is not None else None)
         nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=when)
         payload = self.app.serializer.encode(nxt)
         field = self.app.serializer.field
@@ -195,7 +272,7 @@ class Executor:
         target = qk.streams[msg.priority if 0 <= msg.priority <= 9 else 0]
         delay = (when - time.time()) if when else 0.0
         if delay > 0:
-            due, arg5, arg6 = int(when * 1000), field + b"%d" % msg.priority + payload, b""
+            due, arg5, arg6 = math.ceil(when * 1000), field + b"%d" % msg.priority + payload, b""
         else:
             due, arg5, arg6 = 0, field, payload
         tb = format_exception(exc) if exc is not None else None
@@ -207,16 +284,41 @@ class Executor:
         )
         if self.events:
             out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": when})
-        log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc)
+        log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
+                 extra={"task_name": msg.task, "task_id": msg.id, "state": states.RETRY})
+
+    def _defer(self, d, msg, wait: float, out) -> None:
+        """No rate-limit token: the same message waits in the delayed set (atomic
+        move, retry.lua), so nothing here blocks or spins."""
+        qk = self.keys.queue(self.queue_of[d.stream])
+        prio = msg.priority if 0 <= msg.priority <= 9 else 0
+        due = math.ceil((time.time() + wait) * 1000)
+        out.add_command(
+            pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, qk.streams[prio],
+                          GROUP, self.consumer_name, d.entry_id, due, d.field + b"%d" % prio + d.payload, b"")),
+            1,
+        )
 
     def _revoked(self, d, msg, out, reason: str) -> None:
-        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason)
+        if signals.task_revoked:
+            signals.task_revoked.send(sender=self.app.tasks.get(msg.task), request=Request(msg, self.hostname, d),
+                                      terminated=False, signum=None, expired=reason == "expired")
+        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason,
+                 extra={"task_name": msg.task, "task_id": msg.id, "state": states.REVOKED})
         from ..exceptions import TaskRevokedError
 
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
+        if msg.options:
+            workflow.on_failure(self, msg, TaskRevokedError(reason), None, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-revoked", msg.id, msg.task, None, {"reason": reason})
+
+
+def _request_fields(msg) -> dict:
+    """What ``result_extended`` stores about the call."""
+    return {"args": msg.args, "kwargs": msg.kwargs, "parent_id": msg.parent_id, "root_id": msg.root_id,
+            "eta": msg.eta, "expires": msg.expires, "priority": msg.priority}
 
 
 def _salvage_id(d) -> str | None:

@@ -26,9 +26,12 @@ import time
 from redis.exceptions import ResponseError
 
 from .. import states
+from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
-from ..exceptions import WorkerLostError
+from ..broker.scripts import SCRIPTS
+from ..exceptions import TimeLimitExceeded, WorkerLostError
 from .consumer import Consumer
+from .limits import read_deadline
 from .maintenance import Maintenance
 
 log = logging.getLogger("fastq.worker")
@@ -65,46 +68,145 @@ class SoloPool:
 
     def __init__(self, worker, concurrency: int) -> None:
         self.worker = worker
-        self.consumers = [
-            Consumer(worker.app, worker.queues, worker.hostname, f"{worker.hostname}/{os.getpid()}.{i}", worker.prefetch)
-            for i in range(concurrency)
-        ]
+        self.concurrency = concurrency
+        self._made = 0
+        self.consumers = [self._new_consumer() for _ in range(concurrency)]
         self.maintenance = Maintenance(worker.app, worker.queues, worker.hostname,
                                        lambda: [c.name for c in self.consumers], worker.info)
+        self.stopping = False
+        self._restart = False  #: set when the queues change: run the consumers again
+        self._lock = threading.Lock()
+        self._done = [0, 0]  #: processed, failed of consumers removed by pool_shrink
+        self._threads: list[threading.Thread] = []
+
+    def _new_consumer(self) -> Consumer:
+        w = self.worker
+        self._made += 1
+        c = Consumer(w.app, w.queues, w.hostname, f"{w.hostname}/{os.getpid()}.{self._made - 1}", w.prefetch,
+                     weights=w.weights)
+        revokes = getattr(getattr(w, "control", None), "revokes", None)
+        if revokes is not None:  # a consumer added at run time learns the known revokes
+            c.executor.revoked.update(revokes.expiry)
+        return c
 
     def stop(self) -> None:
+        self.stopping = True
         for c in self.consumers:
             c.stop()
 
     def info(self) -> dict:
-        return {"processed": sum(c.processed for c in self.consumers)}
+        return {"concurrency": self.concurrency, **self.counters()}
+
+    def counters(self) -> dict:
+        cs = list(self.consumers)
+        return {"processed": self._done[0] + sum(c.processed for c in cs),
+                "failed": self._done[1] + sum(getattr(c.executor, "failures", 0) for c in cs),
+                "active": sum(1 for c in cs if c.runner.current is not None)}
+
+    def active(self) -> list[dict]:
+        from ..control import request_info
+
+        out = []
+        for c in list(self.consumers):
+            d = c.runner.current
+            if d is not None and d.message is not None:
+                info = request_info(d.message, c.executor.queue_of.get(d.stream))
+                info.update(hostname=self.worker.hostname, worker_pid=os.getpid(), entry_id=d.entry_id.decode())
+                out.append(info)
+        return out
+
+    def grow(self, n: int) -> int:
+        """Add ``n`` consumer threads (thread pool)."""
+        if self.worker.pool_name == "solo":
+            raise ValueError("the solo pool runs one consumer: use -P thread or -P process to resize")
+        with self._lock:
+            for _ in range(n):
+                c = self._new_consumer()
+                self.consumers.append(c)
+                t = threading.Thread(target=self._run_consumer, args=(c,), name=f"fastq-consumer-{self._made}",
+                                     daemon=True)
+                self._threads.append(t)
+                t.start()
+            self.concurrency = len(self.consumers)
+            return self.concurrency
+
+    def shrink(self, n: int) -> int:
+        """Stop ``n`` consumer threads (warm: each finishes its running task)."""
+        if self.worker.pool_name == "solo":
+            raise ValueError("the solo pool runs one consumer: use -P thread or -P process to resize")
+        with self._lock:
+            keep = max(1, len(self.consumers) - n)
+            for c in self.consumers[keep:]:
+                c.stop()
+            self.concurrency = keep
+            return keep
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Consume other queues: stop the consumers (warm) and run new ones."""
+        self.worker.queues = list(queues)
+        self.maintenance.queues = list(queues)
+        self._restart = True
+        for c in self.consumers:
+            c.stop()
+
+    def _run_consumer(self, c: Consumer) -> None:
+        try:
+            c.run()
+        finally:
+            with self._lock:
+                if c.stopping and c in self.consumers and not self._restart and not self.stopping:
+                    self.consumers.remove(c)  # shrunk
+                    self._done[0] += c.processed
+                    self._done[1] += getattr(c.executor, "failures", 0)
 
     def run(self) -> int:
         _Signals(self.stop, lambda: os._exit(1)).install()
         self.maintenance.start()
         try:
-            if len(self.consumers) == 1:
-                self.consumers[0].run()
-            else:
-                threads = [threading.Thread(target=c.run, name=f"fastq-consumer-{i}", daemon=True)
-                           for i, c in enumerate(self.consumers)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
+            while True:
+                if self.worker.pool_name == "solo":
+                    self.consumers[0].run()
+                else:
+                    with self._lock:
+                        self._threads = [threading.Thread(target=self._run_consumer, args=(c,),
+                                                          name=f"fastq-consumer-{i}", daemon=True)
+                                         for i, c in enumerate(self.consumers)]
+                        for t in self._threads:
+                            t.start()
+                    # pool_grow may add threads while we wait
+                    while any(t.is_alive() for t in list(self._threads)):
+                        time.sleep(0.2)
+                if self.stopping or not self._restart:
+                    break
+                # add_consumer / cancel_consumer: the same pool on the new queues
+                with self._lock:
+                    self._restart = False
+                    for c in self.consumers:
+                        self._done[0] += c.processed
+                        self._done[1] += getattr(c.executor, "failures", 0)
+                    self.consumers = [self._new_consumer() for _ in range(self.concurrency)]
         finally:
             self.maintenance.stop()
             self.maintenance.deregister()
         return 0
 
 
-def _child_main(app, queues, hostname, name, prefetch, slot) -> None:
+def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weights=None) -> None:
     """A pool child: one consumer. Dies with its parent."""
     _die_with_parent()
-    consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot)
+    # The parent's handlers are inherited: replace them before anything else, so
+    # a SIGTERM that comes early (pool_shrink right after a spawn) is a warm stop.
+    early: list = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
+    signal.signal(signal.SIGTERM, lambda *_: early.append(1))
+    consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot, weights=weights)
+    from ..control import ChildAgent
+
+    # revokes and rate limits from the control channel; counters for the parent
+    ChildAgent(app, hostname, consumer, counts).start()
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    if early:
+        consumer.stop()
     from .. import signals
 
     signals.worker_process_init.send(sender=None)
@@ -120,13 +222,15 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    __slots__ = ("index", "name", "process", "slot")
+    __slots__ = ("counts", "index", "name", "process", "slot")
 
-    def __init__(self, process, name, slot, index) -> None:
+    def __init__(self, process, name, slot, index, counts=None) -> None:
         self.process = process
         self.name = name
         self.slot = slot
         self.index = index
+        #: Shared with the child: processed, failed, busy (updated about every second).
+        self.counts = counts
 
 
 class ProcessPool:
@@ -137,24 +241,145 @@ class ProcessPool:
         self.concurrency = concurrency
         self.ctx = multiprocessing.get_context("fork")
         self.children: list[_Child] = []
+        self.timed_out: set[str] = set()  #: children killed for a hard time limit
         self.generation = 0
         self.stopping = False
         self.maintenance = Maintenance(worker.app, worker.queues, worker.hostname,
                                        lambda: [c.name for c in self.children], self.info)
+        #: Children told to exit by pool_shrink or a queue change (not replaced when they do).
+        self.retiring: set[str] = set()
+        self._done = [0, 0]  #: processed, failed of children that are gone
+        self._retire_all = False
+        self.terminated: set[int] = set()  #: pids killed by revoke(terminate=True)
+        #: (max, min) processes with --autoscale, else None.
+        self.autoscale = getattr(worker, "autoscale", None)
+        self._scale_check = 0.0
+        self._idle_since: float | None = None
 
     def info(self) -> dict:
         return {"pool": "process", "concurrency": self.concurrency,
-                "children": [c.process.pid for c in self.children]}
+                "children": [c.process.pid for c in self.children], **self.counters()}
+
+    # --- remote control (called from the control thread) ------------------------------
+
+    def counters(self) -> dict:
+        cs = [c for c in self.children if c.counts is not None]
+        return {"processed": self._done[0] + sum(c.counts[0] for c in cs),
+                "failed": self._done[1] + sum(c.counts[1] for c in cs),
+                "active": sum(c.counts[2] for c in cs)}
+
+    def grow(self, n: int) -> int:
+        self.concurrency += n  # the main loop spawns (fork only from the main thread)
+        return self.concurrency
+
+    def shrink(self, n: int) -> int:
+        self.concurrency = max(1, self.concurrency - n)
+        return self.concurrency
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Consume other queues: replace every child (warm) with one on the new queues."""
+        self.worker.queues = list(queues)
+        self.maintenance.queues = list(queues)
+        self._retire_all = True
+
+    def _running(self) -> list[tuple[_Child, str, bytes]]:
+        """(child, queue, entry id) of what each child runs now (its entry is still un-acked)."""
+        out = []
+        for c in list(self.children):
+            entry = bytes(c.slot).split(b"\0", 1)[0]
+            if entry:
+                for q in self.worker.queues:
+                    if self.worker.app.broker.read_entry(q, entry) is not None:
+                        out.append((c, q, entry))
+                        break
+        return out
+
+    def active(self) -> list[dict]:
+        from ..control import decode_fields, request_info
+
+        out = []
+        for c, q, entry in self._running():
+            found = self.worker.app.broker.read_entry(q, entry)
+            msg = decode_fields(found[1]) if found else None
+            if msg is not None:
+                info = request_info(msg, q)
+                info.update(hostname=self.worker.hostname, worker_pid=c.process.pid, entry_id=entry.decode())
+                out.append(info)
+        return out
+
+    def terminate(self, task_ids: list[str], sig) -> list[str]:
+        """Kill the children running these tasks; their messages are handed back."""
+        wanted = set(task_ids)
+        killed = []
+        for t in self.active():
+            if t["id"] in wanted:
+                self.terminated.add(t["worker_pid"])
+                os.kill(t["worker_pid"], sig)
+                killed.append(t["id"])
+        return killed
+
+    def _autoscale(self) -> None:
+        """--autoscale MAX,MIN: one more process a second while messages wait, one
+        fewer every few seconds once nothing waits and some processes are idle."""
+        if self.autoscale is None or self.stopping:
+            return
+        now = time.monotonic()
+        if now < self._scale_check:
+            return
+        self._scale_check = now + 1.0
+        high, low = self.autoscale
+        try:
+            stats = [self.worker.app.broker.queue_stats(q) for q in self.worker.queues]
+        except CONNECTION_ERRORS:
+            return
+        # Work beyond what the processes run right now: waiting, plus fetched but not started.
+        waiting = sum(st["waiting"] + st["in_flight"] for st in stats) - self.counters()["active"]
+        active = self.counters()["active"]
+        if waiting > 0:
+            self._idle_since = None
+            if self.concurrency < high:
+                self.concurrency += 1
+                log.info("Autoscale: %d waiting, growing to %d processes", waiting, self.concurrency)
+        elif active < self.concurrency and self.concurrency > low:
+            self._idle_since = self._idle_since or now
+            if now - self._idle_since >= 3.0:
+                self.concurrency -= 1
+                self._idle_since = now
+                log.info("Autoscale: idle, shrinking to %d processes", self.concurrency)
+        else:
+            self._idle_since = None
+
+    def _resize(self) -> None:
+        """Bring the number of children to ``concurrency`` (main loop only)."""
+        if self.stopping:
+            return
+        if self._retire_all:
+            self._retire_all = False
+            for c in self.children:
+                self._retire(c)
+        live = [c for c in self.children if c.name not in self.retiring]
+        for c in live[self.concurrency:]:
+            self._retire(c)
+        used = {c.index for c in live}
+        free = (i for i in range(len(self.children) + self.concurrency) if i not in used)
+        for _ in range(self.concurrency - len(live)):
+            self.children.append(self._spawn(next(free)))
+
+    def _retire(self, child: _Child) -> None:
+        if child.name not in self.retiring and child.process.is_alive():
+            self.retiring.add(child.name)
+            os.kill(child.process.pid, signal.SIGTERM)  # warm: finishes its task, hands back the rest
 
     def _spawn(self, index: int) -> _Child:
         self.generation += 1
         w = self.worker
         name = f"{w.hostname}/{os.getpid()}.{self.generation}"
         slot = self.ctx.RawArray("B", SLOT_SIZE)
+        counts = self.ctx.RawArray("Q", 3)
         p = self.ctx.Process(target=_child_main, name=f"ForkPoolWorker-{index + 1}",
-                             args=(w.app, w.queues, w.hostname, name, w.prefetch, slot), daemon=False)
+                             args=(w.app, w.queues, w.hostname, name, w.prefetch, slot, counts, w.weights), daemon=False)
         p.start()
-        return _Child(p, name, slot, index)
+        return _Child(p, name, slot, index, counts)
 
     def stop(self) -> None:
         self.stopping = True
@@ -177,6 +402,9 @@ class ProcessPool:
         _Signals(self.stop, self.kill).install()
         self.children = [self._spawn(i) for i in range(self.concurrency)]
         while self.children:
+            self._autoscale()
+            self._resize()
+            self._enforce_time_limits()
             wait = self.maintenance.tick()
             sentinels = {c.process.sentinel: c for c in self.children}
             for s in multiprocessing.connection.wait(list(sentinels), timeout=min(wait, 0.25)):
@@ -192,14 +420,71 @@ class ProcessPool:
         self.maintenance.deregister()
         return 0
 
+    def _enforce_time_limits(self) -> None:
+        """Kill a child whose task ran past its hard time limit (the deadline the
+        child wrote into its slot); _child_exited records the failure."""
+        now = time.time()
+        for c in self.children:
+            deadline = read_deadline(c.slot)
+            if deadline and now > deadline and c.name not in self.timed_out and c.process.is_alive():
+                self.timed_out.add(c.name)
+                log.error("Pool child %s (pid %s): task passed its hard time limit; killing the process",
+                          c.index + 1, c.process.pid)
+                os.kill(c.process.pid, signal.SIGKILL)
+
+    def _time_limit_failure(self, child: _Child) -> None:
+        """The task of a child killed for its hard limit fails with TimeLimitExceeded
+        and is acknowledged: it is not redelivered."""
+        app = self.worker.app
+        entry_id = bytes(child.slot).split(b"\0", 1)[0]
+        for q in self.worker.queues:
+            found = app.broker.read_entry(q, entry_id, client=self.maintenance.client)
+            if found is None:
+                continue
+            stream, fields = found
+            field, payload = next(iter(fields.items()))
+            try:
+                msg = app.serializer.decode_message(payload) if field == app.serializer.field else None
+            except Exception:  # noqa: BLE001
+                msg = None
+            if msg is not None:
+                from ..messages import ResultMeta
+
+                exc = TimeLimitExceeded(f"task {msg.task}[{msg.id}] ran past its hard time limit")
+                app.backend.store(msg.id, ResultMeta(states.FAILURE, None, "TimeLimitExceeded", "fastq.exceptions",
+                                                     str(exc), None, time.time(), None, self.worker.hostname,
+                                                     msg.retries, msg.task, {"reason": "time_limit"}))
+            SCRIPTS.ack(self.maintenance.client, [stream], [GROUP, entry_id])
+            return
+
     def _child_exited(self, child: _Child) -> None:
         code = child.process.exitcode
-        if self.stopping and code == 0:
+        if child.name in self.timed_out:
+            self.timed_out.discard(child.name)
+            self._time_limit_failure(child)
+            self._hand_back(child, strike=False)
+            if not self.stopping:
+                self.children.append(self._spawn(child.index))
+            return
+        if child.counts is not None:
+            self._done[0] += child.counts[0]
+            self._done[1] += child.counts[1]
+        retired = child.name in self.retiring
+        self.retiring.discard(child.name)
+        if (self.stopping or retired) and code == 0:
+            return
+        if code == 0:  # recycled (--max-tasks-per-child / --max-memory-per-child): it handed back its work
+            self._hand_back(child, strike=False)
+            self.children.append(self._spawn(child.index))
             return
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        log.error("Pool child %s (pid %s) died with %s", child.index + 1, child.process.pid, how)
+        if child.process.pid in self.terminated:
+            self.terminated.discard(child.process.pid)
+            log.warning("Pool child %s (pid %s) terminated by a revoke", child.index + 1, child.process.pid)
+        else:
+            log.error("Pool child %s (pid %s) died with %s", child.index + 1, child.process.pid, how)
         self._hand_back(child, strike=True, how=how)
-        if not self.stopping:
+        if not self.stopping and not retired:
             self.children.append(self._spawn(child.index))
 
     def _hand_back(self, child: _Child, strike: bool, how: str = "") -> None:
