@@ -24,7 +24,7 @@ def extensions():
         "fastq._core",
         ["src/fastq/_core.pyx"],
         define_macros=macros,
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2", "-g0"],  # -g0: Python's CFLAGS add -g
     )
     print("*** fastq: building the compiled core (fastq._core) ***")
     return cythonize(

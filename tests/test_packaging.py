@@ -48,3 +48,10 @@ def test_version_says_which_core():
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "fastq", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("fastq ")
+
+
+def test_dashboard_assets_ship_with_the_package():
+    # The dashboard is served from files in the package: no CDN, nothing fetched at run time.
+    static = resources.files("fastq.dashboard").joinpath("static")
+    for name in ("index.html", "app.js", "app.css"):
+        assert static.joinpath(name).is_file(), name
