@@ -541,3 +541,15 @@ def test_unreachable_broker_at_start_logs_one_line_and_retries(app, worker):
         w.stop()
         server.kill()
         server.wait(10)
+
+
+def test_two_live_workers_cannot_share_a_name(app, worker, r):
+    # Given a live worker named "twin@test"
+    worker("-P", "solo", "--hostname", "twin@test", wait=False)
+    wait_for(lambda: r.get("fastq:worker:twin@test"), 30, message="twin@test's heartbeat")
+    # When a second worker claims the same name
+    out = subprocess.run([*fastq_command(), "worker", "-A", "tests.apps.basic:app", "-P", "solo", "--hostname", "twin@test"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Then it refuses to start, with a clear usage error
+    assert out.returncode == 2
+    assert "already named 'twin@test'" in out.stderr

@@ -182,6 +182,8 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
         beat_service.start()
     try:
         code = w.start()
+    except ValueError as exc:  # e.g. the name is taken by a live worker
+        raise click.UsageError(str(exc)) from None
     finally:
         if beat_service is not None:
             beat_service.stop()

@@ -578,14 +578,10 @@ class WorkerControl:
 
         from . import __version__
         from .broker import safe_url
+        from .worker.maintenance import tree_rss
 
         me = psutil.Process()
-        rss = me.memory_info().rss
-        for child in me.children():
-            try:
-                rss += child.memory_info().rss
-            except psutil.Error:
-                pass
+        rss = tree_rss()
         counters = self.pool.counters() if hasattr(self.pool, "counters") else {}
         times = me.cpu_times()
         return {

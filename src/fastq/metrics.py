@@ -143,17 +143,12 @@ class WorkerCollector:
         return []
 
     def collect(self):
-        import psutil
         from prometheus_client.core import GaugeMetricFamily
 
-        me = psutil.Process()
-        rss = me.memory_info().rss
-        for child in me.children():
-            try:
-                rss += child.memory_info().rss
-            except psutil.Error:
-                pass
-        yield GaugeMetricFamily("fastq_worker_memory_bytes", "Resident memory of the worker and its pool.", value=rss)
+        from .worker.maintenance import tree_rss
+
+        yield GaugeMetricFamily("fastq_worker_memory_bytes", "Resident memory of the worker and its pool.",
+                                value=tree_rss())
         pool = self.worker.pool
         size = getattr(pool, "concurrency", self.worker.concurrency)
         yield GaugeMetricFamily("fastq_worker_concurrency", "Pool size.", value=size)

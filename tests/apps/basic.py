@@ -8,7 +8,7 @@ fault tests can count executions outside the broker's keys.
 import os
 import time
 
-import redis
+from tests.apps.ledger import ledger
 
 from fastq import FastQ
 from fastq.exceptions import Reject
@@ -16,14 +16,6 @@ from fastq.exceptions import Reject
 app = FastQ("tests")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
 
-_ledger = None
-
-
-def ledger():
-    global _ledger
-    if _ledger is None or _ledger[0] != os.getpid():
-        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
-    return _ledger[1]
 
 
 @app.task(name="tests.add")

@@ -9,7 +9,7 @@ broker's keys.
 import os
 import time
 
-import redis
+from tests.apps.ledger import ledger
 
 from fastq import FastQ, crontab
 
@@ -17,14 +17,6 @@ app = FastQ("beattests")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
 app.conf.timezone = os.environ.get("FASTQ_TEST_TZ", "UTC")
 
-_ledger = None
-
-
-def ledger():
-    global _ledger
-    if _ledger is None or _ledger[0] != os.getpid():
-        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
-    return _ledger[1]
 
 
 @app.task(name="beat.stamp", bind=True, ignore_result=True)

@@ -7,21 +7,13 @@ test can count how many times a chord body or a chain step really ran.
 import os
 import time
 
-import redis
+from tests.apps.ledger import ledger
 
 from fastq import FastQ
 
 app = FastQ("canvas")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
 
-_ledger = None
-
-
-def ledger():
-    global _ledger
-    if _ledger is None or _ledger[0] != os.getpid():
-        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
-    return _ledger[1]
 
 
 @app.task(name="canvas.add")

@@ -3,7 +3,7 @@
 import os
 import time
 
-import redis
+from tests.apps.ledger import ledger
 
 from fastq import FastQ
 from fastq.exceptions import SoftTimeLimitExceeded
@@ -12,8 +12,6 @@ app = FastQ("limits")
 _hog = []
 
 
-def ledger():
-    return redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10"))
 
 
 @app.task(name="limits.flaky", bind=True, max_retries=5)

@@ -3,7 +3,7 @@
 import os
 import time
 
-import redis
+from tests.apps.ledger import ledger
 
 from fastq import FastQ
 
@@ -14,14 +14,6 @@ app.conf.task_routes = [
 ]
 app.conf.queue_rate_limits = {"slowq": "4/s"}
 
-_ledger = None
-
-
-def ledger():
-    global _ledger
-    if _ledger is None or _ledger[0] != os.getpid():
-        _ledger = (os.getpid(), redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10")))
-    return _ledger[1]
 
 
 def _log(key, item):

@@ -1,8 +1,8 @@
 """An app with signal receivers connected, as an integration (Sentry, OTel) would."""
 
-import os
 
-import redis
+
+from tests.apps.ledger import ledger
 
 from fastq import FastQ
 from fastq.signals import (
@@ -19,8 +19,6 @@ from fastq.signals import (
 app = FastQ("signals")
 
 
-def ledger():
-    return redis.Redis.from_url(os.environ.get("FASTQ_TEST_LEDGER", "redis://127.0.0.1:6379/10"))
 
 
 @app.task(name="signals.ok")

@@ -74,6 +74,23 @@ class Worker:
             f"[tasks]\n{tasks}\n"
         )
 
+    def check_unique_name(self) -> None:
+        """Two live workers must not share a name: their consumers, leases and
+        control replies would mix. A heartbeat younger than twice the interval
+        from another process means the name is taken."""
+        import json
+
+        from .maintenance import HEARTBEAT_INTERVAL
+
+        raw = self.app.broker.client.get(self.app.broker.keys.worker(self.hostname))
+        if raw is None:
+            return
+        info = json.loads(raw)
+        if info.get("pid") != os.getpid() and time.time() - float(info.get("ts", 0)) < 2.5 * HEARTBEAT_INTERVAL:
+            raise ValueError(f"another live worker is already named {self.hostname!r} (pid {info.get('pid')}); "
+                             "give this one a different --hostname (if that worker just died, its name is free "
+                             "a few seconds later)")
+
     def wait_for_broker(self) -> None:
         """Retry the first connection with backoff; one line per attempt, no traceback."""
         delay = 0.5
@@ -107,6 +124,7 @@ class Worker:
         sys.stdout.flush()
         self.warn_about_limits()
         self.wait_for_broker()
+        self.check_unique_name()
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         else:

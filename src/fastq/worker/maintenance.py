@@ -29,8 +29,8 @@ log = logging.getLogger("fastq.worker")
 HEARTBEAT_INTERVAL = 2.0
 
 
-def _process_stats() -> dict:
-    """Memory of this process and its children, and the load average (psutil)."""
+def tree_rss() -> int:
+    """Resident memory of this process and its children, in bytes (psutil)."""
     import psutil
 
     me = psutil.Process()
@@ -38,9 +38,14 @@ def _process_stats() -> dict:
     for child in me.children():
         try:
             rss += child.memory_info().rss
-        except psutil.Error:
+        except psutil.Error:  # a child that just exited
             pass
-    return {"rss": rss, "loadavg": list(os.getloadavg())}
+    return rss
+
+
+def _process_stats() -> dict:
+    """Memory of the worker's process tree and the load average."""
+    return {"rss": tree_rss(), "loadavg": list(os.getloadavg())}
 
 
 class Maintenance:
