@@ -73,6 +73,10 @@ class Channel:
             raise reply
         return reply
 
+    def read_one(self):
+        """The next reply; an error reply is returned, not raised."""
+        return self._next()
+
     def read_many(self, n: int) -> list:
         """The next ``n`` replies; error replies are returned, not raised."""
         nxt = self._next

@@ -162,11 +162,21 @@ class RedisBroker:
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""
-        cmds = [self._publish_cmd(queue, priority, field, payload, due)]
-        reg = self._register_queue_cmd(queue)
-        if reg is not None:
-            cmds.append(reg)
-        self.execute_packed(cmds)
+        cmd = self._publish_cmd(queue, priority, field, payload, due)
+        if queue in self._known_queues:
+            # The common case, one command and one reply: skip the batch machinery
+            # (it is a sizeable share of a call that is mostly one round trip).
+            ch = self._local.__dict__.get("channel")
+            if ch is not None and self._local.pid == os.getpid() and ch.connected:
+                try:
+                    ch.send(cmd)
+                    if not isinstance(ch.read_one(), ResponseError):
+                        return
+                except CONNECTION_ERRORS:
+                    ch.close()
+            self.execute_packed([cmd])  # retries, reconnects, raises BrokerError
+            return
+        self.execute_packed([cmd, self._register_queue_cmd(queue)])
 
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send (queue, priority, due, payload) tuples in one pipelined round trip."""
