@@ -20,19 +20,20 @@ this module's app.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import redis
 
 from fastq import FastQ, chord, group
+from fastq.bench import private_redis
 
 app = FastQ("bench_canvas")
 
@@ -48,36 +49,6 @@ def tsum(values):
 
 
 # --- the driver ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-canvas-redis-")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _fastq() -> str:
@@ -146,8 +117,8 @@ def main() -> None:
     ap.add_argument("--url", help="use this Redis (its DB is flushed) instead of a private redis-server")
     args = ap.parse_args()
 
-    server = None if args.url else PrivateRedis()
-    url = args.url or server.url
+    stack = contextlib.ExitStack()  # a private redis-server unless --url is given
+    url = args.url or stack.enter_context(private_redis())
     redis.Redis.from_url(url).flushdb()
     app.conf.broker_url = url
     app._reset()
@@ -167,8 +138,7 @@ def main() -> None:
                   f"apply_async() {statistics.median(sends):.2f} s")
     finally:
         stop_workers(procs)
-        if server is not None:
-            server.stop()
+        stack.close()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ flushes to Redis; the report merges them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ from pathlib import Path
 import redis
 
 from fastq import FastQ
+from fastq.bench import private_redis
 
 app = FastQ("bench_delayed")
 app.conf.task_ignore_result = True
@@ -79,36 +80,6 @@ def lat(self, phase):
 
 
 # --- the driver ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-delayed-redis-")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _fastq() -> str:
@@ -227,8 +198,8 @@ def main() -> None:
     ap.add_argument("--url", help="Redis URL (default: a private redis-server; its DB is flushed)")
     args = ap.parse_args()
 
-    server = None if args.url else PrivateRedis()
-    url = args.url or server.url
+    stack = contextlib.ExitStack()  # a private redis-server unless --url is given
+    url = args.url or stack.enter_context(private_redis())
     os.environ["FASTQ_BROKER_URL"] = url
     app.conf.broker_url = url
     app._reset()
@@ -289,8 +260,7 @@ def main() -> None:
               f"{n / w:,.0f} tasks/s due)")
     finally:
         stop_workers(procs)
-        if server:
-            server.stop()
+        stack.close()
 
 
 def _utc(ts: float) -> dt.datetime:

@@ -105,11 +105,6 @@ cpdef bytes pack_command(args):
     return out
 
 
-cpdef bytes pack_xadd(bytes key, bytes field, bytes payload):
-    """``XADD key * field payload``, packed (the producer's per-message command)."""
-    return pack_command((b"XADD", key, b"*", field, payload))
-
-
 # --- task ids -----------------------------------------------------------------------
 
 cdef bytes _random_pool = b""

@@ -46,11 +46,6 @@ def pack_command(args) -> bytes:
     return b"".join(parts)
 
 
-def pack_xadd(key: bytes, field: bytes, payload: bytes) -> bytes:
-    """``XADD key * field payload``, packed (the producer's per-message command)."""
-    return pack_command((b"XADD", key, b"*", field, payload))
-
-
 # --- task ids --------------------------------------------------------------------
 
 

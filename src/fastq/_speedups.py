@@ -24,7 +24,6 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         current_request,
         new_task_id,
         pack_command,
-        pack_xadd,
         parse_fetch_reply,
         parse_xread_reply,
     )
@@ -40,8 +39,7 @@ else:
             current_request,
             new_task_id,
             pack_command,
-            pack_xadd,
-            parse_fetch_reply,
+                parse_fetch_reply,
             parse_xread_reply,
         )
     except ImportError:  # pragma: no cover - a build without the extension
@@ -55,8 +53,7 @@ else:
             current_request,
             new_task_id,
             pack_command,
-            pack_xadd,
-            parse_fetch_reply,
+                parse_fetch_reply,
             parse_xread_reply,
         )
 
@@ -70,7 +67,6 @@ __all__ = [
     "TokenBucket",
     "current_request",
     "new_task_id",
-    "pack_xadd",
     "pack_command",
     "parse_fetch_reply",
     "parse_xread_reply",

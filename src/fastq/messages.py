@@ -71,7 +71,6 @@ class Serializer:
         self.encode = mod.Encoder().encode
         self.decode_message = mod.Decoder(Message).decode
         self.decode_result = mod.Decoder(ResultMeta).decode
-        self.decode_any = mod.Decoder().decode
         self.error = (msgspec.EncodeError, TypeError, OverflowError, ValueError)
 
 

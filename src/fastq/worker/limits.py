@@ -18,7 +18,6 @@ import ctypes
 import signal
 import struct
 import threading
-import time
 
 from ..exceptions import SoftTimeLimitExceeded
 
@@ -76,7 +75,3 @@ class SoftLimit:
 
 def _async_raise(ident: int) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SoftTimeLimitExceeded))
-
-
-def deadline_for(hard: float | None) -> float:
-    return time.time() + hard if hard else 0.0
