@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import redis
+from _workers import start_workers, stop_workers
 
 from fastq import FastQ, chord, group
 from fastq.bench import private_redis
@@ -49,43 +45,6 @@ def tsum(values):
 
 
 # --- the driver ----------------------------------------------------------------------------
-
-
-def _fastq() -> str:
-    exe = Path(sys.executable).parent / "fastq"
-    return str(exe) if exe.exists() else (shutil.which("fastq") or "fastq")
-
-
-def start_workers(url: str, n: int, concurrency: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "FASTQ_BROKER_URL": url}
-    procs = []
-    for i in range(n):
-        procs.append(subprocess.Popen(
-            [_fastq(), "worker", "-A", "bench_canvas:app", "-P", "process", "-c", str(concurrency),
-             "-n", f"canvas{i}@{socket.gethostname()}", "-l", "WARNING"],
-            cwd=Path(__file__).resolve().parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        ))
-    client = redis.Redis.from_url(url)
-    deadline = time.time() + 60
-    while client.zcard("fastq:workers") < n:
-        if time.time() > deadline:
-            raise SystemExit("workers did not start")
-        time.sleep(0.1)
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, 15)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
 
 
 def run_group(n: int) -> tuple[float, float]:
@@ -122,7 +81,7 @@ def main() -> None:
     redis.Redis.from_url(url).flushdb()
     app.conf.broker_url = url
     app._reset()
-    procs = start_workers(url, args.workers, args.concurrency)
+    procs = start_workers("bench_canvas:app", url, args.workers, args.concurrency)
     try:
         print(f"bench_canvas: n={args.n:,}, {args.workers} worker(s) x {args.concurrency} processes, "
               f"{os.cpu_count()} CPUs, {args.rounds} round(s)")

@@ -26,15 +26,12 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import redis
+from _workers import start_workers, stop_workers
 
 from fastq import FastQ
 from fastq.bench import private_redis
@@ -80,43 +77,6 @@ def lat(self, phase):
 
 
 # --- the driver ----------------------------------------------------------------------------
-
-
-def _fastq() -> str:
-    exe = Path(sys.executable).parent / "fastq"
-    return str(exe) if exe.exists() else (shutil.which("fastq") or "fastq")
-
-
-def start_workers(url: str, n: int, concurrency: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "FASTQ_BROKER_URL": url}
-    procs = []
-    for i in range(n):
-        procs.append(subprocess.Popen(
-            [_fastq(), "worker", "-A", "bench_delayed:app", "-P", "process", "-c", str(concurrency),
-             "-n", f"bench{i}@{socket.gethostname()}", "-l", "WARNING"],
-            cwd=Path(__file__).resolve().parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        ))
-    client = redis.Redis.from_url(url)
-    deadline = time.time() + 60
-    while client.zcard("fastq:workers") < n:
-        if time.time() > deadline:
-            raise SystemExit("workers did not start")
-        time.sleep(0.1)
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, 15)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
 
 
 def histogram(client: redis.Redis, phase: str) -> dict[int, int]:
@@ -210,7 +170,7 @@ def main() -> None:
         print(f"fastq delayed-task benchmark: {args.tasks:,} tasks over {args.window:g}s, "
               f"{args.workers} worker(s) x {args.concurrency} processes, {os.cpu_count()} CPUs, "
               f"redis {client.info('server')['redis_version']}")
-        procs = start_workers(url, args.workers, args.concurrency)
+        procs = start_workers("bench_delayed:app", url, args.workers, args.concurrency)
         time.sleep(1.0)
 
         # 1. idle workers: one due task at a time

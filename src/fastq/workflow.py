@@ -45,6 +45,7 @@ import msgspec
 
 from . import states
 from ._speedups import new_task_id, pack_command
+from .canvas import _as_list
 
 log = logging.getLogger("fastq.worker")
 
@@ -101,12 +102,6 @@ def node_of(obj: Any, where: str = "workflow") -> dict:
     return as_dict()
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
 
 
 def callbacks(value: Any) -> list[dict]:
