@@ -70,7 +70,7 @@ def channel_prefix(app) -> str:
     """``<prefix>control`` plus the Redis database number: pub/sub channels are
     shared by all databases of a server, so apps on different databases must not
     hear each other (kombu prefixes its fanout channels the same way)."""
-    db = app.broker.client.connection_pool.connection_kwargs.get("db", 0)
+    db = app.broker.db
     return f"{app.broker.keys.control}:{db}"
 
 

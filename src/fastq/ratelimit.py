@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from ._speedups import TokenBucket
+from .broker.keys import logical_queue
 from .broker.scripts import SCRIPTS
 from .task import parse_rate
 
@@ -75,7 +76,8 @@ class Limiter:
         self.queue_rates = {
             q: parse_rate(r, f"queue_rate_limits[{q!r}]") for q, r in (conf.get("queue_rate_limits") or {}).items()
         }
-        self.limited_queues = {q for q in queue_names if self.queue_rates.get(q)}
+        # A shard ("default~3") shares its queue's limit (and bucket).
+        self.limited_queues = {q for q in queue_names if self.queue_rates.get(logical_queue(q))}
         self._refreshed = 0.0
         self._defaults = {name: task.rate for name, task in app.tasks.items()}
 
@@ -124,6 +126,7 @@ class Limiter:
             wait = self._acquire(key, task.rate, getattr(task, "rate_limit_scope", None) or self.scope)
             if wait:
                 return self._slot(key, task.rate, wait)
+        queue = logical_queue(queue)
         qrate = self.queue_rates.get(queue)
         if qrate:
             key = bucket_key(self.prefix, "queue", queue)

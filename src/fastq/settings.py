@@ -15,6 +15,11 @@ DEFAULTS: dict[str, Any] = {
     "broker_connection_retries": 3,  # producer retries before BrokerError
     "broker_connection_timeout": 5.0,  # seconds to connect
     "broker_socket_timeout": 10.0,  # seconds to wait for a reply
+    # durability: a send returns once this many replicas have the message (WAIT)
+    "broker_wait_replicas": 0,
+    "broker_wait_timeout": 1.0,  # seconds WAIT may take before the send raises BrokerError
+    # scale-out: {"default": 8} spreads a hot queue over 8 shards (see docs/scaling.md)
+    "queue_shards": None,
     # messages
     "task_serializer": "msgpack",  # or "json"; never pickle
     "max_message_size": 16 * 1024 * 1024,

@@ -385,7 +385,7 @@ def publish(app, commands: list[bytes], batch: int = 1000) -> None:
     out before its header tasks)."""
     broker = app.broker
     for i in range(0, len(commands), batch):
-        broker.execute_packed(commands[i : i + batch])
+        broker.execute_packed(commands[i : i + batch], confirm=True)
 
 
 # --- the worker side -------------------------------------------------------------------------

@@ -16,10 +16,22 @@ PRIORITIES = range(10)
 GROUP = "fastq"
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
+#: Shard i of queue q is the queue "q~i" (``~`` is not allowed in queue names).
+_SHARD = re.compile(r"^(?P<queue>.+)~\d{1,4}$")
+
+
+def logical_queue(name: str) -> str:
+    """The queue a shard belongs to ("default~3" -> "default"); other names unchanged."""
+    m = _SHARD.match(name)
+    return m["queue"] if m else name
+
+
+def shard_names(name: str, shards: int) -> list[str]:
+    return [f"{name}~{i}" for i in range(shards)]
 
 
 def validate_queue_name(name: str) -> str:
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.match(logical_queue(name)):
         raise ImproperlyConfigured(
             f"invalid queue name {name!r}: use 1-200 of letters, digits and _ . : @ - (no braces or spaces)"
         )

@@ -9,6 +9,7 @@ fetch is XREADGROUP, which adds it to the group's pending list atomically.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -16,35 +17,24 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
-from ..exceptions import BrokerError
+from ..exceptions import BrokerError, ImproperlyConfigured
 from .channel import Channel
-from .keys import GROUP, Keys, QueueKeys
+from .cluster import ClusterChannel, is_redirect
+from .connect import make_client, parse_url, safe_url
+from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
 #: Errors that mean "Redis could not be reached"; worth retrying.
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and banners)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+#: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
 
 
 class RedisBroker:
@@ -52,6 +42,7 @@ class RedisBroker:
 
     def __init__(self, url: str, conf) -> None:
         self.url = url
+        self.target = parse_url(url)
         self.conf = conf
         self.keys = Keys(conf.key_prefix)
         self.retries = int(conf.broker_connection_retries)
@@ -63,18 +54,36 @@ class RedisBroker:
             "protocol": 2,
         }
         self.client = self.new_client()
+        self.wait_replicas = int(conf.get("broker_wait_replicas") or 0)
+        self.wait_timeout = float(conf.get("broker_wait_timeout") or 1.0)
         self._local = threading.local()
         self._known_queues: set[str] = set()
+        self.shards = _parse_shards(conf.get("queue_shards"))
+        self._next_shard = itertools.count()
 
     # --- connections ------------------------------------------------------------
 
-    def new_client(self, **overrides) -> redis.Redis:
-        """A redis-py client with its own connection pool."""
-        return redis.Redis.from_url(self.url, **{**self._kwargs, **overrides})
+    @property
+    def db(self) -> int:
+        """The database number (always 0 on a cluster)."""
+        if self.target.kind == "redis":
+            return int(self.client.connection_pool.connection_kwargs.get("db", 0))
+        return self.target.db
 
-    def new_channel(self, **overrides) -> Channel:
+    @property
+    def is_cluster(self) -> bool:
+        return self.target.is_cluster
+
+    def new_client(self, **overrides):
+        """A redis-py client (Redis, RedisCluster, or Sentinel's master) with its own connections."""
+        return make_client(self.target, **{**self._kwargs, **overrides})
+
+    def new_channel(self, **overrides) -> Channel | ClusterChannel:
         """A raw channel, owned by the caller (workers use one per consumer)."""
-        return Channel(self.new_client(**overrides).connection_pool.make_connection())
+        client = self.new_client(**overrides)
+        if self.is_cluster:
+            return ClusterChannel(client)
+        return Channel(client.connection_pool.make_connection())
 
     @contextlib.contextmanager
     def retrying(self) -> Iterator[None]:
@@ -97,30 +106,81 @@ class RedisBroker:
             loc.pid = os.getpid()
         return ch
 
-    def execute_packed(self, commands: list[bytes]) -> list:
+    def execute_packed(self, commands: list[bytes], confirm: bool = False) -> list:
         """Send packed commands in one write and read every reply, retrying on
-        connection errors (a retried publish may then be sent twice: at least once).
-        An error reply raises ResponseError after all replies were read."""
-        data = b"".join(commands)
-        for attempt in range(self.retries + 1):
+        connection errors (a retried publish may then be sent twice: at least once)
+        and sending again what a cluster redirected or a demoted master refused.
+        An error reply raises ResponseError after all replies were read. With
+        ``confirm`` (sends of messages) and ``broker_wait_replicas``, the call
+        returns only once that many replicas have the writes (WAIT), else raises
+        BrokerError."""
+        replies: list = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(self.retries + 2):
             ch = self._channel()
             try:
-                ch.send(data)
-                replies = ch.read_many(len(commands))
+                ch.send(b"".join([commands[i] for i in todo]))
+                got = ch.read_many(len(todo))
             except CONNECTION_ERRORS as exc:
-                ch.close()
-                if attempt == self.retries:
+                self._drop_channel(ch)
+                if attempt >= self.retries:
                     raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+                self._backoff(attempt)
                 continue
-            error = next((r for r in replies if isinstance(r, ResponseError)), None)
-            if error is None:
-                return replies
-            if "NOSCRIPT" in str(error):
+            redo = []
+            for i, reply in zip(todo, got):
+                replies[i] = reply
+                if is_redirect(reply) or (isinstance(reply, ResponseError) and "NOSCRIPT" in str(reply)):
+                    redo.append(i)
+            if not redo:
+                break
+            if any(is_redirect(replies[i]) for i in redo):
+                if self.is_cluster:
+                    ch.refresh()  # keep the connections: a later WAIT covers what they sent
+                else:  # a demoted master: reconnect (Sentinel names the new one) and send all again
+                    self._drop_channel(ch)
+                    redo = list(range(len(commands)))
+                self._backoff(attempt)
+            else:
                 SCRIPTS.load_all(self.client)
-                continue
+            todo = redo
+        error = next((r for r in replies if isinstance(r, ResponseError)), None)
+        if error is not None:
+            if is_redirect(error):
+                raise BrokerError(f"Redis at {safe_url(self.url)} kept refusing writes: {error}")
             raise error
-        raise BrokerError("Lua scripts could not be loaded")  # pragma: no cover
+        if confirm and self.wait_replicas:
+            self._wait_for_replicas(commands)
+        return replies
+
+    def _wait_for_replicas(self, commands: list[bytes]) -> None:
+        """WAIT on every connection that carried the writes (one per master on a cluster)."""
+        ch = self._channel()
+        wait = pack_command((b"WAIT", self.wait_replicas, int(self.wait_timeout * 1000)))
+        # On a cluster a keyed probe steers each WAIT to one master that took writes.
+        probes = ch.probes_for(b"".join(commands)) if self.is_cluster else [b""]
+        try:
+            ch.send(b"".join(probe + wait for probe in probes))
+            replies = ch.read_many(len(probes) * (2 if self.is_cluster else 1))
+        except CONNECTION_ERRORS as exc:
+            self._drop_channel(ch)
+            raise BrokerError(f"could not confirm a send's replication at {safe_url(self.url)}: {exc}") from exc
+        acked = replies[1::2] if self.is_cluster else replies
+        worst = min((r if isinstance(r, int) else 0) for r in acked)
+        if worst < self.wait_replicas:
+            raise BrokerError(
+                f"only {worst} of {self.wait_replicas} replicas confirmed a send within {self.wait_timeout}s "
+                "(broker_wait_replicas): it is in Redis but may not survive a failover"
+            )
+
+    def _drop_channel(self, ch) -> None:
+        ch.close()
+        if getattr(self._local, "channel", None) is ch:
+            self._local.channel = None
+
+    @staticmethod
+    def _backoff(attempt: int) -> None:
+        time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
     def start_packed(self, commands: list[bytes]) -> tuple:
         """Send without waiting; ``finish_packed`` reads the replies later, so the
@@ -142,8 +202,10 @@ class RedisBroker:
                 ch.close()
             else:
                 if not any(isinstance(r, ResponseError) for r in replies):
+                    if self.wait_replicas:
+                        self._wait_for_replicas(commands)
                     return replies
-        return self.execute_packed(commands)  # retries, loads scripts, raises what is left
+        return self.execute_packed(commands, confirm=True)  # retries, loads scripts, raises what is left
 
     # --- sending ----------------------------------------------------------------
 
@@ -153,8 +215,24 @@ class RedisBroker:
         self._known_queues.add(queue)
         return pack_command((b"SADD", self.keys.queues_set, queue))
 
+    def _send_keys(self, queue: str) -> QueueKeys:
+        """The keys a message for ``queue`` goes to: on a sharded queue, the next shard in turn."""
+        n = self.shards.get(queue)
+        if n:
+            return self.keys.queue(f"{queue}~{next(self._next_shard) % n}")
+        return self.keys.queue(queue)
+
+    def physical_queues(self, name: str) -> list[str]:
+        """The queues that hold ``name``'s messages: itself and, when sharded, its shards
+        (a worker also reads the queue itself, so a producer without the shard setting loses nothing)."""
+        n = self.shards.get(name)
+        return [name, *shard_names(name, n)] if n else [name]
+
+    def expand_queues(self, names: list[str]) -> list[str]:
+        return [p for name in names for p in self.physical_queues(name)]
+
     def _publish_cmd(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None) -> bytes:
-        qk = self.keys.queue(queue)
+        qk = self._send_keys(queue)
         if due is None:
             return pack_command((b"XADD", qk.streams[priority], b"*", field, payload))
         member = field + b"%d" % priority + payload
@@ -163,7 +241,7 @@ class RedisBroker:
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""
         cmd = self._publish_cmd(queue, priority, field, payload, due)
-        if queue in self._known_queues:
+        if queue in self._known_queues and not self.wait_replicas:
             # The common case, one command and one reply: skip the batch machinery
             # (it is a sizeable share of a call that is mostly one round trip).
             ch = self._local.__dict__.get("channel")
@@ -174,23 +252,25 @@ class RedisBroker:
                         return
                 except CONNECTION_ERRORS:
                     ch.close()
-            self.execute_packed([cmd])  # retries, reconnects, raises BrokerError
+            self.execute_packed([cmd], confirm=True)  # retries, reconnects, raises BrokerError
             return
-        self.execute_packed([cmd, self._register_queue_cmd(queue)])
+        register = self._register_queue_cmd(queue)
+        self.execute_packed([cmd] if register is None else [cmd, register], confirm=True)
 
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send (queue, priority, due, payload) tuples in one pipelined round trip."""
-        self.execute_packed(self.publish_many_commands(batch, field))
+        self.execute_packed(self.publish_many_commands(batch, field), confirm=True)
 
     def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
         """One publish_many.lua call per stream, one multi-member ZADD per delayed set."""
         ready: dict[str, list] = {}
         delayed: dict[str, list] = {}
         for queue, priority, due, payload in batch:
+            qk = self._send_keys(queue)
             if due is None:
-                ready.setdefault(self.keys.queue(queue).streams[priority], []).append(payload)
+                ready.setdefault(qk.streams[priority], []).append(payload)
             else:
-                zset = delayed.setdefault(self.keys.queue(queue).delayed, [])
+                zset = delayed.setdefault(qk.delayed, [])
                 zset.append(math.ceil(due * 1000))
                 zset.append(field + b"%d" % priority + payload)
         sha = SCRIPTS.publish_many.sha_bytes
@@ -215,7 +295,7 @@ class RedisBroker:
         pipe = c.pipeline(transaction=False)
         for key in qk.fetch_order:
             pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
-        pipe.sadd(self.keys.queues_set, name)
+        pipe.sadd(self.keys.queues_set, logical_queue(name))
         for r in pipe.execute(raise_on_error=False):
             if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
                 raise r
@@ -225,7 +305,14 @@ class RedisBroker:
         return sorted(q.decode() for q in self.client.smembers(self.keys.queues_set))
 
     def queue_stats(self, name: str) -> dict:
-        """waiting, in_flight, delayed and dead-lettered counts of a queue."""
+        """waiting, in_flight, delayed and dead-lettered counts of a queue (all its shards)."""
+        rows = [self._queue_stats_one(p) for p in self.physical_queues(name)]
+        total = {k: sum(r[k] for r in rows) for k in ("waiting", "in_flight", "delayed", "dead")}
+        if len(rows) > 1:
+            total["shards"] = len(rows) - 1
+        return {"queue": name, **total}
+
+    def _queue_stats_one(self, name: str) -> dict:
         qk = self.keys.queue(name)
         pipe = self.client.pipeline(transaction=False)
         for key in qk.fetch_order:
@@ -251,8 +338,11 @@ class RedisBroker:
         }
 
     def purge(self, name: str) -> int:
-        """Drop the queue's waiting and delayed messages; return how many."""
-        stats = self.queue_stats(name)
+        """Drop the queue's waiting and delayed messages (all its shards); return how many."""
+        return sum(self._purge_one(p) for p in self.physical_queues(name))
+
+    def _purge_one(self, name: str) -> int:
+        stats = self._queue_stats_one(name)
         qk = self.keys.queue(name)
         pipe = self.client.pipeline(transaction=True)
         for key in qk.fetch_order:
@@ -338,7 +428,15 @@ class RedisBroker:
     # --- dead letters -------------------------------------------------------------
 
     def dlq_list(self, name: str, limit: int = 100) -> list[dict]:
-        qk = self.keys.queue(name)
+        out: list[dict] = []
+        for p in self.physical_queues(name):
+            out.extend(self._dlq_list_one(p, name, limit - len(out)))
+        return out
+
+    def _dlq_list_one(self, physical: str, name: str, limit: int) -> list[dict]:
+        if limit <= 0:
+            return []
+        qk = self.keys.queue(physical)
         out = []
         for entry_id, fields in self.client.xrange(qk.dlq, count=limit):
             item = {"id": entry_id.decode(), "queue": name}
@@ -353,7 +451,10 @@ class RedisBroker:
         return out
 
     def dlq_requeue(self, name: str, ids: list[str] | None = None) -> int:
-        """Move dead letters (all when ``ids`` is None) back to the queue."""
+        """Move dead letters (all when ``ids`` is None) back to the queue (each to its own shard)."""
+        return sum(self._dlq_requeue_one(p, ids) for p in self.physical_queues(name))
+
+    def _dlq_requeue_one(self, name: str, ids: list[str] | None) -> int:
         qk = self.keys.queue(name)
         if ids is None:
             ids = [e[0].decode() for e in self.client.xrange(qk.dlq)]
@@ -363,7 +464,24 @@ class RedisBroker:
         return moved
 
     def dlq_purge(self, name: str) -> int:
-        qk = self.keys.queue(name)
-        n = self.client.xlen(qk.dlq)
-        self.client.delete(qk.dlq)
+        n = 0
+        for p in self.physical_queues(name):
+            qk = self.keys.queue(p)
+            n += self.client.xlen(qk.dlq)
+            self.client.delete(qk.dlq)
         return n
+
+
+def _parse_shards(value) -> dict[str, int]:
+    """``queue_shards`` ({"default": 8}) checked: queue names, and 1..1024 shards."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"queue_shards must be a dict like {{'default': 8}}, not {value!r}")
+    out = {}
+    for name, n in value.items():
+        validate_queue_name(name)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+            raise ImproperlyConfigured(f"queue_shards[{name!r}] must be a whole number of shards from 1 to 1024, not {n!r}")
+        out[name] = n
+    return out

@@ -28,7 +28,8 @@ from redis.exceptions import ResponseError
 
 from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
-from ..broker.keys import GROUP
+from ..broker.cluster import is_redirect
+from ..broker.keys import GROUP, logical_queue
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
@@ -46,11 +47,14 @@ class Consumer:
         self.app = app
         self.broker = app.broker
         conf = app.conf
-        self.queues = [self.broker.ensure_queue(q) for q in queues]
+        # A sharded queue is read as all its shards (and itself), each shard a queue here.
+        physical = self.broker.expand_queues(queues)
+        self.queues = [self.broker.ensure_queue(q) for q in physical]
         # Fetches go round the queues; a queue of weight w gets w turns per round,
         # so busy queues share the worker in proportion and none starves another.
         weights = weights or {}
-        self._turns = [i for i, q in enumerate(queues) for _ in range(max(1, int(weights.get(q, 1))))]
+        self._turns = [i for i, q in enumerate(physical)
+                       for _ in range(max(1, int(weights.get(logical_queue(q), 1))))]
         self.name = name
         self.hostname = hostname
         self.prefetch = int(prefetch or conf.worker_prefetch)
@@ -70,7 +74,7 @@ class Consumer:
         self.events_key = self.broker.keys.events
         backend_broker = app.backend.broker
         self.result_broker = None if backend_broker is self.broker else backend_broker
-        self.limiter = Limiter(app, queues)
+        self.limiter = Limiter(app, physical)
         self.executor.limiter = self.limiter
         self.runner.slow_streams = {k for qk in self.queues if qk.name in self.limiter.limited_queues
                                     for k in qk.fetch_order}
@@ -89,9 +93,8 @@ class Consumer:
                           GROUP, name, self.prefetch))
             for qk in self.queues
         ]
-        keys = [k for qk in self.queues for k in qk.fetch_order]
-        self._block_cmd = pack_command((b"XREADGROUP", b"GROUP", GROUP, name, b"COUNT", self.prefetch,
-                                        b"BLOCK", self.block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
+        self._block_cmds = self._blocking_fetch_commands(name)
+        self._block_turn = 0
         self.out = Output()
         self.conn = None
         self.stopping = False
@@ -138,6 +141,19 @@ class Consumer:
             pass  # the loop hands them back after the running task, or their lease expires
         finally:
             client.close()
+
+    def _blocking_fetch_commands(self, name: str) -> list[bytes]:
+        """One XREADGROUP BLOCK over every stream of every queue; on a cluster, where
+        one command may only touch one slot, one per queue, taken in turn with a
+        shorter block so an idle worker still looks at each queue often."""
+        def block(queues, block_ms):
+            keys = [k for qk in queues for k in qk.fetch_order]
+            return pack_command((b"XREADGROUP", b"GROUP", GROUP, name, b"COUNT", self.prefetch,
+                                 b"BLOCK", block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
+        if not self.broker.is_cluster:
+            return [block(self.queues, self.block_ms)]
+        block_ms = self.block_ms if len(self.queues) == 1 else max(1, min(self.block_ms, 100))
+        return [block([qk], block_ms) for qk in self.queues]
 
     @property
     def processed(self) -> int:
@@ -210,7 +226,12 @@ class Consumer:
         """Read the replies of one outstanding item; a fetch returns its batch."""
         if item[0] == "out":
             out, n = item[1], item[2]
-            for reply in self.conn.read_many(n):
+            replies = self.conn.read_many(n)
+            if any(is_redirect(r) for r in replies):
+                # Not applied (slot moved, master demoted): the write stays
+                # outstanding and is sent again after reconnecting.
+                raise ConnectionError(f"Redis redirected a write: {next(r for r in replies if is_redirect(r))}")
+            for reply in replies:
                 if isinstance(reply, ResponseError):
                     if "NOSCRIPT" in str(reply):
                         if out not in missing_scripts:
@@ -221,6 +242,8 @@ class Consumer:
         try:
             reply = self._read()
         except ResponseError as exc:
+            if is_redirect(exc):
+                raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
             if "NOSCRIPT" in str(exc):
                 missing_scripts.append(None)
             else:
@@ -232,8 +255,10 @@ class Consumer:
         missing: list = []
         batch: list | None = None
         while self._outstanding:
-            item = self._outstanding.popleft()
-            got = self._read_reply(item, missing)
+            # Popped only once its replies are read: a write whose replies never
+            # came is still outstanding when the connection is lost, and is resent.
+            got = self._read_reply(self._outstanding[0], missing)
+            self._outstanding.popleft()
             if got is not None:
                 batch = got
                 break
@@ -244,7 +269,8 @@ class Consumer:
     def _drain(self) -> None:
         missing: list = []
         while self._outstanding:
-            batch = self._read_reply(self._outstanding.popleft(), missing)
+            batch = self._read_reply(self._outstanding[0], missing)
+            self._outstanding.popleft()
             if batch:  # a fetch we no longer want: hand it back
                 self._release(batch)
         if missing:
@@ -259,10 +285,14 @@ class Consumer:
         self._drain()
 
     def _blocking_fetch(self) -> list:
-        self._send(self._block_cmd)
+        cmd = self._block_cmds[self._block_turn % len(self._block_cmds)]
+        self._block_turn += 1
+        self._send(cmd)
         try:
             reply = self._read()
         except ResponseError as exc:
+            if is_redirect(exc):  # a cluster failover or a demoted master
+                raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
             # NOGROUP / UNBLOCKED: a stream or its group was deleted (purge,
             # FLUSHDB, a Redis restart without persistence): re-create them.
             log.warning("Queue keys vanished (%s); re-creating the consumer groups", exc)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from .. import events
 from ..broker.redis import CONNECTION_ERRORS, safe_url
+from ..exceptions import BrokerError
 
 log = logging.getLogger("fastq.worker")
 
@@ -88,7 +89,7 @@ class Maintenance:
             if self._down:
                 log.warning("Maintenance reconnected to Redis")
                 self._down = False
-        except CONNECTION_ERRORS as exc:
+        except (*CONNECTION_ERRORS, BrokerError) as exc:
             if not self._down:
                 log.warning("Maintenance cannot reach Redis at %s (%s); retrying", safe_url(self.broker.url), exc)
                 self._down = True
@@ -102,29 +103,28 @@ class Maintenance:
         names = self.consumers()
         if not names:
             return
-        for q in self.queues:
+        for q in self.broker.expand_queues(self.queues):
             self.broker.renew(q, names, self.lease_ms // 3, client=self.client)
 
     def reap(self) -> None:
-        for q in self.queues:
+        for q in self.broker.expand_queues(self.queues):
             r = self.broker.reap(q, self.hostname, self.lease_ms, self.max_deliveries,
                                  int(self.reap_interval * 1000), client=self.client)
             if isinstance(r, list) and (r[0] or r[1]):
                 log.warning("Recovered %d message(s) of lost workers on %r (%d dead-lettered)", r[0], q, r[1])
 
     def promote(self) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        # Packed EVALSHAs in one write (routed per slot on a cluster, where
+        # redis-py's pipelines refuse scripts); NOSCRIPT is handled there.
+        from .._speedups import pack_command
         from ..broker.scripts import SCRIPTS
 
-        for q in self.queues:
+        cmds = []
+        for q in self.broker.expand_queues(self.queues):
             qk = self.broker.keys.queue(q)
-            pipe.evalsha(SCRIPTS.promote.sha, 1 + len(qk.streams), qk.delayed, *qk.streams, 1000)
-        try:
-            pipe.execute()
-        except Exception as exc:
-            if "NOSCRIPT" not in str(exc):
-                raise
-            SCRIPTS.load_all(self.client)
+            cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 1 + len(qk.streams), qk.delayed,
+                                      *qk.streams, 1000)))
+        self.broker.execute_packed(cmds)
 
     def heartbeat(self) -> None:
         keys = self.broker.keys

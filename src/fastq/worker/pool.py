@@ -288,7 +288,7 @@ class ProcessPool:
         for c in list(self.children):
             entry = bytes(c.slot).split(b"\0", 1)[0]
             if entry:
-                for q in self.worker.queues:
+                for q in self.worker.app.broker.expand_queues(self.worker.queues):
                     if self.worker.app.broker.read_entry(q, entry) is not None:
                         out.append((c, q, entry))
                         break
@@ -437,7 +437,7 @@ class ProcessPool:
         and is acknowledged: it is not redelivered."""
         app = self.worker.app
         entry_id = bytes(child.slot).split(b"\0", 1)[0]
-        for q in self.worker.queues:
+        for q in self.worker.app.broker.expand_queues(self.worker.queues):
             found = app.broker.read_entry(q, entry_id, client=self.maintenance.client)
             if found is None:
                 continue
@@ -495,7 +495,7 @@ class ProcessPool:
             try:
                 if current:
                     self._record_lost(current, child, how)
-                for q in self.worker.queues:
+                for q in self.worker.app.broker.expand_queues(self.worker.queues):
                     moved, buried = broker.release_consumer(q, child.name, current, client=self.maintenance.client)
                     if moved or buried:
                         log.warning("Handed back %d message(s) of the dead child (%d dead-lettered)", moved, buried)
@@ -510,7 +510,7 @@ class ProcessPool:
         """Record in the task's state that its process died (RETRY, or FAILURE on
         the delivery that dead-letters it)."""
         app = self.worker.app
-        for q in self.worker.queues:
+        for q in self.worker.app.broker.expand_queues(self.worker.queues):
             found = app.broker.read_entry(q, entry_id, client=self.maintenance.client)
             if found is None:
                 continue
