@@ -94,6 +94,13 @@ def app(redis_url):
     return basic.app
 
 
+def client_for(url: str):
+    """A redis-py client for any broker URL fastq takes (one server, cluster, sentinel)."""
+    from fastq.broker.connect import make_client, parse_url
+
+    return make_client(parse_url(url))
+
+
 def fastq_command() -> list[str]:
     exe = Path(sys.executable).parent / "fastq"
     return [str(exe)] if exe.exists() else [shutil.which("fastq") or "fastq"]
@@ -177,7 +184,7 @@ def worker(redis_url, request):
         wp = WorkerProcess(argv, full_env, name)
         started.append(wp)
         if wait:
-            wp.wait_ready(redis.Redis.from_url(broker) if broker else client)
+            wp.wait_ready(client_for(broker) if broker else client)
         return wp
 
     yield start

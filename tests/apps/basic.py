@@ -5,6 +5,7 @@ their runs write into a ledger kept in another Redis DB (FASTQ_TEST_LEDGER), so
 fault tests can count executions outside the broker's keys.
 """
 
+import json
 import os
 import time
 
@@ -15,6 +16,9 @@ from fastq.exceptions import Reject
 
 app = FastQ("tests")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
+# The scale-out tests shard queues and ask for replica acknowledgements.
+app.conf.queue_shards = json.loads(os.environ.get("FASTQ_TEST_SHARDS", "null"))
+app.conf.broker_wait_replicas = int(os.environ.get("FASTQ_TEST_WAIT_REPLICAS", "0"))
 
 
 
@@ -117,3 +121,10 @@ def started(seconds):
 def early_ack(key):
     ledger().hincrby(key, "runs", 1)
     return "ok"
+
+
+@app.task(name="tests.record_order", bind=True, ignore_result=True)
+def record_order(self, seq):
+    """Append ``seq`` to the ledger list of the (physical) queue it came from: order per shard."""
+    ledger().rpush(f"order:{self.request.queue}", seq)
+    ledger().hincrby("runs", seq, 1)
