@@ -267,7 +267,7 @@ def test_worker_names_are_unique_across_hosts(lan):
     # Then it exits non-zero with a clear error naming the taken name; the first runs on
     code = second.proc.wait(60)
     log = second.log()
-    assert code != 0, log
+    assert code == 2, log  # a usage error
     assert "another live worker is already named 'shared@cluster'" in log, log
     assert "--hostname" in log and "Traceback" not in log, log
     assert first.proc.poll() is None
@@ -280,7 +280,7 @@ def test_worker_names_are_unique_across_hosts(lan):
 
     # But a second default-named worker on host1 clashes with the first one there
     again = lan.worker(h1, "-P", "solo", name="fastq@host1", wait=False)
-    assert again.proc.wait(60) != 0
+    assert again.proc.wait(60) == 2
     assert "another live worker is already named 'fastq@host1'" in again.log(), again.log()
     assert all(w.proc.poll() is None for w in (first, a, b))
 
@@ -297,6 +297,6 @@ def test_same_name_is_refused_when_the_workers_share_a_pid(lan):
 
     # Then it still refuses: the same pid on another host is another worker
     code = second.proc.wait(60)
-    assert code != 0, second.log()
+    assert code == 2, second.log()
     assert "another live worker is already named 'web@cluster'" in second.log(), second.log()
     assert first.proc.poll() is None
