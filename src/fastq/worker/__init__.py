@@ -76,17 +76,28 @@ class Worker:
 
     def check_unique_name(self) -> None:
         """Two live workers must not share a name: their consumers, leases and
-        control replies would mix. A heartbeat younger than twice the interval
-        from another process means the name is taken."""
+        control replies would mix. A heartbeat written less than 2.5 intervals ago
+        by another process means the name is taken. "Another process" is told by
+        the random instance id in the heartbeat, not the pid (workers on different
+        hosts may have the same pid), and the heartbeat's age by its key's TTL, on
+        Redis's clock (the hosts' clocks may differ)."""
         import json
 
-        from .maintenance import HEARTBEAT_INTERVAL
+        from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
 
-        raw = self.app.broker.client.get(self.app.broker.keys.worker(self.hostname))
+        key = self.app.broker.keys.worker(self.hostname)
+        pipe = self.app.broker.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, ttl_ms = pipe.execute()
         if raw is None:
             return
         info = json.loads(raw)
-        if info.get("pid") != os.getpid() and time.time() - float(info.get("ts", 0)) < 2.5 * HEARTBEAT_INTERVAL:
+        if ("instance" in info and info["instance"] == instance_id()) or \
+                ("instance" not in info and info.get("pid") == os.getpid()):  # this very process
+            return
+        age = HEARTBEAT_TTL - ttl_ms / 1000 if ttl_ms >= 0 else time.time() - float(info.get("ts", 0))
+        if age < 2.5 * HEARTBEAT_INTERVAL:
             raise ValueError(f"another live worker is already named {self.hostname!r} (pid {info.get('pid')}); "
                              "give this one a different --hostname (if that worker just died, its name is free "
                              "a few seconds later)")

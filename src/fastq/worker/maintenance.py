@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from .. import events
@@ -28,6 +29,19 @@ log = logging.getLogger("fastq.worker")
 
 #: Seconds between heartbeats in the workers registry.
 HEARTBEAT_INTERVAL = 2.0
+#: Seconds a heartbeat stays in the registry (the TTL of ``fastq:worker:<name>``).
+HEARTBEAT_TTL = max(10, int(HEARTBEAT_INTERVAL * 5))
+
+_instance: tuple[int, str] | None = None
+
+
+def instance_id() -> str:
+    """A random id of this process, published in its heartbeat. Pids repeat across
+    hosts (in containers every worker may be pid 1); this id does not."""
+    global _instance
+    if _instance is None or _instance[0] != os.getpid():
+        _instance = (os.getpid(), uuid.uuid4().hex)
+    return _instance[1]
 
 
 def tree_rss() -> int:
@@ -128,11 +142,12 @@ class Maintenance:
 
     def heartbeat(self) -> None:
         keys = self.broker.keys
-        info = {"hostname": self.hostname, "pid": os.getpid(), "queues": self.queues, "ts": time.time(),
+        info = {"hostname": self.hostname, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
+                "ts": time.time(),
                 **_process_stats(), **self.info()}
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(keys.workers, {self.hostname: time.time()})
-        pipe.set(keys.worker(self.hostname), json.dumps(info), ex=max(10, int(HEARTBEAT_INTERVAL * 5)))
+        pipe.set(keys.worker(self.hostname), json.dumps(info), ex=HEARTBEAT_TTL)
         pipe.execute()
         if self.app.conf.worker_send_task_events:
             events.publish(self.client, keys.events, self.hostname,
