@@ -35,6 +35,8 @@ class FastQ:
             self.conf.result_backend = backend
         #: Registered tasks by name.
         self.tasks: dict[str, Any] = {}
+        #: The class ``@app.task`` makes (None: fastq.task.Task); ``@app.task(base=...)`` picks one per task.
+        self.Task: type | None = None
         self._pid = os.getpid()
 
     # --- configuration ------------------------------------------------------
@@ -47,9 +49,11 @@ class FastQ:
     def backend_url(self) -> str:
         return self.conf.result_backend or os.environ.get("FASTQ_RESULT_BACKEND") or self.broker_url
 
-    def config_from_object(self, obj: Any) -> None:
-        """Load settings from an object or an importable module path."""
-        self.conf.from_object(obj)
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Load settings from an object, a module path or ``"module:attribute"``;
+        ``namespace="FASTQ"`` reads upper-case ``FASTQ_*`` names instead
+        (``app.config_from_object("django.conf:settings", namespace="FASTQ")``)."""
+        self.conf.from_object(obj, namespace)
         self._reset()
 
     def _reset(self) -> None:
@@ -95,7 +99,11 @@ class FastQ:
         from .task import Task
 
         def register(fn: Callable) -> Task:
-            task = Task(self, fn, **options)
+            cls = options.get("base") or self.Task or Task
+            if not (isinstance(cls, type) and issubclass(cls, Task)):
+                raise TypeError(f"task {options.get('name') or fn.__qualname__!r}: base must be a subclass of "
+                                f"fastq.task.Task, not {cls!r}")
+            task = cls(self, fn, **options)
             self.tasks[task.name] = task
             return task
 
