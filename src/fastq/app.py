@@ -13,9 +13,12 @@ from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
+from .signals import before_task_publish
 from .workflow import note_child
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: before_task_publish's receivers (the list itself): empty unless an integration listens.
+_publish_hooks = before_task_publish.receivers
 
 
 class FastQ:
@@ -140,6 +143,7 @@ class FastQ:
         parent_id = parent.id if parent is not None else None
         root_id = (parent.root_id or parent.id) if parent is not None else None
         last_name, placement = None, None
+        hooks = _publish_hooks
         for sig in signatures:
             name = sig.task
             task = self.tasks.get(name)
@@ -155,6 +159,8 @@ class FastQ:
                 due = None
                 msg = Message(new_task_id(), name, sig.args, sig.kwargs, 0, None, expires, priority, parent_id,
                               root_id, now(), None, None)
+                if hooks:
+                    self._before_publish(msg, queue, priority, None)
                 try:
                     payload = encode(msg)
                 except self.serializer.error as exc:
@@ -215,7 +221,17 @@ class FastQ:
                       now(), None, None)
         if parent is not None and parent.delivery is not None:  # sent from a task a worker runs
             note_child(parent, msg.id)
+        if _publish_hooks:
+            self._before_publish(msg, queue, priority, None)
         return msg, queue, priority, None
+
+    def _before_publish(self, msg: Message, queue: str, priority: int, due: float | None) -> None:
+        """Send before_task_publish; its receivers may add to ``msg.headers``."""
+        headers = msg.headers = dict(msg.headers) if msg.headers else {}
+        before_task_publish.send(sender=msg.task, body=msg, headers=headers, routing_key=queue, priority=priority,
+                                 eta=due)
+        if not headers:
+            msg.headers = None
 
     def _placement(self, name: str, task, args, kwargs, options) -> tuple[str, int]:
         if task is not None and task.queue:
@@ -269,6 +285,8 @@ class FastQ:
         )
         if parent is not None and parent.delivery is not None and parent_id == parent.id:
             note_child(parent, msg.id)
+        if _publish_hooks:
+            self._before_publish(msg, queue, priority, due)
         return msg, queue, priority, due
 
     def _encode(self, msg: Message, task) -> bytes:
