@@ -91,8 +91,10 @@ class FastQInstrumentor:
         if self.tracer is None or task_id is None:
             return
         req = current_request.get()
-        carrier = (req.headers if req is not None else None) or {}
-        parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
+        headers = req.headers if req is not None else None
+        # only string values can be trace context (other headers are the sender's own data)
+        carrier = {k: v for k, v in headers.items() if isinstance(v, str)} if isinstance(headers, dict) else {}
+        parent = propagate.extract(carrier)
         name = getattr(task, "name", None) or (req.task if req is not None else "task")
         attributes = {"messaging.system": "fastq", "messaging.operation.type": "process",
                       "messaging.message.id": task_id, "fastq.task.name": name}
