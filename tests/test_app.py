@@ -195,3 +195,46 @@ def test_config_from_object_with_a_bad_module_path_fails():
     # Then the import error surfaces
     with pytest.raises(ImportError):
         app.config_from_object("no_such_module_for_fastq_tests")
+
+
+# --- config_from_object(namespace=) and app.task(base=) ---------------------------------------
+
+
+def test_config_from_object_with_a_namespace_reads_prefixed_upper_case_names(monkeypatch):
+    # Given a settings object as a Django project has them, some for other libraries
+    conf = types.SimpleNamespace(FASTQ_TASK_DEFAULT_QUEUE="web", FASTQ_RESULT_EXPIRES=60, DEBUG=True,
+                                 CELERY_BROKER_URL="redis://elsewhere", fastq_timezone="lower case is not read")
+    monkeypatch.setitem(sys.modules, "projsettings", types.SimpleNamespace(settings=conf))
+    app = FastQ("proj")
+    # When it is loaded by "module:attribute" with the FASTQ namespace
+    app.config_from_object("projsettings:settings", namespace="FASTQ")
+    # Then only FASTQ_* names are settings, without the prefix
+    assert app.conf.task_default_queue == "web" and app.conf.result_expires == 60
+    assert app.conf.timezone == "UTC" and "debug" not in app.conf and "celery_broker_url" not in app.conf
+
+
+def test_config_from_object_namespace_typos_and_missing_attributes_are_errors(monkeypatch):
+    from fastq.exceptions import ImproperlyConfigured
+
+    app = FastQ("proj")
+    with pytest.raises(ImproperlyConfigured, match="FASTQ_BROKER_ULR: no fastq setting named 'broker_ulr'"):
+        app.config_from_object(types.SimpleNamespace(FASTQ_BROKER_ULR="redis://x"), namespace="FASTQ")
+    monkeypatch.setitem(sys.modules, "projsettings", types.ModuleType("projsettings"))
+    with pytest.raises(ImproperlyConfigured, match="module 'projsettings' has no attribute 'settings'"):
+        app.config_from_object("projsettings:settings")
+
+
+def test_task_base_class_per_task_and_per_app():
+    from fastq.task import Task
+
+    class Audited(Task):
+        audited = True
+
+    app = FastQ("proj")
+    one = app.task(name="t.one", base=Audited)(lambda: 1)
+    plain = app.task(name="t.plain")(lambda: 2)
+    assert isinstance(one, Audited) and type(plain) is Task
+    app.Task = Audited
+    assert isinstance(app.task(name="t.two")(lambda: 3), Audited)
+    with pytest.raises(TypeError, match=r"task 't\.bad': base must be a subclass of fastq\.task\.Task"):
+        app.task(name="t.bad", base=dict)(lambda: 4)

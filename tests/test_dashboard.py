@@ -157,7 +157,7 @@ def browser():
         b.close()
 
 
-def test_dashboard_in_a_browser(mon, worker, dashboard, browser, tmp_path):
+def test_dashboard_in_a_browser(mon, worker, dashboard, browser, tmp_path, ledger):
     shots = Path(os.environ.get("FASTQ_SCREENSHOTS_DIR") or tmp_path)
     if not shots.is_absolute():
         shots = ROOT / shots
@@ -204,6 +204,15 @@ def test_dashboard_in_a_browser(mon, worker, dashboard, browser, tmp_path):
     assert "raise ValueError(message)" in page.text_content("#task-traceback")
     assert "'/var'" not in page.text_content("#task-args") and '"/var"' in page.text_content("#task-args")
     page.screenshot(path=str(shots / "dashboard-task-failed.png"), full_page=True)
+
+    # A task reporting progress: PROGRESS in the list, its meta on its page
+    prog = mon.tasks["mon.progress"].delay("go-browser")
+    page.goto(dashboard.base + "/tasks")
+    page.wait_for_selector(f'#tasks-table tr[data-task-id="{prog.id}"] .badge.PROGRESS')
+    page.goto(f"{dashboard.base}/tasks/{prog.id}")
+    assert json.loads(page.text_content("#task-meta")) == {"done": 3, "total": 10}
+    ledger.set("go-browser", 1)
+    assert prog.get(timeout=30) == "finished"
 
     # Revoke a queued task: sent to a queue no worker consumes yet, found by its id
     queued = mon.tasks["mon.add"].apply_async((3, 4), queue="later")

@@ -13,9 +13,12 @@ from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
+from .signals import before_task_publish
 from .workflow import note_child
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: before_task_publish's receivers (the list itself): empty unless an integration listens.
+_publish_hooks = before_task_publish.receivers
 
 
 class FastQ:
@@ -35,6 +38,8 @@ class FastQ:
             self.conf.result_backend = backend
         #: Registered tasks by name.
         self.tasks: dict[str, Any] = {}
+        #: The class ``@app.task`` makes (None: fastq.task.Task); ``@app.task(base=...)`` picks one per task.
+        self.Task: type | None = None
         self._pid = os.getpid()
 
     # --- configuration ------------------------------------------------------
@@ -47,9 +52,11 @@ class FastQ:
     def backend_url(self) -> str:
         return self.conf.result_backend or os.environ.get("FASTQ_RESULT_BACKEND") or self.broker_url
 
-    def config_from_object(self, obj: Any) -> None:
-        """Load settings from an object or an importable module path."""
-        self.conf.from_object(obj)
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Load settings from an object, a module path or ``"module:attribute"``;
+        ``namespace="FASTQ"`` reads upper-case ``FASTQ_*`` names instead
+        (``app.config_from_object("django.conf:settings", namespace="FASTQ")``)."""
+        self.conf.from_object(obj, namespace)
         self._reset()
 
     def _reset(self) -> None:
@@ -95,7 +102,11 @@ class FastQ:
         from .task import Task
 
         def register(fn: Callable) -> Task:
-            task = Task(self, fn, **options)
+            cls = options.get("base") or self.Task or Task
+            if not (isinstance(cls, type) and issubclass(cls, Task)):
+                raise TypeError(f"task {options.get('name') or fn.__qualname__!r}: base must be a subclass of "
+                                f"fastq.task.Task, not {cls!r}")
+            task = cls(self, fn, **options)
             self.tasks[task.name] = task
             return task
 
@@ -132,6 +143,7 @@ class FastQ:
         parent_id = parent.id if parent is not None else None
         root_id = (parent.root_id or parent.id) if parent is not None else None
         last_name, placement = None, None
+        hooks = _publish_hooks
         for sig in signatures:
             name = sig.task
             task = self.tasks.get(name)
@@ -147,6 +159,8 @@ class FastQ:
                 due = None
                 msg = Message(new_task_id(), name, sig.args, sig.kwargs, 0, None, expires, priority, parent_id,
                               root_id, now(), None, None)
+                if hooks:
+                    self._before_publish(msg, queue, priority, None)
                 try:
                     payload = encode(msg)
                 except self.serializer.error as exc:
@@ -207,7 +221,17 @@ class FastQ:
                       now(), None, None)
         if parent is not None and parent.delivery is not None:  # sent from a task a worker runs
             note_child(parent, msg.id)
+        if _publish_hooks:
+            self._before_publish(msg, queue, priority, None)
         return msg, queue, priority, None
+
+    def _before_publish(self, msg: Message, queue: str, priority: int, due: float | None) -> None:
+        """Send before_task_publish; its receivers may add to ``msg.headers``."""
+        headers = msg.headers = dict(msg.headers) if msg.headers else {}
+        before_task_publish.send(sender=msg.task, body=msg, headers=headers, routing_key=queue, priority=priority,
+                                 eta=due)
+        if not headers:
+            msg.headers = None
 
     def _placement(self, name: str, task, args, kwargs, options) -> tuple[str, int]:
         if task is not None and task.queue:
@@ -261,6 +285,8 @@ class FastQ:
         )
         if parent is not None and parent.delivery is not None and parent_id == parent.id:
             note_child(parent, msg.id)
+        if _publish_hooks:
+            self._before_publish(msg, queue, priority, due)
         return msg, queue, priority, due
 
     def _encode(self, msg: Message, task) -> bytes:

@@ -8,8 +8,9 @@ small, per-batch price instead of a write per task. An entry has the fields
 
 Types: task-received (one per fetched batch, info ``{"n": count}``),
 task-started (tasks with track_started), task-succeeded, task-failed,
-task-retried, task-revoked, task-rejected, worker-heartbeat, worker-online,
-worker-offline. A fast task's succeeded event carries its runtime, so
+task-retried, task-revoked, task-rejected, task-progress (``update_state()``
+in a worker, info ``{"state": "PROGRESS", "meta": {...}}``), worker-heartbeat,
+worker-online, worker-offline. A fast task's succeeded event carries its runtime, so
 received/started need not be sent per task.
 """
 
@@ -36,6 +37,25 @@ def pack_events(key: str, hostname: str, events: list) -> bytes:
 
 def publish(client, key: str, hostname: str, events: list) -> None:
     client.execute_command("XADD", key, "MAXLEN", "~", MAXLEN, "*", "h", hostname, "e", _encode(events))
+
+
+#: Largest progress meta (msgpack bytes) carried in a task-progress event; a
+#: larger one is left out (readers get it from the result backend).
+MAX_PROGRESS_META = 4096
+
+
+def publish_progress(app, hostname: str, task_id: str, name: str, state: str, meta) -> None:
+    """The task-progress event of ``update_state()`` (the dashboard's task list shows it)."""
+    info: dict = {"state": state}
+    if meta is not None:
+        try:
+            if len(_encode(meta)) <= MAX_PROGRESS_META:
+                info["meta"] = meta
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            pass  # the backend stored it; the event goes without it
+    broker = app.broker
+    with broker.retrying():
+        publish(broker.client, broker.keys.events, hostname, [("task-progress", task_id, name, time.time(), None, info)])
 
 
 def worker_event(kind: str, hostname: str, info: dict) -> tuple:

@@ -86,13 +86,47 @@ class Settings(dict):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
-    def from_object(self, obj: Any) -> None:
-        """Load the lower-case public attributes of an object or a module path
-        (``"proj.settings"``), as ``app.config_from_object`` does."""
+    def from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Load settings from an object, a module path (``"proj.settings"``) or a
+        ``"module:attribute"`` path (``"django.conf:settings"``), as
+        ``app.config_from_object`` does.
+
+        Without a namespace the lower-case public attributes are settings. With
+        one (``namespace="FASTQ"``) only upper-case ``FASTQ_*`` attributes are, the
+        prefix dropped and the rest lower-cased (``FASTQ_BROKER_URL`` ->
+        ``broker_url``): the namespace is fastq's, so an unknown name there is a
+        typo and raises ImproperlyConfigured."""
         if isinstance(obj, str):
-            obj = importlib.import_module(obj)
-        for name in dir(obj):
-            if name.islower() and not name.startswith("_"):
-                value = getattr(obj, name)
-                if not callable(value) or name in ("task_routes", "error_email_redact"):
-                    self[name] = value
+            obj = _import_object(obj)
+        prefix = f"{namespace.upper().rstrip('_')}_" if namespace else None
+        for attr in dir(obj):
+            if prefix is None:
+                if not attr.islower() or attr.startswith("_"):
+                    continue
+                name = attr
+            else:
+                if not attr.startswith(prefix) or not attr.isupper():
+                    continue
+                name = attr[len(prefix):].lower()
+                if name not in DEFAULTS:
+                    from .exceptions import ImproperlyConfigured
+
+                    raise ImproperlyConfigured(f"{attr}: no fastq setting named {name!r} (settings in the "
+                                               f"{namespace} namespace are FASTQ's, listed in fastq.settings.DEFAULTS)")
+            value = getattr(obj, attr)
+            if not callable(value) or name in ("task_routes", "error_email_redact"):
+                self[name] = value
+
+
+def _import_object(path: str) -> Any:
+    """``"pkg.module"`` -> the module; ``"pkg.module:attr"`` -> its attribute."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    if not attr:
+        return module
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        from .exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"config_from_object({path!r}): module {module_name!r} has no attribute {attr!r}") from None

@@ -52,6 +52,11 @@ class Signal:
         return f"<Signal: {self.name}>"
 
 
+#: Sent by the producer for each message about to be published (only while it has
+#: receivers): ``sender`` is the task name, ``body`` the Message, ``headers`` its
+#: ``Message.headers`` dict, which receivers may add to (e.g. a trace context),
+#: ``routing_key`` the queue, ``priority`` and ``eta`` (epoch seconds or None).
+before_task_publish = Signal("before_task_publish")
 task_prerun = Signal("task_prerun")
 task_postrun = Signal("task_postrun")
 task_success = Signal("task_success")

@@ -243,9 +243,15 @@ class Task:
             raise ValueError("update_state() needs a task_id outside a running task")
         if state in states.READY_STATES:
             raise ValueError(f"update_state() records progress; {state} is stored by the worker when the task ends")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"task {self.name!r}: update_state(meta=...) takes a dict, not {type(meta).__name__}")
         meta_obj = ResultMeta(state or "PROGRESS", None, date_done=time.time(), hostname=req.hostname,
                               retries=req.retries, task=self.name, meta=meta)
         self.app.backend.store(task_id, meta_obj)
+        if req.delivery is not None and self.app.conf.worker_send_task_events:  # in a worker: tell the monitors
+            from .events import publish_progress
+
+            publish_progress(self.app, req.hostname, task_id, self.name, meta_obj.state, meta)
 
     # --- retries -------------------------------------------------------------------
 

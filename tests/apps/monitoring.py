@@ -58,3 +58,15 @@ def reject():
 @app.task(name="mon.parent", bind=True)
 def parent(self, n):
     return [add.delay(i, i).id for i in range(n)]
+
+
+@app.task(name="mon.progress", bind=True)
+def progress(self, key, meta=None):
+    """Reports progress, then waits (at most 30 s) for the test to say go: a ledger key."""
+    from tests.apps.ledger import ledger
+
+    self.update_state(state="PROGRESS", meta={"done": 3, "total": 10} if meta is None else meta)
+    deadline = time.time() + 30
+    while not ledger().exists(key) and time.time() < deadline:
+        time.sleep(0.02)
+    return "finished"

@@ -94,7 +94,9 @@ class DashboardState:
         kind = ev.get("type")
         state = _EVENT_STATES.get(kind)
         if state is None:
-            return
+            if kind != "task-progress":
+                return
+            state = ev.get("state") or "PROGRESS"  # update_state(): PROGRESS or the task's own state
         ts = ev.get("timestamp") or time.time()
         if kind in ("task-succeeded", "task-failed"):
             sec = int(ts)
@@ -115,6 +117,8 @@ class DashboardState:
                 t["exception"] = ev["exception"]
             if ev.get("reason"):
                 t["reason"] = ev["reason"]
+            if kind == "task-progress" and "meta" in ev:
+                t["meta"] = ev["meta"]
             if kind == "task-retried":
                 t["retries"] = t.get("retries", 0) + 1
             self.tasks[task_id] = t  # most recent last

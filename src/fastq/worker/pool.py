@@ -160,7 +160,8 @@ class SoloPool:
                     self._done[1] += getattr(c.executor, "failures", 0)
 
     def run(self) -> int:
-        _Signals(self.stop, lambda: os._exit(1)).install()
+        if threading.current_thread() is threading.main_thread():  # fastq.testing runs a worker in a thread
+            _Signals(self.stop, lambda: os._exit(1)).install()
         self.maintenance.start()
         try:
             while True:

@@ -244,8 +244,8 @@ async function viewTasks(view, rebuild) {
     h("td", {}, t.name || "?"), h("td", { class: "mono" }, link(`/tasks/${encodeURIComponent(t.id)}`, t.id)),
     h("td", {}, badge(t.state)), h("td", { class: "mono" }, t.hostname || "–"),
     h("td", { class: "num" }, fmtRuntime(t.runtime)), h("td", {}, fmtTime(t.timestamp)),
-    h("td", { class: "mono" }, (t.exception || "").slice(0, 120))));
-  const body = table([["Name"], ["Id"], ["State"], ["Worker"], ["Runtime", "num"], ["When"], ["Exception"]], rows,
+    h("td", { class: "mono" }, (t.exception || (t.meta ? JSON.stringify(t.meta) : "")).slice(0, 120))));
+  const body = table([["Name"], ["Id"], ["State"], ["Worker"], ["Runtime", "num"], ["When"], ["Exception / progress"]], rows,
     { id: "tasks-table" });
   const existing = document.getElementById("task-filters");
   if (existing && !rebuild) {
@@ -264,7 +264,7 @@ async function viewTasks(view, rebuild) {
     viewTasks(view, false).catch((e) => toast(e.message, true));
   };
   const stateSel = h("select", { id: "filter-state", onchange: onFilter },
-    ["", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"].map((s) => h("option", { value: s }, s || "any state")));
+    ["", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"].map((s) => h("option", { value: s }, s || "any state")));
   stateSel.value = taskFilters.state;
   const nameSel = h("select", { id: "filter-name", onchange: onFilter },
     h("option", { value: "" }, "any task"), data.names.map((n) => h("option", { value: n }, n)));
@@ -293,7 +293,7 @@ async function viewTask(view, id) {
   const final = ["SUCCESS", "FAILURE", "REVOKED"].includes(t.state);
   const revokeBtn = h("button", { id: "revoke-btn", class: "danger", disabled: final || t.revoked,
     onclick: async () => {
-      try { await api(`/api/tasks/${encodeURIComponent(id)}/revoke`, { method: "POST", body: { terminate: t.state === "STARTED" || (loc && loc.where === "in flight") } }); toast("revoked"); }
+      try { await api(`/api/tasks/${encodeURIComponent(id)}/revoke`, { method: "POST", body: { terminate: ["STARTED", "PROGRESS"].includes(t.state) || (loc && loc.where === "in flight") } }); toast("revoked"); }
       catch (e) { toast(e.message, true); }
       refresh();
     } }, t.revoked ? "Revoked" : "Revoke");
@@ -323,7 +323,7 @@ async function viewTask(view, id) {
   } else if (t.state === "SUCCESS") {
     sections.push(h("h2", {}, "Result"), h("pre", { id: "task-result" }, json(t.result)));
   }
-  if (t.meta) sections.push(h("h2", {}, "Meta"), h("pre", {}, json(t.meta)));
+  if (t.meta) sections.push(h("h2", {}, t.state === "PROGRESS" ? "Progress" : "Meta"), h("pre", { id: "task-meta" }, json(t.meta)));
   view.replaceChildren(...sections);
 }
 

@@ -1,0 +1,3 @@
+"""Integrations with other libraries, each imported on its own and only when used:
+``fastq.contrib.django``, ``fastq.contrib.sentry``, ``fastq.contrib.otel``.
+See docs/integrations.md."""
