@@ -179,9 +179,8 @@ class LocalSentinel:
     def _sentinels_agree(self) -> bool:
         try:
             for s in self.sentinels:
-                info = s.client.execute_command("SENTINEL", "MASTER", self.MASTER)
-                fields = dict(zip(info[::2], info[1::2]))
-                if int(fields[b"num-other-sentinels"]) < 2 or int(fields[b"num-slaves"]) < 1:
+                info = s.client.sentinel_master(self.MASTER)
+                if int(info["num-other-sentinels"]) < 2 or int(info["num-slaves"]) < 1:
                     return False
             return True
         except redis.RedisError:
