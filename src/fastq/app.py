@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from . import routing
 from ._speedups import current_request, new_task_id
@@ -14,6 +14,12 @@ from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
 from .workflow import note_child
+
+if TYPE_CHECKING:
+    from .task import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -35,6 +41,8 @@ class FastQ:
             self.conf.result_backend = backend
         #: Registered tasks by name.
         self.tasks: dict[str, Any] = {}
+        #: Names of tasks whose sends need more than the plain path (typed, unique).
+        self._special_tasks: set[str] = set()
         self._pid = os.getpid()
 
     # --- configuration ------------------------------------------------------
@@ -90,13 +98,24 @@ class FastQ:
 
     # --- tasks ----------------------------------------------------------------
 
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
         from .task import Task
 
         def register(fn: Callable) -> Task:
-            task = Task(self, fn, **options)
+            task: Task[Any, Any] = Task(self, fn, **options)
             self.tasks[task.name] = task
+            if task._special:
+                self._special_tasks.add(task.name)
+            else:
+                self._special_tasks.discard(task.name)
             return task
 
         if len(args) == 1 and callable(args[0]) and not options:
@@ -132,9 +151,19 @@ class FastQ:
         parent_id = parent.id if parent is not None else None
         root_id = (parent.root_id or parent.id) if parent is not None else None
         last_name, placement = None, None
+        special = self._special_tasks
         for sig in signatures:
             name = sig.task
             task = self.tasks.get(name)
+            own = sig.options and not _SPECIAL_OPTIONS.isdisjoint(sig.options)  # unique_key, debounce_key
+            if own or (special and name in special):
+                if own or task.unique:  # unique or debounced: its own atomic send (fastq.unique)
+                    results.append(task.apply_async(sig.args, sig.kwargs, **sig.options) if task is not None
+                                   else self._send(name, sig.args, sig.kwargs, dict(sig.options), None))
+                    continue
+                a, kw = task._typed.convert(sig.args, sig.kwargs)  # typed: convert, then batch as usual
+                sig = sig.clone()
+                sig.args, sig.kwargs = tuple(a), kw
             if sig.options:
                 msg, queue, priority, due = self._build(name, sig.args, sig.kwargs, dict(sig.options), task)
                 payload = self._encode(msg, task)
@@ -278,6 +307,10 @@ class FastQ:
     def _send(self, name: str, args, kwargs, options: dict, task):
         from .result import AsyncResult
 
+        if options and not _SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
+            from . import unique
+
+            return unique.send(self, name, args, kwargs, options, task)
         msg, queue, priority, due = self._build(name, args, kwargs, options, task)
         payload = self._encode(msg, task)
         self.broker.publish(queue, priority, self.serializer.field, payload, due)
@@ -320,8 +353,16 @@ def _message_options(options: dict) -> dict | None:
                 out[key] = value
     options.pop("serializer", None)
     if options:
+        special = sorted(_SPECIAL_OPTIONS.intersection(options))
+        if special:
+            raise TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
+                            f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
         raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(options))}")
     return out
+
+
+#: apply_async options of unique and debounced sends (fastq.unique).
+_SPECIAL_OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
 
 
 def _due_time(eta, countdown, t: float) -> float | None:

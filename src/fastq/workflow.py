@@ -354,6 +354,8 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
                 kw = {**kw, **kwargs}
         name = node["task"]
         task = app.tasks.get(name)
+        if task is not None and task._typed is not None:  # a typed step: its final arguments are known now
+            a, kw = task._typed.convert(a, kw)
         msg, queue, priority, due = app._build(name, a, kw, opts, task)
         out.append((queue, priority, due, app._encode(msg, task)))
         return
