@@ -353,12 +353,17 @@ def _message_options(options: dict) -> dict | None:
                 out[key] = value
     options.pop("serializer", None)
     if options:
-        special = sorted(_SPECIAL_OPTIONS.intersection(options))
-        if special:
-            raise TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
-                            f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
-        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(options))}")
+        raise unknown_options(options)
     return out
+
+
+def unknown_options(names: Iterable[str]) -> TypeError:
+    """The error for apply_async options that cannot be used where they were given."""
+    special = sorted(_SPECIAL_OPTIONS.intersection(names))
+    if special:
+        return TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
+                         f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
+    return TypeError(f"unknown apply_async option(s): {', '.join(sorted(names))}")
 
 
 #: apply_async options of unique and debounced sends (fastq.unique).

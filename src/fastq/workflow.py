@@ -120,7 +120,9 @@ def _check_options(opts: dict) -> None:
         _known_options = frozenset((*_SEND_OPTIONS, *_WORKER_OPTIONS))
     unknown = [k for k in opts if k not in _known_options]
     if unknown:
-        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
+        from .app import unknown_options
+
+        raise unknown_options(unknown)
 
 
 def _merge(own: dict, defaults: dict) -> dict:
