@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
 from tests.apps import typedapp
 
+from conftest import wait_for
 from fastq import FastQ
 from fastq.canvas import chain, group
 from fastq.exceptions import ImproperlyConfigured
