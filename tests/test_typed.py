@@ -152,8 +152,9 @@ def test_worker_converts_to_the_annotated_types(tapp, worker, serializer):
     assert rid.get(timeout=30) == [rid.id, 7, "int"]
 
 
-def test_bad_message_at_the_worker_fails_that_task_only(tapp, worker, redis_url, ledger):
-    w = worker("-P", "solo", app=APP)
+@pytest.mark.parametrize("pool", [["-P", "solo"], ["-P", "process", "-c", "2"]])
+def test_bad_message_at_the_worker_fails_that_task_only(tapp, worker, redis_url, ledger, pool):
+    w = worker(*pool, app=APP)
     # A producer that does not know the tasks sends by name with wrong types.
     other = FastQ("other", broker=redis_url)
     bad = other.send_task("typed.retrying", ["not a number"])

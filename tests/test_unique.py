@@ -136,8 +136,9 @@ def test_unique_for_expires_the_lock(uapp, r):
 # --- unique: the worker releases the lock -----------------------------------------------------------
 
 
-def test_released_after_success_then_a_new_run(uapp, worker, ledger, r):
-    worker("-P", "solo", app=APP)
+@pytest.mark.parametrize("pool", [["-P", "solo"], ["-P", "process", "-c", "2"], ["-P", "thread", "-c", "4"]])
+def test_released_after_success_then_a_new_run(uapp, worker, ledger, r, pool):
+    worker(*pool, app=APP)
     a = typedapp.record.apply_async(("runs", "x"), unique_key="again")
     assert a.get(timeout=30) == "x"
     wait_for(lambda: not r.exists(LOCK + "again"), 30, message="the lock to be released")
