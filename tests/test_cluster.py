@@ -16,10 +16,10 @@ import time
 
 import pytest
 import redis
-from conftest import ROOT, fastq_command, wait_for
-from topologies import LocalCluster
 
+from conftest import ROOT, fastq_command, wait_for
 from fastq.exceptions import BrokerError
+from topologies import LocalCluster
 
 pytestmark = pytest.mark.scale
 
@@ -57,8 +57,9 @@ def keys_per_master(cluster, pattern: str) -> dict[int, int]:
 
 
 def test_core_calls_results_and_workflows_on_a_cluster(cluster, capp, worker):
-    from fastq import chain, chord, group
     from tests.apps import basic
+
+    from fastq import chain, chord, group
 
     # Given a worker on the cluster
     cluster_worker(worker, cluster, "-c", "2")

@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
-from topologies import LocalSentinel, _Server, _start
 
+from conftest import wait_for
 from fastq.exceptions import BrokerError
+from topologies import LocalSentinel, _Server, _start
 
 pytestmark = pytest.mark.scale
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from . import routing
 from ._speedups import current_request, new_task_id
@@ -15,6 +15,12 @@ from .messages import Message, Serializer, now
 from .settings import Settings
 from .signals import before_task_publish
 from .workflow import note_child
+
+if TYPE_CHECKING:
+    from .task import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: before_task_publish's receivers (the list itself): empty unless an integration listens.
@@ -40,6 +46,8 @@ class FastQ:
         self.tasks: dict[str, Any] = {}
         #: The class ``@app.task`` makes (None: fastq.task.Task); ``@app.task(base=...)`` picks one per task.
         self.Task: type | None = None
+        #: Names of tasks whose sends need more than the plain path (typed, unique).
+        self._special_tasks: set[str] = set()
         self._pid = os.getpid()
 
     # --- configuration ------------------------------------------------------
@@ -97,6 +105,13 @@ class FastQ:
 
     # --- tasks ----------------------------------------------------------------
 
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
         from .task import Task
@@ -106,8 +121,12 @@ class FastQ:
             if not (isinstance(cls, type) and issubclass(cls, Task)):
                 raise TypeError(f"task {options.get('name') or fn.__qualname__!r}: base must be a subclass of "
                                 f"fastq.task.Task, not {cls!r}")
-            task = cls(self, fn, **options)
+            task: Task[Any, Any] = cls(self, fn, **options)
             self.tasks[task.name] = task
+            if task._special:
+                self._special_tasks.add(task.name)
+            else:
+                self._special_tasks.discard(task.name)
             return task
 
         if len(args) == 1 and callable(args[0]) and not options:
@@ -144,9 +163,19 @@ class FastQ:
         root_id = (parent.root_id or parent.id) if parent is not None else None
         last_name, placement = None, None
         hooks = _publish_hooks
+        special = self._special_tasks
         for sig in signatures:
             name = sig.task
             task = self.tasks.get(name)
+            own = sig.options and not _SPECIAL_OPTIONS.isdisjoint(sig.options)  # unique_key, debounce_key
+            if own or (special and name in special):
+                if own or task.unique:  # unique or debounced: its own atomic send (fastq.unique)
+                    results.append(task.apply_async(sig.args, sig.kwargs, **sig.options) if task is not None
+                                   else self._send(name, sig.args, sig.kwargs, dict(sig.options), None))
+                    continue
+                a, kw = task._typed.convert(sig.args, sig.kwargs)  # typed: convert, then batch as usual
+                sig = sig.clone()
+                sig.args, sig.kwargs = tuple(a), kw
             if sig.options:
                 msg, queue, priority, due = self._build(name, sig.args, sig.kwargs, dict(sig.options), task)
                 payload = self._encode(msg, task)
@@ -304,6 +333,10 @@ class FastQ:
     def _send(self, name: str, args, kwargs, options: dict, task):
         from .result import AsyncResult
 
+        if options and not _SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
+            from . import unique
+
+            return unique.send(self, name, args, kwargs, options, task)
         msg, queue, priority, due = self._build(name, args, kwargs, options, task)
         payload = self._encode(msg, task)
         self.broker.publish(queue, priority, self.serializer.field, payload, due)
@@ -346,8 +379,21 @@ def _message_options(options: dict) -> dict | None:
                 out[key] = value
     options.pop("serializer", None)
     if options:
-        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(options))}")
+        raise unknown_options(options)
     return out
+
+
+def unknown_options(names: Iterable[str]) -> TypeError:
+    """The error for apply_async options that cannot be used where they were given."""
+    special = sorted(_SPECIAL_OPTIONS.intersection(names))
+    if special:
+        return TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
+                         f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
+    return TypeError(f"unknown apply_async option(s): {', '.join(sorted(names))}")
+
+
+#: apply_async options of unique and debounced sends (fastq.unique).
+_SPECIAL_OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
 
 
 def _due_time(eta, countdown, t: float) -> float | None:

@@ -83,3 +83,17 @@ class WorkerLostError(FastQError):
 
 class TaskRevokedError(FastQError):
     """The task was revoked (or expired) and did not run."""
+
+
+class ValidationError(FastQError, TypeError, ValueError):
+    """The arguments of a typed task (``@app.task(typed=True)``) do not match
+    its annotations: raised when it is sent, or stored as the FAILURE of a
+    message that reached a worker with arguments it cannot convert.
+
+    ``task`` names the task and ``field`` the argument (None when the call
+    itself does not fit the signature, e.g. a missing argument)."""
+
+    def __init__(self, message: str = "", task: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.field = field

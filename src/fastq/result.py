@@ -16,13 +16,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import states
 from ._speedups import current_request, pack_command
 from .exceptions import TaskError
 from .exceptions import TimeoutError as FastQTimeout
 from .messages import ResultMeta, decode_result, encode_result
+
+#: The task's return type (``AsyncResult[int]``), for editors and mypy.
+R = TypeVar("R")
 
 #: Longest single blocking wait; a longer timeout waits in several.
 _WAIT_CHUNK = 5.0
@@ -202,7 +205,7 @@ class _ResultBase:
         return f"<{type(self).__name__}: {self.id}>"
 
 
-class AsyncResult(_ResultBase):
+class AsyncResult(_ResultBase, Generic[R]):
     """A handle to a task's result in the backend."""
 
     #: The result before this one: the previous step of a chain, the header of a
@@ -237,13 +240,18 @@ class AsyncResult(_ResultBase):
         return meta
 
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None,
-            disable_sync_subtasks: bool = True) -> Any:
+            disable_sync_subtasks: bool = True) -> R:
         """Wait for the task and return its value (re-raising its exception when
         ``propagate``). Raises fastq.exceptions.TimeoutError after ``timeout`` s."""
         _check_sync_subtask(disable_sync_subtasks)
         if self._cache is None:
             self._cache = self.backend.wait(self.id, timeout)
-        return self._outcome(self._cache, propagate)
+        value = self._outcome(self._cache, propagate)
+        if self.name is not None and self._cache.state == states.SUCCESS:
+            task = self.app.tasks.get(self.name)
+            if task is not None and task._typed is not None and task._typed.return_type is not None:
+                return task._typed.convert_result(value)  # a typed task's value as its annotation says
+        return value
 
     wait = get
 
@@ -253,7 +261,7 @@ class AsyncResult(_ResultBase):
         self.backend.forget(self.id)
 
 
-class EagerResult(_ResultBase):
+class EagerResult(_ResultBase, Generic[R]):
     """The result of a task run locally (``apply()`` or ``task_always_eager``)."""
 
     def __init__(self, id: str, meta: ResultMeta, name: str | None = None) -> None:  # noqa: A002
@@ -264,7 +272,7 @@ class EagerResult(_ResultBase):
     def _meta(self) -> ResultMeta:
         return self._cache
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> R:
         return self._outcome(self._cache, propagate)
 
     wait = get

@@ -7,12 +7,19 @@ import random
 import re
 import time
 import traceback
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import states
 from ._speedups import current_request
-from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
+from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry, ValidationError
+
+if TYPE_CHECKING:
+    from .result import AsyncResult
+
+#: The task function's parameters and return type (``Task[P, R]``), for editors and mypy.
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
 _PER = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -71,14 +78,19 @@ TASK_OPTIONS: dict[str, Any] = {
     "serializer": None,
     "send_error_emails": None,
     "typed": False,
+    "unique": False,
+    "unique_for": None,
     "base": None,
 }
 
 
-class Task:
-    """A registered task. Call it for a local call, ``delay()`` to send it."""
+class Task(Generic[P, R]):
+    """A registered task. Call it for a local call, ``delay()`` to send it.
 
-    def __init__(self, app, fn, **options: Any) -> None:
+    Generic in the function's parameters and return type: ``add.delay(1, 2)`` is
+    checked by mypy against ``add``'s signature and gives an ``AsyncResult[int]``."""
+
+    def __init__(self, app, fn: Callable[..., Any], **options: Any) -> None:
         unknown = set(options) - set(TASK_OPTIONS)
         name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
         if unknown:
@@ -116,8 +128,22 @@ class Task:
         self.expires = opts["expires"]
         self.send_error_emails = opts["send_error_emails"]
         self.typed = bool(opts["typed"])
+        self.unique = bool(opts["unique"])
+        self.unique_for = opts["unique_for"]
         self.is_async = inspect.iscoroutinefunction(fn)
         self._validate()
+        #: The argument converter of a typed task (fastq.typed), else None.
+        self._typed = None
+        if self.typed:
+            from .typed import TypedCall
+
+            self._typed = TypedCall(name, fn, self.bind)
+        if self.unique:
+            from .typed import call_signature
+
+            self._signature = call_signature(fn, self.bind)
+        #: True when a send needs more than the plain path (typed or unique tasks).
+        self._special = self.typed or self.unique
         #: What the worker calls: the function, bound to the task when bind=True.
         self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
         self._refresh()
@@ -131,6 +157,7 @@ class Task:
             and not self.soft_time_limit
             and self.rate is None
             and not self.is_async
+            and not self.typed  # the Executor converts the arguments first
         )
 
     def _validate(self) -> None:
@@ -153,10 +180,17 @@ class Task:
             for exc in getattr(self, opt):
                 if not (isinstance(exc, type) and issubclass(exc, BaseException)):
                     raise ImproperlyConfigured(f"{where}: {opt} entries must be exception classes, not {exc!r}")
+        if self.unique_for is not None:
+            from .unique import check_seconds
+
+            try:
+                check_seconds(self.unique_for, "unique_for", where)
+            except (TypeError, ValueError) as exc:
+                raise ImproperlyConfigured(str(exc)) from None
 
     # --- calling ----------------------------------------------------------------
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """A plain local call."""
         return self.run(*args, **kwargs)
 
@@ -166,21 +200,39 @@ class Task:
         req = current_request.get()
         return req if req is not None else _EMPTY_REQUEST
 
-    def delay(self, *args: Any, **kwargs: Any):
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task: ``add.delay(2, 2)`` -> AsyncResult."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> AsyncResult[R]:
         """Send the task with options (``queue``, ``countdown``, ``eta``, ``expires``,
-        ``priority``, ``task_id``, ``ignore_result``, ``link``, ``link_error`` ...)."""
+        ``priority``, ``task_id``, ``ignore_result``, ``link``, ``link_error``,
+        ``unique_key``/``unique_for``, ``debounce_key`` ...)."""
         app = self.app
+        if self._special:  # typed: convert the arguments; unique: derive the key
+            args, kwargs = self._prepare(args, kwargs, options)
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=options.get("task_id"))
         return app._send(self.name, args, kwargs, options, self)
 
+    def _prepare(self, args, kwargs, options: dict) -> tuple:
+        """What a send of a typed or unique task does first (raises ValidationError
+        for arguments that do not fit a typed task's annotations)."""
+        if self._typed is not None:
+            args, kwargs = self._typed.convert(args, kwargs)
+        if self.unique:
+            from .unique import prepare
+
+            prepare(self, args, kwargs, options)
+        return args, kwargs
+
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""
         from .worker.eager import run_eagerly
+
+        if self._typed is not None:
+            args, kwargs = self._typed.convert(args, kwargs)
 
         return run_eagerly(self, list(args or ()), dict(kwargs or {}), task_id, options)
 
@@ -291,6 +343,7 @@ class Task:
             bool(self.autoretry_for)
             and isinstance(exc, self.autoretry_for)
             and not isinstance(exc, self.dont_autoretry_for)
+            and not isinstance(exc, ValidationError)  # bad arguments stay bad: never retried
         )
 
     def __repr__(self) -> str:

@@ -120,7 +120,9 @@ def _check_options(opts: dict) -> None:
         _known_options = frozenset((*_SEND_OPTIONS, *_WORKER_OPTIONS))
     unknown = [k for k in opts if k not in _known_options]
     if unknown:
-        raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
+        from .app import unknown_options
+
+        raise unknown_options(unknown)
 
 
 def _merge(own: dict, defaults: dict) -> dict:
@@ -354,6 +356,8 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
                 kw = {**kw, **kwargs}
         name = node["task"]
         task = app.tasks.get(name)
+        if task is not None and task._typed is not None:  # a typed step: its final arguments are known now
+            a, kw = task._typed.convert(a, kw)
         msg, queue, priority, due = app._build(name, a, kw, opts, task)
         out.append((queue, priority, due, app._encode(msg, task)))
         return

@@ -33,7 +33,7 @@ class Scripts:
     """The broker's scripts, by name."""
 
     NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
-             "beat_lock", "beat_release", "beat_send", "chord_done")
+             "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce")
 
     def __init__(self) -> None:
         for name in self.NAMES:

@@ -14,11 +14,11 @@ import time
 
 import msgspec
 
-from .. import signals, states, workflow
+from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
 from ..broker.keys import GROUP
 from ..broker.scripts import SCRIPTS
-from ..exceptions import NotRegistered, Reject, Retry
+from ..exceptions import NotRegistered, Reject, Retry, ValidationError
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..result import pack_store
 from ..task import format_exception
@@ -134,6 +134,7 @@ class Executor:
             workflow.on_failure(self, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
+        unique.release(msg, out)
         if self.events:
             out.event("task-rejected", msg.id, msg.task, None, {"reason": "unknown_task"})
 
@@ -147,6 +148,13 @@ class Executor:
         if msg.id in self.revoked:
             self._revoked(d, msg, out, "revoked")
             return
+        args, kwargs = msg.args, msg.kwargs
+        if task._typed is not None:  # the annotated types, or the task fails now (never retried)
+            try:
+                args, kwargs = task._typed.convert(args, kwargs)
+            except ValidationError as exc:
+                self.failed(task, d, msg, exc, 0.0, out)
+                return
         if self.limiter is not None and (task.rate or self.queue_of[d.stream] in self.limiter.limited_queues):
             wait = self.limiter.acquire(task, self.queue_of[d.stream])
             if wait > 0:
@@ -171,7 +179,7 @@ class Executor:
         t0 = time.perf_counter()
         try:
             with SoftLimit(soft):
-                retval = task.run(*msg.args, **msg.kwargs)
+                retval = task.run(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - a task may raise anything
             if hard and self.slot is not None:
                 write_deadline(self.slot, 0.0)
@@ -207,6 +215,7 @@ class Executor:
             out.add_result(pack_command((b"EXPIRE", key, self.expires)), 1)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
             workflow.on_success(self, msg, retval, out)
+            unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-succeeded", msg.id, msg.task, runtime, None)
@@ -223,6 +232,7 @@ class Executor:
         self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
         if msg.options:
             workflow.on_failure(self, msg, error, None, out)
+            unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
 
     def failed(self, task, d, msg, exc: BaseException, runtime: float, out) -> None:
@@ -238,6 +248,7 @@ class Executor:
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
                 workflow.on_failure(self, msg, exc, None, out)
+                unique.release(msg, out)
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
             if self.events:
                 out.event("task-rejected", msg.id, msg.task, runtime, {"reason": "rejected"})
@@ -253,6 +264,7 @@ class Executor:
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
         if opts:  # errbacks, the rest of the chain and the chord fail: before the ack
             workflow.on_failure(self, msg, exc, tb, out)
+            unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-failed", msg.id, msg.task, runtime, {"exception": f"{type(exc).__name__}: {exc}"[:500]})
@@ -310,6 +322,7 @@ class Executor:
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         if msg.options:
             workflow.on_failure(self, msg, TaskRevokedError(reason), None, out)
+            unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-revoked", msg.id, msg.task, None, {"reason": reason})

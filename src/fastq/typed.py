@@ -1,0 +1,118 @@
+"""Typed tasks (``@app.task(typed=True)``): arguments checked against the
+function's annotations with msgspec.
+
+At registration each parameter gets its msgspec type (``*args: T`` becomes
+``tuple[T, ...]``, ``**kwargs: T`` becomes ``dict[str, T]``, no annotation is
+``Any``); an annotation msgspec cannot handle is refused then. A send converts
+the arguments (``msgspec.convert``: a dict for a dataclass parameter becomes the
+dataclass, a wrong type raises ``ValidationError`` naming the task and the
+argument) before anything reaches Redis; msgspec then encodes them. The worker
+converts the decoded arguments back into the annotated types (a datetime sent
+as JSON arrives as a string, a dataclass as a dict) before the call, and a
+message that does not convert fails that task with ``ValidationError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+import msgspec
+
+from .exceptions import ImproperlyConfigured, ValidationError
+
+_POSITIONAL = inspect.Parameter.VAR_POSITIONAL
+_KEYWORD = inspect.Parameter.VAR_KEYWORD
+
+
+def call_signature(fn, bind: bool) -> inspect.Signature:
+    """The signature a caller sees (without the task itself for ``bind=True``)."""
+    sig = inspect.signature(fn)
+    if bind:
+        params = list(sig.parameters.values())[1:]
+        sig = sig.replace(parameters=params)
+    return sig
+
+
+def _unsupported(tp: Any) -> str | None:
+    """Why msgspec cannot encode and convert ``tp`` back (None when it can):
+    fastq has no encode/decode hooks, so any class msgspec does not know is out."""
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except Exception as exc:  # noqa: BLE001 - msgspec raises TypeError (and others) for what it rejects
+        return str(exc)
+    seen: set[int] = set()
+    todo: list[Any] = [info]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType):
+            return f"{node.cls.__qualname__} is not a type msgspec knows (use a dataclass, msgspec.Struct, ...)"
+        if isinstance(node, (msgspec.inspect.Type, msgspec.inspect.Field)):
+            for field in msgspec.structs.fields(node):
+                todo.append(getattr(node, field.name))
+        elif isinstance(node, (tuple, list)):
+            todo.extend(node)
+    return None
+
+
+class TypedCall:
+    """One task's argument converter, built once at registration."""
+
+    __slots__ = ("name", "return_type", "signature", "types")
+
+    def __init__(self, name: str, fn, bind: bool) -> None:
+        self.name = name
+        self.signature = call_signature(fn, bind)
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except Exception as exc:  # noqa: BLE001 - NameError, TypeError... from the annotations
+            raise ImproperlyConfigured(f"task {name!r}: typed=True, but its annotations cannot be resolved: {exc}") from None
+        #: parameter name -> the msgspec type its value converts to
+        self.types: dict[str, Any] = {}
+        for p in self.signature.parameters.values():
+            tp = hints.get(p.name, Any)
+            if p.kind is _POSITIONAL:
+                tp = tuple[tp, ...]
+            elif p.kind is _KEYWORD:
+                tp = dict[str, tp]
+            problem = _unsupported(tp)
+            if problem:
+                raise ImproperlyConfigured(
+                    f"task {name!r}: typed=True, but argument {p.name!r} has an annotation msgspec cannot convert: {problem}"
+                )
+            self.types[p.name] = tp
+        ret = hints.get("return", Any)
+        if _unsupported(ret):  # results of such a type are returned as decoded
+            ret = Any
+        #: what ``AsyncResult.get()`` converts a stored result into (Any: as decoded)
+        self.return_type = None if ret is Any or ret is None or ret is type(None) else ret
+
+    def convert(self, args, kwargs) -> tuple[list, dict]:
+        """``(args, kwargs)`` converted to the annotated types; raises ValidationError."""
+        try:
+            bound = self.signature.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise ValidationError(f"task {self.name!r}: {exc}", self.name, None) from None
+        arguments = bound.arguments
+        types = self.types
+        for key, value in arguments.items():
+            try:
+                arguments[key] = msgspec.convert(value, types[key])
+            except msgspec.ValidationError as exc:
+                detail = str(exc).replace("`$", f"`{key}")  # "- at `$.x`" -> "- at `p.x`"
+                raise ValidationError(f"task {self.name!r}: argument {key!r}: {detail}", self.name, key) from None
+        return list(bound.args), bound.kwargs
+
+    def convert_result(self, value: Any) -> Any:
+        """A stored return value as the annotated return type (as decoded when it does not convert)."""
+        try:
+            return msgspec.convert(value, self.return_type)
+        except msgspec.ValidationError:
+            return value
+
+
+__all__ = ["TypedCall", "ValidationError", "call_signature"]

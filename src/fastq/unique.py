@@ -1,0 +1,204 @@
+"""Unique and debounced sends.
+
+Unique: ``apply_async(unique_key="report:42", unique_for=600)`` (or
+``@app.task(unique=True)``, which derives the key from the task name and its
+arguments). ``unique_publish.lua`` takes the lock ``<prefix>{queue}:u:<key>``
+(SET with the task id) and sends the message in one step, or answers with the
+id of the task holding the lock, so a second send while the first waits, is
+delayed or runs returns the first one's AsyncResult and sends nothing. The
+message carries the lock's name in ``options["unique"]``; the worker frees the
+lock in the flush that acks the message (``release``) when the task ends for
+good: success, failure, rejection, revocation or expiry. A task waiting for a
+retry keeps it. ``unique_for`` seconds after the send the lock expires anyway
+(a lost worker, a message dead-lettered by the reaper, a purged queue).
+
+Debounce: ``apply_async(debounce_key="reindex:7", countdown=5)``. Sends of one
+key within the window collapse into one run with the latest arguments, due
+``countdown`` seconds after the latest send (``debounce.lua``, over the queue's
+delayed set and the record ``<prefix>{queue}:db:<key>``). Every send of a
+window returns the same id.
+
+Both keys carry the queue's hash tag: a key is unique per queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import msgspec
+
+from ._speedups import current_request, pack_command
+from .broker.scripts import SCRIPTS
+
+#: apply_async options handled here (app._send hands calls with any of them over).
+OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
+#: Lock lifetime when neither the call nor the task says (seconds).
+DEFAULT_UNIQUE_FOR = 3600.0
+#: A debounce record outlives its due time by this much (seconds): a pending
+#: message is found through it, so it must last as long as workers may be away.
+DEBOUNCE_RECORD_TTL = 86400
+
+_hash_encode = msgspec.msgpack.Encoder(order="sorted").encode
+
+
+def lock_key(prefix: str, queue: str, key: str) -> str:
+    return f"{prefix}{{{queue}}}:u:{key}"
+
+
+def debounce_record_key(prefix: str, queue: str, key: str) -> str:
+    return f"{prefix}{{{queue}}}:db:{key}"
+
+
+# --- checking options --------------------------------------------------------------------
+
+
+def check_key(value: Any, option: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {option} must be a non-empty string, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{where}: {option} must be a non-empty string, not ''")
+    return value
+
+
+def check_seconds(value: Any, option: str, where: str) -> float:
+    """A positive number of seconds."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{where}: {option} must be a positive number of seconds, not {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{where}: {option} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def derived_key(task, args, kwargs) -> str:
+    """The unique key of ``@app.task(unique=True)``: the task name and a hash of
+    its arguments, bound to the signature (``f(1)``, ``f(x=1)`` and, with a default
+    ``y=2``, ``f(1, 2)`` are one call); the encoding sorts dict keys."""
+    try:
+        bound = task._signature.bind(*(args or ()), **(kwargs or {}))
+    except TypeError:
+        data: Any = [list(args or ()), dict(kwargs or {})]  # a bad call: the worker will say so
+    else:
+        bound.apply_defaults()
+        data = bound.arguments
+    try:
+        blob = _hash_encode(data)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"task {task.name!r}: arguments cannot be serialized for the unique key: {exc}") from None
+    return f"{task.name}:{hashlib.sha256(blob).hexdigest()[:32]}"
+
+
+def prepare(task, args, kwargs, options: dict) -> None:
+    """``@app.task(unique=True)``: add the derived key to a send's options
+    (unless the call gives its own key, or debounces)."""
+    if options.get("unique_key") is None and options.get("debounce_key") is None:
+        options["unique_key"] = derived_key(task, args, kwargs)
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+def send(app, name: str, args, kwargs, options: dict, task):
+    """``app._send`` for a call with unique/debounce options."""
+    where = f"task {name!r}"
+    unique_key = options.pop("unique_key", None)
+    unique_for = options.pop("unique_for", None)
+    debounce = options.pop("debounce_key", None)
+    if debounce is not None:
+        if unique_key is not None:
+            raise ValueError(f"{where}: unique_key and debounce_key cannot be combined")
+        if unique_for is not None:
+            raise ValueError(f"{where}: unique_for is an option of unique_key, not of debounce_key")
+        return _send_debounced(app, name, args, kwargs, options, task, check_key(debounce, "debounce_key", where))
+    if unique_key is None:
+        if unique_for is not None:
+            raise ValueError(f"{where}: unique_for needs unique_key (or @app.task(unique=True))")
+        return app._send(name, args, kwargs, options, task)
+    key = check_key(unique_key, "unique_key", where)
+    if unique_for is None:
+        unique_for = getattr(task, "unique_for", None) or DEFAULT_UNIQUE_FOR
+    ttl = check_seconds(unique_for, "unique_for", where)
+    return _send_unique(app, name, args, kwargs, options, task, key, ttl)
+
+
+def _send_unique(app, name, args, kwargs, options, task, key: str, ttl: float):
+    msg, queue, priority, due = app._build(name, args, kwargs, options, task)
+    broker = app.broker
+    lock = lock_key(broker.keys.prefix, queue, key)
+    msg.options = {**(msg.options or {}), "unique": lock}
+    payload = app._encode(msg, task)
+    qk = broker.keys.queue(queue)
+    field = app.serializer.field
+    if due is None:
+        target, due_ms, a4, a5 = qk.streams[priority], 0, field, payload
+    else:
+        target, due_ms, a4, a5 = qk.delayed, math.ceil(due * 1000), field + b"%d" % priority + payload, b""
+    cmds = [pack_command((b"EVALSHA", SCRIPTS.unique_publish.sha_bytes, 2, lock, target,
+                          msg.id, max(1, math.ceil(ttl * 1000)), due_ms, a4, a5))]
+    reg = broker._register_queue_cmd(queue)
+    if reg is not None:
+        cmds.append(reg)
+    holder = _text(broker.execute_packed(cmds)[0])
+    return _result(app, msg, holder, name)
+
+
+def _send_debounced(app, name, args, kwargs, options, task, key: str):
+    where = f"task {name!r}"
+    countdown = options.get("countdown")
+    if countdown is None:
+        raise ValueError(f"{where}: debounce_key needs countdown= (the debounce window, in seconds)")
+    window = check_seconds(countdown, "countdown", where)
+    if options.get("eta") is not None:
+        raise ValueError(f"{where}: debounce_key takes countdown= (the window), not eta=")
+    if options.get("task_id") is not None:
+        raise ValueError(f"{where}: debounce_key cannot be combined with task_id: the sends of a window share one id")
+    msg, queue, priority, due = app._build(name, args, kwargs, options, task)
+    payload = app._encode(msg, task)
+    broker = app.broker
+    qk = broker.keys.queue(queue)
+    member = app.serializer.field + b"%d" % priority + payload
+    offset = 2 + payload.find(msg.id.encode())  # the id is the envelope's first field
+    record = debounce_record_key(broker.keys.prefix, queue, key)
+    record_ttl = math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000)
+    cmds = [pack_command((b"EVALSHA", SCRIPTS.debounce.sha_bytes, 2, record, qk.delayed,
+                          msg.id, math.ceil(due * 1000), member, offset, record_ttl))]
+    reg = broker._register_queue_cmd(queue)
+    if reg is not None:
+        cmds.append(reg)
+    holder = _text(broker.execute_packed(cmds)[0])
+    return _result(app, msg, holder, name)
+
+
+def _text(reply) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _result(app, msg, task_id: str, name: str):
+    from .result import AsyncResult
+
+    if task_id != msg.id:  # not sent: the running task's children list names the one that was
+        parent = current_request.get()
+        ids = getattr(parent, "_extra", None) if parent is not None else None
+        if ids and msg.id in ids:
+            ids[ids.index(msg.id)] = task_id
+    result: AsyncResult[Any] = AsyncResult(task_id, app=app, task_name=name)
+    if msg.parent_id is not None:
+        result.parent = AsyncResult(msg.parent_id, app=app)
+    return result
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+
+def release(msg, out) -> None:
+    """The message's task ended for good: free its unique lock in the same flush
+    as its ack (a no-op for other messages)."""
+    opts = msg.options
+    if opts:
+        lock = opts.get("unique")
+        if lock:
+            out.add_command(pack_command((b"EVALSHA", SCRIPTS.unique_release.sha_bytes, 1, lock, msg.id)), 1)
+
+
+__all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "derived_key", "lock_key", "release", "send"]
