@@ -53,7 +53,10 @@ class RedisBroker:
             # RESP2: replies are plain arrays, the shape the hot path parses.
             "protocol": 2,
         }
-        self.client = self.new_client()
+        try:
+            self.client = self.new_client()
+        except RedisClusterException as exc:  # a cluster client connects at once to learn the slots
+            raise BrokerError(f"Redis Cluster at {safe_url(url)} is unreachable: {exc}") from exc
         self.wait_replicas = int(conf.get("broker_wait_replicas") or 0)
         self.wait_timeout = float(conf.get("broker_wait_timeout") or 1.0)
         self._local = threading.local()
