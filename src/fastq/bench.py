@@ -94,6 +94,67 @@ def private_redis() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def private_cluster(masters: int) -> Iterator[str]:
+    """A throwaway Redis Cluster of ``masters`` masters (no replicas) on free
+    loopback ports, slots split evenly; yields its ``redis+cluster://`` URL."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise click.ClickException("no redis-server on PATH: install Redis or pass --broker URL")
+    tmp = tempfile.mkdtemp(prefix="fastq-bench-cluster-")
+    ports = [_free_cluster_port() for _ in range(masters)]
+    procs = [subprocess.Popen([exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                               "--cluster-config-file", f"nodes-{p}.conf", "--save", "", "--appendonly", "no",
+                               "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    try:
+        clients = [redis.Redis(port=p, socket_timeout=5) for p in ports]
+        _wait(lambda: all(_pings(c) for c in clients), "the cluster's redis-servers to start")
+        step = 16384 // masters
+        for i, c in enumerate(clients):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, 16383 if i == masters - 1 else (i + 1) * step - 1)
+            if i:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
+        _wait(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") and
+                          len(c.execute_command("CLUSTER", "NODES").splitlines()) == masters for c in clients),
+              "the cluster to form")
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 10000))
+            return port
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _wait(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def _check_broker(url: str) -> None:
     from .exceptions import BrokerError
 
