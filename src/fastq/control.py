@@ -701,7 +701,8 @@ class ChildAgent:
         if self.counts is not None:
             self.counts[0] = c.processed
             self.counts[1] = getattr(c.executor, "failures", 0)
-            self.counts[2] = 0 if c.runner.current is None else 1
+            busy = getattr(c, "busy", None)  # an AsyncConsumer runs many at once
+            self.counts[2] = busy() if busy is not None else (0 if c.runner.current is None else 1)
         self.revokes.prune()
         if time.monotonic() - self._synced > 30:  # pub/sub can drop a message while reconnecting
             self._synced = time.monotonic()

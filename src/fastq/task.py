@@ -157,7 +157,7 @@ class Task:
     # --- calling ----------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """A plain local call."""
+        """A plain local call (for an ``async def`` task: the coroutine, to await)."""
         return self.run(*args, **kwargs)
 
     @property
@@ -177,6 +177,19 @@ class Task:
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=options.get("task_id"))
         return app._send(self.name, args, kwargs, options, self)
+
+    async def delay_async(self, *args: Any, **kwargs: Any):
+        """``await add.delay_async(2, 2)``: ``delay()`` for async code (the event loop
+        is not blocked while the message is sent). Returns an AsyncResult."""
+        return await self.apply_async_async(args, kwargs)
+
+    async def apply_async_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+        """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for
+        async code, with the same options. In eager mode the task runs here (a
+        coroutine task on the caller's loop)."""
+        from .aio import send
+
+        return await send(self.app, self.name, args, kwargs, options, self)
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""
