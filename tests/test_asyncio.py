@@ -17,7 +17,8 @@ from tests.apps import asyncapp
 from conftest import wait_for
 from fastq import states
 from fastq.events import unpack_entry
-from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, TimeoutError as FastQTimeout
+from fastq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from fastq.exceptions import TimeoutError as FastQTimeout
 
 APP = "tests.apps.asyncapp:app"
 STREAM = "fastq:{default}:s"
@@ -406,3 +407,30 @@ def test_bad_concurrency_options_are_clear_cli_errors(aapp, worker, args, messag
     w = worker(*args, app=APP, wait=False)
     assert w.proc.wait(30) == 2
     assert message in w.log()
+
+
+@pytest.mark.timeout(300)
+def test_redis_restart_mid_run_loses_nothing(aapp, worker, ledger, redis_server, redis_url):
+    # Given a private Redis (AOF, fsync always) and an asyncio worker running 2,000 coroutines
+    server = redis_server("--appendonly", "yes", "--appendfsync", "always")
+    aapp.conf.broker_url = server.url
+    aapp._reset()
+    try:
+        broker = __import__("redis").Redis.from_url(server.url)
+        w = worker("-P", "asyncio", "-c", "100", "--lease-timeout", "5", app=APP, broker=server.url)
+        n, key = 2000, _key()
+        aapp.send_many(asyncapp.record.s(key, str(i), 0.2) for i in range(n))
+        # When Redis is SIGKILLed with some done, and restarted 1 s later
+        wait_for(lambda: ledger.hlen(key) >= n // 4, 120, message="a quarter done")
+        server.kill()
+        time.sleep(1)
+        server.start()
+        # Then the worker reconnects and every task runs
+        wait_for(lambda: ledger.hlen(key) >= n, 180, 0.1, message=f"all tasks to run ({ledger.hlen(key)}/{n})")
+        wait_for(lambda: _pending(broker) == 0 and broker.xlen(STREAM) == 0, 60, message="all acked")
+        assert broker.xlen("fastq:{default}:dlq") == 0
+        assert w.proc.poll() is None
+        assert "Reconnected" in w.log()
+    finally:
+        aapp.conf.broker_url = redis_url
+        aapp._reset()

@@ -389,7 +389,9 @@ def test_every_key_is_under_the_prefix_and_queue_keys_share_a_hash_tag(app, work
 
 # --- bad input: clear errors, nothing lost, the worker never crashes -----------------------------
 
-POOLS = [pytest.param(("-P", "solo"), id="solo"), pytest.param(("-P", "process", "-c", "1"), id="process")]
+POOLS = [pytest.param(("-P", "solo"), id="solo"), pytest.param(("-P", "process", "-c", "1"), id="process"),
+         pytest.param(("-P", "asyncio", "-c", "10"), id="asyncio"),
+         pytest.param(("-P", "process", "-c", "1", "--async-concurrency", "10"), id="process-async")]
 
 
 @pytest.mark.parametrize("pool", POOLS)

@@ -157,6 +157,7 @@ class AsyncConsumer:
         self._pending_outs: list[tuple] = []  #: (Output, entry ids) taken, not yet confirmed
         self._rr = 0
         self._warned = False
+        self._recover_soon = False  #: re-read our held entries at the next fetch
         self._threads: ThreadPoolExecutor | None = None
         kw = dict(self.broker._kwargs)
         self._fetch_ch = _AsyncChannel(self.broker.url, {**kw, "socket_timeout": self.block_ms / 1000 + 10})
@@ -245,7 +246,8 @@ class AsyncConsumer:
                     await self._wake.wait()
                 continue
             try:
-                if recover:
+                if recover or self._recover_soon:
+                    self._recover_soon = False
                     batch = await self._recover()
                     recover = False
                 else:
@@ -336,18 +338,21 @@ class AsyncConsumer:
             log.warning("Lost connection to Redis at %s (%s); retrying with backoff", safe_url(self.broker.url), exc)
             self._warned = True
 
-    def _release(self, deliveries: list) -> None:
-        """Hand back unstarted messages to the front of their queue."""
+    def _release(self, deliveries: list) -> bool:
+        """Hand back unstarted messages to the front of their queue; False if Redis
+        could not be reached (they stay held by this consumer)."""
         by_stream: dict[str, list] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
+        ok = True
         for stream, ids in by_stream.items():
             try:
                 self.broker.release(stream, self.executor.queue_of[stream], self.name, ids)
-            except CONNECTION_ERRORS:  # the lease returns them
-                pass
+            except CONNECTION_ERRORS:
+                ok = False
         if deliveries:
             log.info("Handed back %d unstarted message(s)", len(deliveries))
+        return ok
 
     def _hand_back_rest(self) -> None:
         """At the end: anything still held (a fetch that came back as we stopped) goes back."""
@@ -374,6 +379,7 @@ class AsyncConsumer:
         d = run.d
         ex = self.executor
         out = self.out
+        handed_back = False
         try:
             if len(d.payload) > self.max_size:
                 ex.too_large(d, out, self.max_size)
@@ -396,12 +402,16 @@ class AsyncConsumer:
         except asyncio.CancelledError:
             raise  # the loop is going away: not acked, the lease returns it
         except Exception:
-            # A bug of ours, not the task's: hand the message back rather than hold it forever.
+            # Not the task's failure (e.g. Redis went away during a rate-limit claim):
+            # hand the message back; if that fails too, the next recovery runs it again.
             log.exception("Running message %s failed; handing it back", d.entry_id.decode())
-            self._release([d])
+            handed_back = True
+            if not self._release([d]):
+                self._recover_soon = True
         finally:
+            if not handed_back:  # its writes are in the output: not to be recovered meanwhile
+                self._done_ids.append(d.entry_id)
             self.running.pop(d.entry_id, None)
-            self._done_ids.append(d.entry_id)
             self.processed += 1
             self._wake.set()
             self._dirty.set()
