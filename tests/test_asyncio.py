@@ -231,6 +231,22 @@ def test_events_are_published_for_coroutines(aapp, worker, r):
              30, message="the task events")
 
 
+def test_workflows_of_coroutine_and_sync_tasks(aapp, worker):
+    # Given an asyncio worker
+    from fastq import chain, chord, group
+
+    worker("-P", "asyncio", "-c", "20", app=APP)
+    # Then chains, groups and chords of coroutine and sync tasks work as for sync tasks
+    assert chain(asyncapp.add.s(1, 1), asyncapp.sync_add.s(2), asyncapp.add.s(3)).apply_async().get(timeout=30) == 7
+    assert group(asyncapp.add.s(i, i) for i in range(5)).apply_async().get(timeout=30) == [0, 2, 4, 6, 8]
+    total = chord((asyncapp.sleep.s(0.2, i) for i in range(10)), asyncapp.sum_of.s()).apply_async()
+    assert total.get(timeout=30) == 45
+    # ... and map, starmap and chunks of a coroutine task
+    assert asyncapp.add.starmap([(1, 2), (3, 4)]).apply_async().get(timeout=30) == [3, 7]
+    assert asyncapp.sum_of.map([[1, 2], [3]]).apply_async().get(timeout=30) == [3, 3]
+    assert asyncapp.add.chunks(zip(range(5), range(5)), 2).apply_async().get(timeout=30) == [[0, 2], [4, 6], [8]]
+
+
 # --- producers in async code ---------------------------------------------------------------
 
 

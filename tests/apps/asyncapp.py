@@ -137,3 +137,9 @@ async def early(value):
 async def started(seconds):
     await asyncio.sleep(seconds)
     return "done"
+
+
+@app.task(name="aio.sum_of")
+async def sum_of(values):
+    await asyncio.sleep(0)
+    return sum(values)
