@@ -132,7 +132,7 @@ def test_hard_time_limit_fails_a_coroutine_that_ignores_cancellation(aapp, worke
     with pytest.raises(TimeLimitExceeded):
         res.get(timeout=30)
     assert ledger.hget(key, "cancelled") == b"1"
-    assert _pending(aapp.broker.client) == 0
+    wait_for(lambda: _pending(aapp.broker.client) == 0, 30, message="the message acked")
     assert w.proc.poll() is None
 
 
@@ -180,7 +180,7 @@ def test_acks_late_false_and_track_started_for_coroutines(aapp, worker, r):
     # Then STARTED is seen while it runs, SUCCESS after
     wait_for(lambda: res.state == states.STARTED, 30, message="STARTED")
     assert res.get(timeout=30) == "done"
-    assert _pending(r) == 0
+    wait_for(lambda: _pending(r) == 0, 30, message="both acked")
 
 
 def test_revoke_and_revoke_with_terminate_of_coroutines(aapp, worker):
@@ -360,10 +360,10 @@ def test_eager_mode_runs_coroutine_tasks_to_completion(aapp, ledger):
 
 
 def test_sigkilled_asyncio_worker_loses_nothing(aapp, worker, ledger, r):
-    # Given an asyncio worker with a 2 s lease running 30 coroutines of 4 s each
+    # Given an asyncio worker with a 2 s lease running 30 coroutines of 6 s each
     a = worker("-P", "asyncio", "-c", "50", "--lease-timeout", "2", app=APP)
     key = _key()
-    aapp.send_many(asyncapp.record.s(key, str(i), 4) for i in range(30))
+    aapp.send_many(asyncapp.record.s(key, str(i), 6) for i in range(30))
     wait_for(lambda: _pending(r) == 30, 30, message="all 30 in flight")
     # When the worker is SIGKILLed mid-run
     a.kill_all()
@@ -389,7 +389,7 @@ def test_warm_shutdown_finishes_running_coroutines(aapp, worker, r):
     assert w.proc.wait(30) == 0
     assert [res.get(timeout=10) for res in results] == list(range(5))
     assert waiting.state == states.PENDING
-    assert _pending(r) == 0
+    wait_for(lambda: _pending(r) == 0, 30, message="nothing held")
 
 
 # --- coroutine tasks in the sync pools; bad input ------------------------------------------------
