@@ -194,10 +194,34 @@ def test_revoke_and_revoke_with_terminate_of_coroutines(aapp, worker):
     # When a running coroutine is revoked with terminate=True
     running = asyncapp.started.delay(60)
     wait_for(lambda: running.state == states.STARTED, 30, message="STARTED")
+    # (inspect lists it as active, with the other running coroutines)
+    others = [asyncapp.sleep.delay(60) for _ in range(2)]
+    wait_for(lambda: {t["id"] for ts in aapp.control.inspect(timeout=2).active().values() for t in ts}
+             >= {running.id, *(o.id for o in others)}, 30, message="inspect().active() to list the coroutines")
     aapp.control.revoke(running.id, terminate=True)
     # Then it is cancelled and ends REVOKED, long before it would have finished
     wait_for(lambda: running.state == states.REVOKED, 30, message="terminated task REVOKED")
     assert asyncapp.add.delay(2, 2).get(timeout=30) == 4
+    assert not any(o.ready() for o in others)
+
+
+def test_pool_grow_and_shrink_change_the_coroutines_at_once(aapp, worker):
+    # Given an asyncio worker with 2 slots, both busy
+    w = worker("-P", "asyncio", "-c", "2", app=APP)
+    busy = [asyncapp.sleep.delay(60) for _ in range(2)]
+    wait_for(lambda: aapp.broker.queue_stats("default")["in_flight"] == 2, 30, message="2 running")
+    waiting = asyncapp.add.delay(1, 1)
+    # When the pool grows by 3
+    (reply,) = aapp.control.pool_grow(3, reply=True, timeout=5)
+    assert reply[w.name] == {"ok": "pool will grow to 5"}
+    # Then the waiting task runs at once
+    assert waiting.get(timeout=30) == 2
+    stats = aapp.control.inspect(timeout=2).stats()[w.name]
+    assert stats["pool"]["max-concurrency"] == 5 and stats["active"] == 2
+    # ... and shrinking never goes below one
+    (reply,) = aapp.control.pool_shrink(10, reply=True, timeout=5)
+    assert reply[w.name] == {"ok": "pool will shrink to 1"}
+    assert not any(b.ready() for b in busy)
 
 
 def test_rate_limit_applies_to_coroutines(aapp, worker, ledger):

@@ -165,8 +165,9 @@ class Control:
         """Revoke tasks: a worker that gets one of them stores REVOKED instead of
         running it. The ids are kept in Redis for ``worker_revoke_expires`` seconds
         (or ``expires``), so workers started later know them too. ``terminate=True``
-        also kills the pool process running the task (process pool only; the
-        message is then handed back, and recorded as REVOKED when seen again)."""
+        also kills the pool process running the task (process pool; the
+        message is then handed back, and recorded as REVOKED when seen again), or
+        cancels the coroutine running it (``-P asyncio``: recorded as REVOKED)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         app = self.app
         keys = app.broker.keys
