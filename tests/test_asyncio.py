@@ -474,3 +474,13 @@ def test_redis_restart_mid_run_loses_nothing(aapp, worker, ledger, redis_server,
     finally:
         aapp.conf.broker_url = redis_url
         aapp._reset()
+
+
+def test_max_tasks_per_child_recycles_event_loop_children(aapp, worker):
+    # Given a process pool child running an event loop, replaced after 10 tasks
+    worker("-P", "process", "-c", "1", "--async-concurrency", "5", "--max-tasks-per-child", "10", app=APP)
+    # When 30 tasks run
+    results = [asyncapp.who.delay() for _ in range(30)]
+    pids = {r.get(timeout=60)["pid"] for r in results}
+    # Then all succeed, in at least 3 successive children
+    assert len(pids) >= 3
