@@ -250,7 +250,8 @@ def test_parent_restarts_a_child_that_dies(app, worker):
 # --- shutdown ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pool", "sig"), [("solo", signal.SIGTERM), ("process", signal.SIGINT)])
+@pytest.mark.parametrize(("pool", "sig"), [("solo", signal.SIGTERM), ("process", signal.SIGINT),
+                                           ("asyncio", signal.SIGTERM)])
 def test_warm_shutdown_finishes_the_running_task_and_exits_0(app, worker, r, pool, sig):
     # Given a worker running a task, with another message waiting behind it
     w = worker("-P", pool, "--concurrency", "1", app=EXTRA)
@@ -282,7 +283,7 @@ def test_warm_shutdown_of_an_idle_worker_exits_0(worker):
     assert w.proc.wait(30) == 0
 
 
-@pytest.mark.parametrize("pool", ["solo", "process"])
+@pytest.mark.parametrize("pool", ["solo", "process", "asyncio"])
 def test_second_signal_exits_now_without_losing_the_message(app, worker, r, pool):
     # Given a worker running a task that does not finish by itself
     w = worker("-P", pool, "--concurrency", "1", app=EXTRA)
@@ -389,7 +390,9 @@ def test_every_key_is_under_the_prefix_and_queue_keys_share_a_hash_tag(app, work
 
 # --- bad input: clear errors, nothing lost, the worker never crashes -----------------------------
 
-POOLS = [pytest.param(("-P", "solo"), id="solo"), pytest.param(("-P", "process", "-c", "1"), id="process")]
+POOLS = [pytest.param(("-P", "solo"), id="solo"), pytest.param(("-P", "process", "-c", "1"), id="process"),
+         pytest.param(("-P", "asyncio", "-c", "10"), id="asyncio"),
+         pytest.param(("-P", "process", "-c", "1", "--async-concurrency", "10"), id="process-async")]
 
 
 @pytest.mark.parametrize("pool", POOLS)

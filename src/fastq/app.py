@@ -144,6 +144,12 @@ class FastQ:
             raise NotRegistered(f"task {name!r} is not registered, so it cannot run eagerly")
         return self._send(name, args, kwargs, options, None)
 
+    async def send_task_async(self, name: str, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+        """``send_task()`` for async code: ``await app.send_task_async("proj.add", (2, 2))``."""
+        from .aio import send
+
+        return await send(self, name, args, kwargs, options, self.tasks.get(name))
+
     def send_many(self, signatures: Iterable) -> list:
         """Send many signatures in pipelined batches; return their AsyncResults.
 

@@ -117,8 +117,12 @@ def _weights(value: str | None) -> dict[str, int]:
 
 @main.command()
 @_app_option
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size (default: CPU count).")
-@click.option("-P", "--pool", type=click.Choice(["process", "thread", "solo"]), default="process", show_default=True)
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Pool size (default: CPU count; -P asyncio: 100 tasks at once).")
+@click.option("-P", "--pool", type=click.Choice(["process", "thread", "solo", "asyncio"]), default="process",
+              show_default=True)
+@click.option("--async-concurrency", type=click.IntRange(min=1),
+              help="-P process: run an event loop in each child, with this many tasks at once (see docs/asyncio.md).")
 @click.option("-Q", "--queues",
               help="Comma-separated queues to consume, optionally weighted: a:3,b:1 (default: the default queue).")
 @click.option("-X", "--exclude-queues", help="Consume every known queue except these (comma-separated).")
@@ -151,7 +155,7 @@ def _weights(value: str | None) -> dict[str, int]:
 def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel, log_format, hostname, prefetch,
            lease_timeout, max_deliveries, ack_flush_interval, with_beat=False, metrics_port=None,
            metrics_address="127.0.0.1", without_events=False, time_limit=None, soft_time_limit=None,
-           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None) -> None:
+           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
     app = state.app()
@@ -171,7 +175,7 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
 
     try:
         w = Worker(app, _queues(queues), concurrency, pool, hostname, prefetch, exclude=_queues(exclude_queues),
-                   weights=_weights(queues), autoscale=_autoscale(autoscale))
+                   weights=_weights(queues), autoscale=_autoscale(autoscale), async_concurrency=async_concurrency)
     except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
     from .logs import set_hostname

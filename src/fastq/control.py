@@ -165,8 +165,9 @@ class Control:
         """Revoke tasks: a worker that gets one of them stores REVOKED instead of
         running it. The ids are kept in Redis for ``worker_revoke_expires`` seconds
         (or ``expires``), so workers started later know them too. ``terminate=True``
-        also kills the pool process running the task (process pool only; the
-        message is then handed back, and recorded as REVOKED when seen again)."""
+        also kills the pool process running the task (process pool; the
+        message is then handed back, and recorded as REVOKED when seen again), or
+        cancels the coroutine running it (``-P asyncio``: recorded as REVOKED)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         app = self.app
         keys = app.broker.keys
@@ -701,7 +702,8 @@ class ChildAgent:
         if self.counts is not None:
             self.counts[0] = c.processed
             self.counts[1] = getattr(c.executor, "failures", 0)
-            self.counts[2] = 0 if c.runner.current is None else 1
+            busy = getattr(c, "busy", None)  # an AsyncConsumer runs many at once
+            self.counts[2] = busy() if busy is not None else (0 if c.runner.current is None else 1)
         self.revokes.prune()
         if time.monotonic() - self._synced > 30:  # pub/sub can drop a message while reconnecting
             self._synced = time.monotonic()

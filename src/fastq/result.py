@@ -255,6 +255,28 @@ class AsyncResult(_ResultBase, Generic[R]):
 
     wait = get
 
+    async def get_async(self, timeout: float | None = None, propagate: bool = True,
+                        disable_sync_subtasks: bool = True) -> Any:
+        """``get()`` for async code: ``await r.get_async(timeout=10)`` waits without
+        blocking the event loop (a blocking BLMOVE on redis.asyncio; no polling)."""
+        _check_sync_subtask(disable_sync_subtasks)
+        if self._cache is None:
+            from .aio import wait
+
+            self._cache = await wait(self.backend, self.id, timeout)
+        return self._outcome(self._cache, propagate)
+
+    async def state_async(self) -> str:
+        """``state`` for async code."""
+        if self._cache is not None:
+            return self._cache.state
+        from .aio import get_meta
+
+        meta = await get_meta(self.backend, self.id)
+        if meta is not None and meta.state in states.READY_STATES:
+            self._cache = meta
+        return meta.state if meta is not None else states.PENDING
+
     def forget(self) -> None:
         """Delete the stored result."""
         self._cache = None
@@ -276,6 +298,12 @@ class EagerResult(_ResultBase, Generic[R]):
         return self._outcome(self._cache, propagate)
 
     wait = get
+
+    async def get_async(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+        return self._outcome(self._cache, propagate)
+
+    async def state_async(self) -> str:
+        return self._cache.state
 
     def forget(self) -> None:
         pass
@@ -342,6 +370,17 @@ class ResultSet:
         return [r._outcome(r._meta(), propagate) for r in self.results]
 
     join = get
+
+    async def get_async(self, timeout: float | None = None, propagate: bool = True,
+                        disable_sync_subtasks: bool = True) -> list:
+        """``get()`` for async code: each result in turn, waited for without blocking the loop."""
+        _check_sync_subtask(disable_sync_subtasks)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in self.results:
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            out.append(await r.get_async(timeout=left, propagate=propagate, disable_sync_subtasks=False))
+        return out
 
 
 class GroupResult(ResultSet):

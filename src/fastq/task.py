@@ -191,7 +191,7 @@ class Task(Generic[P, R]):
     # --- calling ----------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """A plain local call."""
+        """A plain local call (for an ``async def`` task: the coroutine, to await)."""
         return self.run(*args, **kwargs)
 
     @property
@@ -226,6 +226,19 @@ class Task(Generic[P, R]):
 
             prepare(self, args, kwargs, options)
         return args, kwargs
+
+    async def delay_async(self, *args: Any, **kwargs: Any):
+        """``await add.delay_async(2, 2)``: ``delay()`` for async code (the event loop
+        is not blocked while the message is sent). Returns an AsyncResult."""
+        return await self.apply_async_async(args, kwargs)
+
+    async def apply_async_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
+        """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for
+        async code, with the same options. In eager mode the task runs here (a
+        coroutine task on the caller's loop)."""
+        from .aio import send
+
+        return await send(self.app, self.name, args, kwargs, options, self)
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""

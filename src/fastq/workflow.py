@@ -590,12 +590,28 @@ def register_builtins(app) -> None:
     def xmap(task, it):
         """Call ``task(item)`` for each item; the list of results."""
         t = target(task)
+        if t.is_async:
+            return _await_each(t(item) for item in it)
         return [t(item) for item in it]
 
     def xstarmap(task, it):
         """Call ``task(*args)`` for each args; the list of results."""
         t = target(task)
+        if t.is_async:
+            return _await_each(t(*args) for args in it)
         return [t(*args) for args in it]
 
     app.task(name="fastq.map")(xmap)
     app.task(name="fastq.starmap")(xstarmap)
+
+
+def _await_each(coros) -> list:
+    """A coroutine task's calls in fastq.map/starmap: run one after another (as for
+    sync tasks) on one event loop (this is a sync task: a thread of its own in the
+    asyncio pool)."""
+    from .worker.aio import run_coroutine
+
+    async def each() -> list:
+        return [await c for c in coros]
+
+    return run_coroutine(each())

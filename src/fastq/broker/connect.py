@@ -155,3 +155,25 @@ def make_client(target: BrokerTarget, **kwargs):
     sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs)
     return sentinel.master_for(target.options["master"], db=target.db, **auth,
                                **_connection_options(target), **kwargs)
+
+
+def make_async_client(target: BrokerTarget, **kwargs):
+    """The ``redis.asyncio`` counterpart of ``make_client`` (for ``fastq.aio``)."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    kwargs.pop("health_check_interval", None)
+    if target.kind == "redis":
+        return aioredis.Redis.from_url(target.url, **kwargs)
+    auth = {"username": target.username, "password": target.password}
+    if target.kind == "cluster":
+        return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in target.hosts],
+                                 **auth, **_connection_options(target), **kwargs)
+    sentinel = AsyncSentinel(target.hosts, sentinel_kwargs={
+        "password": target.options.get("sentinel_password"),
+        "username": target.options.get("sentinel_username"),
+        "socket_timeout": kwargs.get("socket_connect_timeout", 5.0),
+    })
+    return sentinel.master_for(target.options["master"], db=target.db, **auth, **_connection_options(target), **kwargs)

@@ -16,7 +16,7 @@ from ..broker.redis import CONNECTION_ERRORS
 
 log = logging.getLogger("fastq.worker")
 
-POOLS = ("process", "thread", "solo")
+POOLS = ("process", "thread", "solo", "asyncio")
 
 
 def default_hostname() -> str:
@@ -28,7 +28,8 @@ class Worker:
 
     def __init__(self, app, queues: list[str] | None = None, concurrency: int | None = None, pool: str = "process",
                  hostname: str | None = None, prefetch: int | None = None, exclude: list[str] | None = None,
-                 weights: dict[str, int] | None = None, autoscale: tuple[int, int] | None = None) -> None:
+                 weights: dict[str, int] | None = None, autoscale: tuple[int, int] | None = None,
+                 async_concurrency: int | None = None) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.app = app
@@ -41,9 +42,21 @@ class Worker:
                 raise ValueError(f"-X {','.join(exclude)} leaves no queue to consume")
         self.queues = [validate_queue_name(q) for q in (queues or [app.conf.task_default_queue])]
         self.pool_name = pool
-        self.concurrency = 1 if pool == "solo" else int(concurrency or app.conf.worker_concurrency or os.cpu_count() or 1)
+        if pool == "asyncio":  # coroutines are cheap: the CPU count is far too few
+            from .aiopool import DEFAULT_CONCURRENCY
+
+            self.concurrency = int(concurrency or app.conf.worker_concurrency or DEFAULT_CONCURRENCY)
+        else:
+            self.concurrency = 1 if pool == "solo" else int(concurrency or app.conf.worker_concurrency or os.cpu_count() or 1)
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        #: Coroutines at once in each process-pool child (0: children run no event loop).
+        self.async_concurrency = int(async_concurrency or 0)
+        if async_concurrency is not None and self.async_concurrency < 1:
+            raise ValueError(f"--async-concurrency must be at least 1, not {async_concurrency!r}")
+        if self.async_concurrency and pool != "process":
+            raise ValueError(f"--async-concurrency runs an event loop in each child of the process pool (-P process), "
+                             f"not the {pool} pool; for one process use -P asyncio -c N")
         self.hostname = hostname or default_hostname()
         self.prefetch = int(prefetch or app.conf.worker_prefetch)
         self.autoscale = autoscale
@@ -69,7 +82,8 @@ class Worker:
             f"- broker:      {safe_url(self.app.broker_url)}\n"
             f"- results:     {safe_url(self.app.backend_url)}\n"
             f"- queues:      {', '.join(f'{q}:{self.weights[q]}' if q in self.weights else q for q in self.queues)}\n"
-            f"- pool:        {self.pool_name} (concurrency {self.concurrency}), prefetch {self.prefetch}\n"
+            f"- pool:        {self.pool_name} (concurrency {self.concurrency}"
+            f"{f', async concurrency {self.async_concurrency}' if self.async_concurrency else ''}), prefetch {self.prefetch}\n"
             f"- lease:       {self.app.conf.worker_lease_timeout}s, max deliveries {self.app.conf.worker_max_deliveries}\n"
             f"[tasks]\n{tasks}\n"
         )
@@ -121,7 +135,7 @@ class Worker:
 
     def warn_about_limits(self) -> None:
         """A hard time limit needs a process to kill: say so where it cannot hold."""
-        if self.pool_name == "process":
+        if self.pool_name in ("process", "asyncio"):  # asyncio: see aio.startup_checks
             return
         limited = sorted(name for name, t in self.app.tasks.items() if t.time_limit)
         if limited:
@@ -134,10 +148,17 @@ class Worker:
         sys.stdout.write(self.banner())
         sys.stdout.flush()
         self.warn_about_limits()
+        from .aio import startup_checks
+
+        startup_checks(self)
         self.wait_for_broker()
         self.check_unique_name()
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
+        elif self.pool_name == "asyncio":
+            from .aiopool import AsyncioPool
+
+            self.pool = AsyncioPool(self, self.concurrency)
         else:
             self.pool = SoloPool(self, self.concurrency)
         self._start_monitoring()

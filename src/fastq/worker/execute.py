@@ -23,6 +23,7 @@ from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..result import pack_store
 from ..task import format_exception
 from ..workflow import CHILDREN
+from .aio import run_coroutine
 from .limits import SoftLimit, write_deadline
 
 log = logging.getLogger("fastq.worker")
@@ -142,24 +143,53 @@ class Executor:
 
     def execute(self, task, d, msg, out) -> None:
         """The slow path: a task with options, an expiry, or while revokes are known."""
+        started = self.start_run(task, d, msg, out)
+        if started is None:
+            return
+        token, soft, hard, args, kwargs = started
+        deadline = bool(hard and self.slot is not None)
+        if deadline:  # the pool's parent kills the process after this
+            write_deadline(self.slot, time.time() + hard)
+        t0 = time.perf_counter()
+        try:
+            if task.is_async:  # a sync pool: one event loop per call (worker/aio.py)
+                retval = run_coroutine(task.run(*args, **kwargs), soft)
+            else:
+                with SoftLimit(soft):
+                    retval = task.run(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            if deadline:
+                write_deadline(self.slot, 0.0)
+            self.end_run(task, d, msg, out, token, None, time.perf_counter() - t0, exc)
+            return
+        if deadline:
+            write_deadline(self.slot, 0.0)
+        self.end_run(task, d, msg, out, token, retval, time.perf_counter() - t0)
+
+    def start_run(self, task, d, msg, out) -> tuple | None:
+        """Everything before the call: expiry, revokes, rate limits, the early ack,
+        STARTED, the request context and ``task_prerun``. Returns (context token,
+        soft limit, hard limit, args, kwargs - converted for a typed task), or None when the message was dealt with instead
+        (expired, revoked, deferred). The asyncio pool calls this and ``end_run``
+        around its own call of the task."""
         if msg.expires is not None and time.time() > msg.expires:
             self._revoked(d, msg, out, "expired")
-            return
+            return None
         if msg.id in self.revoked:
             self._revoked(d, msg, out, "revoked")
-            return
+            return None
         args, kwargs = msg.args, msg.kwargs
         if task._typed is not None:  # the annotated types, or the task fails now (never retried)
             try:
                 args, kwargs = task._typed.convert(args, kwargs)
             except ValidationError as exc:
                 self.failed(task, d, msg, exc, 0.0, out)
-                return
+                return None
         if self.limiter is not None and (task.rate or self.queue_of[d.stream] in self.limiter.limited_queues):
             wait = self.limiter.acquire(task, self.queue_of[d.stream])
             if wait > 0:
                 self._defer(d, msg, wait, out)
-                return
+                return None
         if not task.acks_late and self.ack_now is not None:
             self.ack_now(d)
         if task.track_started:
@@ -172,28 +202,20 @@ class Executor:
         if signals.task_prerun:
             signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
         opts = msg.options or {}
-        soft = opts.get("soft_time_limit") or task.soft_time_limit
-        hard = opts.get("time_limit") or task.time_limit
-        if hard and self.slot is not None:  # the pool's parent kills the process after this
-            write_deadline(self.slot, time.time() + hard)
-        t0 = time.perf_counter()
-        try:
-            with SoftLimit(soft):
-                retval = task.run(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-            if hard and self.slot is not None:
-                write_deadline(self.slot, 0.0)
-            self.failed(task, d, msg, exc, time.perf_counter() - t0, out)
+        return (token, opts.get("soft_time_limit") or task.soft_time_limit, opts.get("time_limit") or task.time_limit,
+                args, kwargs)
+
+    def end_run(self, task, d, msg, out, token, retval, runtime: float, exc: BaseException | None = None) -> None:
+        """Everything after the call: the result or the failure (retry, reject),
+        the ack, signals; then the request context is reset."""
+        if exc is not None:
+            self.failed(task, d, msg, exc, runtime, out)
             self._postrun(task, msg, None, "FAILURE")
-            current_request.reset(token)
-            return
-        if hard and self.slot is not None:
-            write_deadline(self.slot, 0.0)
-        runtime = time.perf_counter() - t0
-        self.finished(task, d, msg, retval, runtime, out)
-        if signals.task_success:
-            signals.task_success.send(sender=task, result=retval)
-        self._postrun(task, msg, retval, states.SUCCESS)
+        else:
+            self.finished(task, d, msg, retval, runtime, out)
+            if signals.task_success:
+                signals.task_success.send(sender=task, result=retval)
+            self._postrun(task, msg, retval, states.SUCCESS)
         current_request.reset(token)
 
     @staticmethod

@@ -192,15 +192,20 @@ class SoloPool:
         return 0
 
 
-def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weights=None) -> None:
-    """A pool child: one consumer. Dies with its parent."""
+def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weights=None, async_concurrency=0) -> None:
+    """A pool child: one consumer (an event loop of them with --async-concurrency). Dies with its parent."""
     _die_with_parent()
     # The parent's handlers are inherited: replace them before anything else, so
     # a SIGTERM that comes early (pool_shrink right after a spawn) is a warm stop.
     early: list = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
     signal.signal(signal.SIGTERM, lambda *_: early.append(1))
-    consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot, weights=weights)
+    if async_concurrency:
+        from .aiopool import AsyncConsumer
+
+        consumer = AsyncConsumer(app, queues, hostname, name, async_concurrency, prefetch, slot=slot, weights=weights)
+    else:
+        consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot, weights=weights)
     from ..control import ChildAgent
 
     # revokes and rate limits from the control channel; counters for the parent
@@ -378,7 +383,8 @@ class ProcessPool:
         slot = self.ctx.RawArray("B", SLOT_SIZE)
         counts = self.ctx.RawArray("Q", 3)
         p = self.ctx.Process(target=_child_main, name=f"ForkPoolWorker-{index + 1}",
-                             args=(w.app, w.queues, w.hostname, name, w.prefetch, slot, counts, w.weights), daemon=False)
+                             args=(w.app, w.queues, w.hostname, name, w.prefetch, slot, counts, w.weights,
+                                   getattr(w, "async_concurrency", 0)), daemon=False)
         p.start()
         return _Child(p, name, slot, index, counts)
 
