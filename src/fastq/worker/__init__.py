@@ -40,6 +40,7 @@ class Worker:
             if not queues:
                 raise ValueError(f"-X {','.join(exclude)} leaves no queue to consume")
         self.queues = [validate_queue_name(q) for q in (queues or [app.conf.task_default_queue])]
+        app.broker.fair  # noqa: B018 - a bad task_queues setting fails here, before the pool starts
         self.pool_name = pool
         self.concurrency = 1 if pool == "solo" else int(concurrency or app.conf.worker_concurrency or os.cpu_count() or 1)
         if self.concurrency < 1:

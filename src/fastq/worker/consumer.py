@@ -32,6 +32,7 @@ from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
+from ..fairness import ack_command, ack_gates
 from ..ratelimit import Limiter
 from .execute import Executor
 
@@ -92,6 +93,8 @@ class Consumer:
         keys = [k for qk in self.queues for k in qk.fetch_order]
         self._block_cmd = pack_command((b"XREADGROUP", b"GROUP", GROUP, name, b"COUNT", self.prefetch,
                                         b"BLOCK", self.block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
+        #: stream -> gate args, for the streams of fair queues (acked by fair_ack.lua: fastq.fairness)
+        self._fair_acks = ack_gates(self.broker, self.queues)
         self.out = Output()
         self.conn = None
         self.stopping = False
@@ -166,8 +169,13 @@ class Consumer:
         if out.events:
             parts.append(pack_events(self.events_key, self.hostname, out.events))
             n += 1
+        fair = self._fair_acks
         for stream, ids in out.acks.items():
-            parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
+            gate = fair.get(stream) if fair else None
+            if gate is None:
+                parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
+            else:
+                parts.append(ack_command(gate, stream, ids))
             n += 1
         return b"".join(parts), n
 
