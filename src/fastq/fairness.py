@@ -134,8 +134,8 @@ def parse_task_queues(conf) -> dict[str, FairQueue]:
         if not fair:
             set_ = [k for k in ("group_concurrency", "group_rate_limit", "fair_window") if opts.get(k) is not None]
             if set_:
-                raise ImproperlyConfigured(f"{where}: {', '.join(set_)} only apply to a fair queue; "
-                                           "add 'fair_groups': True")
+                raise ImproperlyConfigured(f"{where}: {', '.join(set_)} set but 'fair_groups' is not True "
+                                           "(these options only work on a fair queue)")
             continue
         out[name] = FairQueue(conf.key_prefix, name, window, concurrency, rate_limit)
     return out

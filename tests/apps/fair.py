@@ -15,6 +15,11 @@ app.conf.task_queues = {
     "limited": {"fair_groups": True, "group_rate_limit": "10/s"},
     "plain": None,
 }
+if os.environ.get("FAIR_BAD"):  # a worker start with a bad setting: FAIR_BAD=option=value (a Python literal)
+    import ast
+
+    _opt, _value = os.environ["FAIR_BAD"].split("=", 1)
+    app.conf.task_queues["capped"][_opt] = ast.literal_eval(_value)
 
 # Records the most tasks of one group running at once (INCR at start, DECR at the end).
 _ENTER = """
@@ -52,6 +57,14 @@ def concurrent(tenant, seconds=0.05):
         led.incr(f"done:{tenant}")
 
 
+@app.task(name="fair.count", queue="capped", ignore_result=True)
+def count(tenant, i, seconds=0.0):
+    """Counts runs per task index (nothing lost, duplicates visible)."""
+    if seconds:
+        time.sleep(seconds)
+    ledger().hincrby(f"runs:{tenant}", str(i), 1)
+
+
 @app.task(name="fair.stamp", queue="limited", ignore_result=True)
 def stamp(tenant):
     ledger().rpush(f"starts:{tenant}", f"{time.time():.6f}")
@@ -68,3 +81,9 @@ def retrying(self, tenant, key):
 @app.task(name="fair.plain", queue="plain")
 def plain():
     return "ok"
+
+
+@app.task(name="fair.whoami", queue="fair", bind=True, ignore_result=True)
+def whoami(self, tag):
+    """Records the group the message carried (its headers)."""
+    ledger().rpush("groups", f"{tag}={(self.request.headers or {}).get('fastq-group')}")

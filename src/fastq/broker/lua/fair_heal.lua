@@ -10,7 +10,13 @@
 -- worker holds the lock, -2 when the streams hold more than max_entries (not scanned).
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[7]) then return -1 end
 gate_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-local wrong = 0
+local wrong, fixed = 0, {}
+local function fix(grp)
+  if not fixed[grp] then
+    fixed[grp] = true
+    wrong = wrong + 1
+  end
+end
 if G_cap > 0 then
   -- the true per-group counts: stream entries that carry a group
   if g_total() > tonumber(ARGV[8]) then return -2 end
@@ -39,10 +45,10 @@ if G_cap > 0 then
   local seen = {}
   for i = 1, #old, 2 do
     seen[old[i]] = true
-    if tonumber(old[i + 1]) ~= (counts[old[i]] or 0) then wrong = wrong + 1 end
+    if tonumber(old[i + 1]) ~= (counts[old[i]] or 0) then fix(old[i]) end
   end
   for _, grp in ipairs(order) do
-    if not seen[grp] then wrong = wrong + 1 end
+    if not seen[grp] then fix(grp) end
   end
   redis.call('DEL', K_count)
   for _, grp in ipairs(order) do redis.call('HSET', K_count, grp, counts[grp]) end
@@ -69,7 +75,7 @@ end
 for _, grp in ipairs(redis.call('SMEMBERS', K_keys)) do
   if not redis.call('ZSCORE', K_ring, grp) and not redis.call('ZSCORE', K_sleep, grp) then
     g_ensure(grp)
-    if redis.call('ZSCORE', K_ring, grp) then wrong = wrong + 1 end  -- it was stranded
+    if redis.call('ZSCORE', K_ring, grp) then fix(grp) end  -- it was stranded
   end
 end
 g_admit()
