@@ -5,8 +5,8 @@ tasks wait behind A's whole backlog; on a fair queue (``fair_groups``) the
 workers serve the groups round-robin, so B's tasks finish long before A's
 backlog drains. Both runs use the same workers in the same run:
 
-    python benchmarks/bench_fairness.py            # 50,000 + 100, no-op tasks
-    python benchmarks/bench_fairness.py -n 20000 --task-ms 1 --workers 2 -c 2
+    python benchmarks/bench_fairness.py            # 50,000 + 100 tasks of 1 ms, 1 worker x 4 processes
+    python benchmarks/bench_fairness.py -n 200000 --task-ms 0 --workers 2 -c 2   # no-op tasks
 
 Reports, per mode: B's completion (last B task finished minus B's first send),
 how many of A's tasks were still waiting or running when B's last one finished,
@@ -80,9 +80,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=50_000, help="tenant A's tasks (default 50,000)")
     ap.add_argument("-m", type=int, default=100, help="tenant B's tasks (default 100)")
-    ap.add_argument("--task-ms", type=float, default=0.0, help="each task sleeps this long (default: no-op)")
+    ap.add_argument("--task-ms", type=float, default=1.0, help="each task sleeps this long (default 1; 0: no-op)")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("-c", "--concurrency", type=int, default=2)
+    ap.add_argument("-c", "--concurrency", type=int, default=4)
     ap.add_argument("--url", help="Redis URL (default: a private redis-server)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:

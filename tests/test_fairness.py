@@ -270,3 +270,11 @@ def test_bad_queue_settings_stop_the_worker_at_start(redis_url, worker):
     w = worker("-P", "solo", "-Q", "capped", app=APP, env={"FAIR_BAD": "group_rate_limit='10/x'"}, wait=False)
     assert w.proc.wait(30) != 0
     assert "task_queues['capped'] group_rate_limit" in w.log()
+
+
+def test_a_worker_without_the_fair_settings_says_so(redis_url, worker, r):
+    # Given a queue that producers use as a fair queue (its gate keys exist) ...
+    r.set("fastq:{plain}:gbn", 0)
+    # ... when a worker whose settings call it plain starts, it logs the mismatch
+    w = worker("-P", "solo", "-Q", "plain", app=APP)
+    wait_for(lambda: "Queue 'plain' has fair-queue keys in Redis" in w.log(), 10, message="the error")

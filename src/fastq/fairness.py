@@ -304,4 +304,24 @@ def groups(app, queue: str) -> dict[str, dict]:
     return out
 
 
+def warn_unconfigured(app, queues: list[str]) -> None:
+    """Log an error for each consumed queue that producers used as a fair queue
+    (its gate keys exist) while this process's settings say it is plain: this
+    worker's acknowledgements would not free the places of capped groups."""
+    import logging
+
+    fair = app.broker.fair
+    plain = [q for q in queues if q not in fair]
+    if not plain:
+        return
+    pipe = app.broker.client.pipeline(transaction=False)
+    for q in plain:
+        pipe.exists(f"{app.conf.key_prefix}{{{q}}}:gbn")
+    for q, used in zip(plain, pipe.execute()):
+        if used:
+            logging.getLogger("fastq.worker").error(
+                "Queue %r has fair-queue keys in Redis but is not a fair queue in this worker's settings: "
+                "give every process the same task_queues (docs/fairness.md)", q)
+
+
 __all__ = ["GROUP_HEADER", "NO_GROUP", "FairQueue", "check_group_key", "groups", "parse_task_queues"]

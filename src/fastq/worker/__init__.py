@@ -126,6 +126,9 @@ class Worker:
         self.warn_about_limits()
         self.wait_for_broker()
         self.check_unique_name()
+        from ..fairness import warn_unconfigured
+
+        warn_unconfigured(self.app, self.queues)
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         else:
