@@ -18,14 +18,15 @@ def fastq_executable() -> str:
     return str(exe) if exe.exists() else (shutil.which("fastq") or "fastq")
 
 
-def start_workers(app_spec: str, url: str, n: int, concurrency: int) -> list[subprocess.Popen]:
-    """n workers of ``concurrency`` processes each, run from benchmarks/; waits until all registered."""
+def start_workers(app_spec: str, url: str, n: int, concurrency: int, extra: tuple = ()) -> list[subprocess.Popen]:
+    """n workers of ``concurrency`` processes each, run from benchmarks/; waits until all registered.
+    ``extra``: more ``fastq worker`` arguments (e.g. ``("-Q", "a,b")``)."""
     env = {**os.environ, "FASTQ_BROKER_URL": url}
     prefix = app_spec.split(":")[0]
     procs = [
         subprocess.Popen(
             [fastq_executable(), "worker", "-A", app_spec, "-P", "process", "-c", str(concurrency),
-             "-n", f"{prefix}{i}@{socket.gethostname()}", "-l", "WARNING"],
+             "-n", f"{prefix}{i}@{socket.gethostname()}", "-l", "WARNING", *extra],
             cwd=Path(__file__).resolve().parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -303,6 +303,11 @@ class FastQ:
         )
         retries = options.pop("retries", 0)
         headers = options.pop("headers", None)
+        group_key = options.pop("group_key", None)
+        if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
+            from .fairness import with_group
+
+            headers = with_group(self, name, queue, group_key, headers)
         msg = Message(
             task_id,
             name,

@@ -292,6 +292,10 @@ def decode_fields(fields: dict):
 
 def decode_delayed(member: bytes):
     """A delayed-set member (field byte, priority digit, payload) -> Message or None."""
+    if member[:1] == b"g":  # a fair queue's member carries its group first (fastq.fairness)
+        from .fairness import split_member
+
+        member = split_member(member)[1]
     decode = message_decoder_for(member[:1])
     if decode is None:
         return None

@@ -59,7 +59,7 @@ _FIRST_ONLY = ("countdown", "eta")
 
 #: apply_async options that are not worker options (app._build_with_options pops them).
 _SEND_OPTIONS = ("task_id", "eta", "countdown", "expires", "priority", "queue", "parent_id", "root_id", "retries",
-                 "headers", "serializer")
+                 "headers", "serializer", "group_key")
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode

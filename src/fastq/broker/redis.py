@@ -63,6 +63,15 @@ class RedisBroker:
         self._known_queues: set[str] = set()
         self.shards = _parse_shards(conf.get("queue_shards"))
         self._next_shard = itertools.count()
+        from ..fairness import parse_task_queues
+
+        #: Fair queues (``task_queues`` with ``fair_groups``): name -> fairness.FairQueue.
+        self.fair = parse_task_queues(conf)
+        self._fair_known: set[str] = set()
+        both = sorted(set(self.shards) & set(self.fair or ()))
+        if both:
+            raise ImproperlyConfigured(f"queue {both[0]!r} is in queue_shards and has fair_groups: "
+                                       "a fair queue cannot be sharded (its gate lives in one slot)")
 
     # --- connections ------------------------------------------------------------
 
@@ -215,7 +224,13 @@ class RedisBroker:
     def _register_queue_cmd(self, queue: str) -> bytes | None:
         if queue in self._known_queues:
             return None
-        self._known_queues.add(queue)
+        if self.fair and queue in self.fair:
+            # Never in _known_queues: publish()'s one-XADD fast path would skip the gate.
+            if queue in self._fair_known:
+                return None
+            self._fair_known.add(queue)
+        else:
+            self._known_queues.add(queue)
         return pack_command((b"SADD", self.keys.queues_set, queue))
 
     def _send_keys(self, queue: str) -> QueueKeys:
@@ -257,6 +272,14 @@ class RedisBroker:
                     ch.close()
             self.execute_packed([cmd], confirm=True)  # retries, reconnects, raises BrokerError
             return
+        fq = self.fair.get(queue) if self.fair else None
+        if fq is not None:  # through the gate (fastq.fairness)
+            from ..fairness import publish_commands
+
+            cmds = publish_commands(fq, [(priority, due, payload)], field)
+            reg = self._register_queue_cmd(queue)
+            self.execute_packed(cmds if reg is None else [*cmds, reg], confirm=True)
+            return
         register = self._register_queue_cmd(queue)
         self.execute_packed([cmd] if register is None else [cmd, register], confirm=True)
 
@@ -268,7 +291,12 @@ class RedisBroker:
         """One publish_many.lua call per stream, one multi-member ZADD per delayed set."""
         ready: dict[str, list] = {}
         delayed: dict[str, list] = {}
+        fair = self.fair
+        gated: dict[str, list] = {}
         for queue, priority, due, payload in batch:
+            if fair and queue in fair:
+                gated.setdefault(queue, []).append((priority, due, payload))
+                continue
             qk = self._send_keys(queue)
             if due is None:
                 ready.setdefault(qk.streams[priority], []).append(payload)
@@ -279,6 +307,11 @@ class RedisBroker:
         sha = SCRIPTS.publish_many.sha_bytes
         cmds = [pack_command((b"EVALSHA", sha, 1, stream, field, *payloads)) for stream, payloads in ready.items()]
         cmds.extend(pack_command((b"ZADD", key, *members)) for key, members in delayed.items())
+        if gated:
+            from ..fairness import publish_commands
+
+            for queue, items in gated.items():
+                cmds.extend(publish_commands(fair[queue], items, field))
         for q in {b[0] for b in batch}:
             reg = self._register_queue_cmd(q)
             if reg is not None:
@@ -332,13 +365,20 @@ class RedisBroker:
             if isinstance(pending, dict):
                 in_flight += pending.get("pending", 0)
         delayed, dead = replies[-2], replies[-1]
-        return {
+        stats = {
             "queue": name,
             "waiting": max(0, total - in_flight),
             "in_flight": in_flight,
             "delayed": delayed if isinstance(delayed, int) else 0,
             "dead": dead if isinstance(dead, int) else 0,
         }
+        fq = self.fair.get(name) if self.fair else None
+        if fq is not None:  # a fair queue's waiting messages include its groups' backlogs
+            from ..fairness import backlog_size
+
+            stats["backlog"] = backlog_size(self.client, fq)
+            stats["waiting"] += stats["backlog"]
+        return stats
 
     def purge(self, name: str) -> int:
         """Drop the queue's waiting and delayed messages (all its shards); return how many."""
@@ -352,6 +392,12 @@ class RedisBroker:
             pipe.xtrim(key, maxlen=0, approximate=False)
         pipe.delete(qk.delayed)
         pipe.execute()
+        fq = self.fair.get(name) if self.fair else None
+        if fq is not None:  # drop the backlogs, then recount what is still in flight
+            from ..fairness import heal, purge_backlogs
+
+            purge_backlogs(self.client, fq)
+            heal(self.client, fq, "purge", 1000)
         return stats["waiting"] + stats["delayed"]
 
     # --- maintenance (any worker runs these) -------------------------------------
@@ -362,25 +408,31 @@ class RedisBroker:
 
     def reap(self, name: str, reaper: str, lease_ms: int, max_deliveries: int, lock_ms: int, client=None):
         qk = self.keys.queue(name)
+        fq = self.fair.get(name) if self.fair else None
         return SCRIPTS.reap(
             client or self.client,
             [qk.reap_lock, qk.dlq, *qk.fetch_order],
-            [GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name],
+            [GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name, *(fq.gate_args if fq else ())],
         )
 
     def promote(self, name: str, limit: int = 1000, client=None) -> int:
         qk = self.keys.queue(name)
+        fq = self.fair.get(name) if self.fair else None
+        if fq is not None:
+            return SCRIPTS.fair_promote(client or self.client, [qk.delayed], [*fq.gate_args, limit])
         return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams], [limit])
 
     def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"", client=None) -> list:
         """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""
         qk = self.keys.queue(queue)
+        fq = self.fair.get(queue) if self.fair else None
+        gate = fq.gate_args if fq is not None else (b"",) * 5
         total = [0, 0]
         for i in range(0, len(ids), 2000):
             moved, buried = SCRIPTS.release(
                 client or self.client,
                 [stream, qk.returned, qk.dlq],
-                [GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *ids[i : i + 2000]],
+                [GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *gate, *ids[i : i + 2000]],
             )
             total[0] += moved
             total[1] += buried
@@ -462,8 +514,12 @@ class RedisBroker:
         if ids is None:
             ids = [e[0].decode() for e in self.client.xrange(qk.dlq)]
         moved = 0
+        fq = self.fair.get(name) if self.fair else None
         for i in range(0, len(ids), 1000):
-            moved += SCRIPTS.requeue_dead(self.client, [qk.dlq, qk.streams[0]], ids[i : i + 1000])
+            if fq is not None:  # back through the gate, in their groups
+                moved += SCRIPTS.fair_requeue(self.client, [qk.dlq], [*fq.gate_args, *ids[i : i + 1000]])
+            else:
+                moved += SCRIPTS.requeue_dead(self.client, [qk.dlq, qk.streams[0]], ids[i : i + 1000])
         return moved
 
     def dlq_purge(self, name: str) -> int:

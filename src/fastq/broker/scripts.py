@@ -12,9 +12,12 @@ class Script:
 
     __slots__ = ("name", "sha", "sha_bytes", "source")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, prelude: str | None = None) -> None:
         self.name = name
-        self.source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+        lua = resources.files(__package__).joinpath("lua")
+        self.source = lua.joinpath(f"{name}.lua").read_text()
+        if prelude:  # shared Lua functions (gate.lua) go in front of the script
+            self.source = lua.joinpath(f"{prelude}.lua").read_text() + self.source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
         self.sha_bytes = self.sha.encode()
 
@@ -33,11 +36,15 @@ class Scripts:
     """The broker's scripts, by name."""
 
     NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
-             "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce")
+             "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce",
+             "fair_publish", "fair_ack", "fair_retry", "fair_bury", "fair_promote", "fair_requeue", "fair_heal")
+    #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness).
+    PRELUDES = {"release": "gate", "reap": "gate", "fair_publish": "gate", "fair_ack": "gate", "fair_retry": "gate",
+                "fair_bury": "gate", "fair_promote": "gate", "fair_requeue": "gate", "fair_heal": "gate"}
 
     def __init__(self) -> None:
         for name in self.NAMES:
-            setattr(self, name, Script(name))
+            setattr(self, name, Script(name, self.PRELUDES.get(name)))
 
     def all(self) -> list[Script]:
         return [getattr(self, n) for n in self.NAMES]

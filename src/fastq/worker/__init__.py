@@ -41,6 +41,7 @@ class Worker:
             if not queues:
                 raise ValueError(f"-X {','.join(exclude)} leaves no queue to consume")
         self.queues = [validate_queue_name(q) for q in (queues or [app.conf.task_default_queue])]
+        app.broker.fair  # noqa: B018 - a bad task_queues setting fails here, before the pool starts
         self.pool_name = pool
         if pool == "asyncio":  # coroutines are cheap: the CPU count is far too few
             from .aiopool import DEFAULT_CONCURRENCY
@@ -153,6 +154,9 @@ class Worker:
         startup_checks(self)
         self.wait_for_broker()
         self.check_unique_name()
+        from ..fairness import warn_unconfigured
+
+        warn_unconfigured(self.app, self.queues)
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         elif self.pool_name == "asyncio":

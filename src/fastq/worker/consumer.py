@@ -33,6 +33,7 @@ from ..broker.keys import GROUP, logical_queue
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
+from ..fairness import ack_command, ack_gates
 from ..ratelimit import Limiter
 from .execute import Executor
 
@@ -95,6 +96,8 @@ class Consumer:
         ]
         self._block_cmds = self._blocking_fetch_commands(name)
         self._block_turn = 0
+        #: stream -> gate args, for the streams of fair queues (acked by fair_ack.lua: fastq.fairness)
+        self._fair_acks = ack_gates(self.broker, self.queues)
         self.out = Output()
         self.conn = None
         self.stopping = False
@@ -182,8 +185,13 @@ class Consumer:
         if out.events:
             parts.append(pack_events(self.events_key, self.hostname, out.events))
             n += 1
+        fair = self._fair_acks
         for stream, ids in out.acks.items():
-            parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
+            gate = fair.get(stream) if fair else None
+            if gate is None:
+                parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
+            else:
+                parts.append(ack_command(gate, stream, ids))
             n += 1
         return b"".join(parts), n
 

@@ -68,6 +68,8 @@ class Executor:
             from ..mail import mailer_for
 
             self.mailer = mailer_for(app, hostname)
+        #: Fair queues (fastq.fairness): their retries and dead letters go through the gate.
+        self.fair = app.broker.fair
         #: ``result_extended``: store args, kwargs, queue and parent with final states.
         self.extended = bool(app.conf.get("result_extended"))
         if self.extended:  # chosen once here, so the default path pays nothing
@@ -106,11 +108,14 @@ class Executor:
     def _bury(self, d, out, reason: str, error: str) -> None:
         """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
         qk = self.keys.queue(self.queue_of[d.stream])
-        out.add_command(
-            pack_command((b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name,
-                          qk.name, d.entry_id, reason, error[:_MAX_ERROR])),
-            1,
-        )
+        fq = self.fair.get(qk.name) if self.fair else None
+        if fq is not None:
+            cmd = (b"EVALSHA", SCRIPTS.fair_bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name, qk.name,
+                   *fq.gate_args, d.entry_id, reason, error[:_MAX_ERROR])
+        else:
+            cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name,
+                   qk.name, d.entry_id, reason, error[:_MAX_ERROR])
+        out.add_command(pack_command(cmd), 1)
 
     def undecodable(self, d, out, error: str) -> None:
         log.error("Dead-lettered undecodable message %s on %s: %s", d.entry_id.decode(), d.stream, error)
@@ -311,11 +316,7 @@ class Executor:
             due, arg5, arg6 = 0, field, payload
         tb = format_exception(exc) if exc is not None else None
         self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": when}))
-        out.add_command(
-            pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                          GROUP, self.consumer_name, d.entry_id, due, arg5, arg6)),
-            1,
-        )
+        out.add_command(self._retry_command(qk, d, target, due, arg5, arg6), 1)
         if self.events:
             out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": when})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
@@ -327,11 +328,16 @@ class Executor:
         qk = self.keys.queue(self.queue_of[d.stream])
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
         due = math.ceil((time.time() + wait) * 1000)
-        out.add_command(
-            pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, qk.streams[prio],
-                          GROUP, self.consumer_name, d.entry_id, due, d.field + b"%d" % prio + d.payload, b"")),
-            1,
-        )
+        out.add_command(self._retry_command(qk, d, qk.streams[prio], due, d.field + b"%d" % prio + d.payload, b""), 1)
+
+    def _retry_command(self, qk, d, target: str, due: int, arg5: bytes, arg6: bytes) -> bytes:
+        """retry.lua, or fair_retry.lua on a fair queue (the message keeps its group)."""
+        fq = self.fair.get(qk.name) if self.fair else None
+        if fq is None:
+            return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
+                                 GROUP, self.consumer_name, d.entry_id, due, arg5, arg6))
+        return pack_command((b"EVALSHA", SCRIPTS.fair_retry.sha_bytes, 3, d.stream, qk.delayed, target,
+                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *fq.gate_args))
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:

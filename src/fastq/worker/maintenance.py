@@ -5,6 +5,9 @@
 - reap: return the messages of dead consumers (one worker per queue per
   interval, by a lock), dead-lettering those that failed max_deliveries times;
 - promote due delayed messages (countdown, ETA, retries) to their stream;
+- fair queues (fastq.fairness): pump their gate with the promotion, and recount
+  it from the streams every few seconds (one worker per queue), so counts that
+  drifted never strand a backlog;
 - publish the worker's heartbeat (``fastq status``).
 
 The process pool runs it in the parent's main loop; solo and thread pools in a
@@ -80,6 +83,10 @@ class Maintenance:
         self.renew_interval = self.lease_ms / 3000
         self.reap_interval = min(5.0, self.lease_ms / 4000)
         self._next = {"renew": 0.0, "reap": 0.0, "promote": 0.0, "heartbeat": 0.0}
+        self.fair = self.broker.fair
+        self.heal_interval = min(10.0, self.lease_ms / 1000)
+        if self.fair:
+            self._next["heal"] = time.monotonic() + self.heal_interval
         self._down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,6 +107,9 @@ class Maintenance:
             if now >= self._next["heartbeat"]:
                 self.heartbeat()
                 self._next["heartbeat"] = now + HEARTBEAT_INTERVAL
+            if self.fair and now >= self._next["heal"]:
+                self.heal()
+                self._next["heal"] = now + self.heal_interval
             if self._down:
                 log.warning("Maintenance reconnected to Redis")
                 self._down = False
@@ -135,10 +145,29 @@ class Maintenance:
 
         cmds = []
         for q in self.broker.expand_queues(self.queues):
+            fq = self.fair.get(q) if self.fair else None
+            if fq is not None:  # promotion through the gate, and the gate's pump
+                from ..fairness import promote_command
+
+                cmds.append(promote_command(fq))
+                continue
             qk = self.broker.keys.queue(q)
             cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 1 + len(qk.streams), qk.delayed,
                                       *qk.streams, 1000)))
         self.broker.execute_packed(cmds)
+
+    def heal(self) -> None:
+        """Recount the gates of the fair queues from their streams (fastq.fairness)."""
+        from ..fairness import heal
+
+        for q in self.queues:
+            fq = self.fair.get(q)
+            if fq is not None:
+                fixed = heal(self.client, fq, self.hostname, int(self.heal_interval * 1000))
+                if fixed > 0:
+                    log.warning("Repaired the fair-queue counts of %d group(s) on %r", fixed, q)
+                elif fixed == -2:
+                    log.warning("Fair queue %r has too many messages in its streams to recount them", q)
 
     def heartbeat(self) -> None:
         keys = self.broker.keys

@@ -3,13 +3,21 @@
 -- ARGV: max messages to move
 -- A member is <field byte><priority digit><payload>; its score the due time in ms.
 -- Server time is used, so producers' and workers' clocks do not matter.
+-- A fair queue's member ('g', field, priority, <n>:<group>, payload) is promoted
+-- by fair_promote.lua; one that reaches this script (a worker without the fair
+-- settings) goes to its stream without its group, uncounted, rather than be lost.
 -- Returns the number moved.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
-  local prio = tonumber(string.sub(m, 2, 2)) or 0
-  redis.call('XADD', KEYS[2 + prio], '*', string.sub(m, 1, 1), string.sub(m, 3))
+  local body = m
+  if string.byte(m, 1) == 103 then  -- 'g'
+    local colon = string.find(m, ':', 4, true)
+    body = string.sub(m, 2, 3) .. string.sub(m, colon + 1 + tonumber(string.sub(m, 4, colon - 1)))
+  end
+  local prio = tonumber(string.sub(body, 2, 2)) or 0
+  redis.call('XADD', KEYS[2 + prio], '*', string.sub(body, 1, 1), string.sub(body, 3))
   redis.call('ZREM', KEYS[1], m)
 end
 return #due

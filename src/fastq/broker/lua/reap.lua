@@ -4,13 +4,18 @@
 -- from with their delivery count raised, or to the dead-letter stream once they
 -- have failed max_deliveries deliveries. Each requeued entry gets a new id, so
 -- a late ack from the lost consumer cannot touch it.
+-- A fair queue's message keeps its group (field `g`) when requeued; a dead
+-- letter frees its place in the gate (gate.lua is put in front of this script).
 -- KEYS[1]: lock   KEYS[2]: dead-letter stream   KEYS[3..]: the queue's streams
--- ARGV: group, lease_ms, max_deliveries, max_entries, reaper, lock_ms, queue
+-- ARGV: group, lease_ms, max_deliveries, max_entries, reaper, lock_ms, queue,
+--       and for a fair queue: base, window, cap, rate, burst
 -- Returns {requeued, dead_lettered}, or -1 when another worker holds the lock.
 local group, lease = ARGV[1], tonumber(ARGV[2])
 local max_dc, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
 local reaper, queue = ARGV[5], ARGV[7]
 if not redis.call('SET', KEYS[1], reaper, 'NX', 'PX', ARGV[6]) then return -1 end
+local gated = ARGV[8] ~= nil
+if gated then gate_init(ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) end
 local requeued, buried = 0, 0
 for k = 3, #KEYS do
   local key = KEYS[k]
@@ -25,20 +30,31 @@ for k = 3, #KEYS do
         redis.call('XACK', key, group, id)
         redis.call('XDEL', key, id)
         if f then
-          local dc, src = 1, nil
+          local dc, src, grp = 1, nil, nil
           for j = 3, #f, 2 do
             if f[j] == 'dc' then dc = tonumber(f[j + 1]) + 1 end
             if f[j] == 'src' then src = f[j + 1] end
+            if f[j] == 'g' then grp = f[j + 1] end
           end
           if dc >= max_dc then
-            redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries',
-                       'error', 'delivered ' .. dc .. ' times without finishing (worker lost)',
-                       'queue', queue, 'dc', dc)
+            local err = 'delivered ' .. dc .. ' times without finishing (worker lost)'
+            if grp then
+              redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
+                         'queue', queue, 'dc', dc, 'g', grp)
+              if gated then g_leave(grp, 1) end
+            else
+              redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
+                         'queue', queue, 'dc', dc)
+            end
             buried = buried + 1
           else
             local target = key
             if src then target = src end
-            redis.call('XADD', target, '*', f[1], f[2], 'dc', dc)
+            if grp then
+              redis.call('XADD', target, '*', f[1], f[2], 'dc', dc, 'g', grp)
+            else
+              redis.call('XADD', target, '*', f[1], f[2], 'dc', dc)
+            end
             requeued = requeued + 1
           end
         end
@@ -63,4 +79,5 @@ for k = 3, #KEYS do
     end
   end
 end
+if gated and buried > 0 then g_admit() end
 return {requeued, buried}

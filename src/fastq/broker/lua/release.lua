@@ -3,16 +3,21 @@
 -- before the priority streams: they run next, on any worker.
 -- KEYS[1]: the stream they came from   KEYS[2]: the returned stream
 -- KEYS[3]: the dead-letter stream
--- ARGV: group, consumer, strike_id, max_deliveries, queue, entry_id...
+-- ARGV: group, consumer, strike_id, max_deliveries, queue, then the gate of a
+--       fair queue (base, window, cap, rate, burst; five empty strings for a plain
+--       queue), then entry_id...
 -- Only entries still pending for `consumer` move (fenced). The entry equal to
 -- strike_id (the one a dead child was running) gets its delivery count raised,
 -- and is dead-lettered once that reaches max_deliveries; the others keep
--- theirs: giving work back is not a failure.
+-- theirs: giving work back is not a failure. A fair queue's message keeps its
+-- group (field `g`); a dead letter frees its place (gate.lua is put in front).
 -- Returns {moved, dead_lettered}.
 local group, consumer, strike = ARGV[1], ARGV[2], ARGV[3]
 local max_dc, queue = tonumber(ARGV[4]), ARGV[5]
+local gated = ARGV[6] ~= ''
+if gated then gate_init(ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]) end
 local moved, buried = 0, 0
-for i = 6, #ARGV do
+for i = 11, #ARGV do
   local id = ARGV[i]
   local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
   if #p == 1 and p[1][2] == consumer then
@@ -21,17 +26,27 @@ for i = 6, #ARGV do
     redis.call('XDEL', KEYS[1], id)
     if #e == 1 then
       local f = e[1][2]
-      local dc, src = 0, KEYS[1]
+      local dc, src, grp = 0, KEYS[1], nil
       for j = 3, #f, 2 do
         if f[j] == 'dc' then dc = tonumber(f[j + 1]) end
         if f[j] == 'src' then src = f[j + 1] end
+        if f[j] == 'g' then grp = f[j + 1] end
       end
       if id == strike then dc = dc + 1 end
       if dc >= max_dc then
-        redis.call('XADD', KEYS[3], '*', f[1], f[2], 'reason', 'max_deliveries',
-                   'error', 'delivered ' .. dc .. ' times without finishing (worker process died)',
-                   'queue', queue, 'dc', dc)
+        local err = 'delivered ' .. dc .. ' times without finishing (worker process died)'
+        if grp then
+          redis.call('XADD', KEYS[3], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
+                     'queue', queue, 'dc', dc, 'g', grp)
+          if gated then g_leave(grp, 1) end
+        else
+          redis.call('XADD', KEYS[3], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
+                     'queue', queue, 'dc', dc)
+        end
         buried = buried + 1
+      elseif grp then
+        redis.call('XADD', KEYS[2], '*', f[1], f[2], 'dc', dc, 'src', src, 'g', grp)
+        moved = moved + 1
       else
         redis.call('XADD', KEYS[2], '*', f[1], f[2], 'dc', dc, 'src', src)
         moved = moved + 1
@@ -39,4 +54,5 @@ for i = 6, #ARGV do
     end
   end
 end
+if gated and buried > 0 then g_admit() end
 return {moved, buried}

@@ -1,0 +1,33 @@
+-- retry.lua for a fair queue (gate.lua is put in front): replace a message a
+-- consumer holds with another delivery of it, atomically, keeping its group.
+-- KEYS[1]: the stream   KEYS[2]: the delayed set   KEYS[3]: the target stream
+-- ARGV: group, consumer, entry_id, due_ms (0 = now), member_or_field, payload,
+--       base, window, cap, rate, burst
+-- A delivery later (countdown, rate-limit wait) leaves the streams: its place is
+-- freed and it comes back through the gate when due (its delayed-set member
+-- carries the group). A delivery now stays in the streams and keeps its place.
+-- Fenced as retry.lua. Returns 1 when done.
+local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+if #p ~= 1 or p[1][2] ~= consumer then return 0 end
+gate_init(ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local e = redis.call('XRANGE', KEYS[1], id, id)
+local grp = nil
+if #e == 1 then grp = g_field(e[1][2]) end
+redis.call('XACK', KEYS[1], group, id)
+redis.call('XDEL', KEYS[1], id)
+local due = tonumber(ARGV[4])
+if due > 0 then
+  if grp then
+    redis.call('ZADD', KEYS[2], due, g_member(grp, ARGV[5]))
+    g_leave(grp, 1)
+    g_admit()
+  else
+    redis.call('ZADD', KEYS[2], due, ARGV[5])
+  end
+elseif grp then
+  redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[6], 'g', grp)
+else
+  redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[6])
+end
+return 1
