@@ -343,10 +343,10 @@ class RedisBroker:
     def queue_stats(self, name: str) -> dict:
         """waiting, in_flight, delayed and dead-lettered counts of a queue (all its shards)."""
         rows = [self._queue_stats_one(p) for p in self.physical_queues(name)]
+        if len(rows) == 1:
+            return rows[0]
         total = {k: sum(r[k] for r in rows) for k in ("waiting", "in_flight", "delayed", "dead")}
-        if len(rows) > 1:
-            total["shards"] = len(rows) - 1
-        return {"queue": name, **total}
+        return {"queue": name, **total, "shards": len(rows) - 1}
 
     def _queue_stats_one(self, name: str) -> dict:
         qk = self.keys.queue(name)
