@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import redis
+from fastq import FastQ
 
 
 def fastq_executable() -> str:
@@ -18,10 +18,11 @@ def fastq_executable() -> str:
     return str(exe) if exe.exists() else (shutil.which("fastq") or "fastq")
 
 
-def start_workers(app_spec: str, url: str, n: int, concurrency: int, extra: tuple = ()) -> list[subprocess.Popen]:
+def start_workers(app_spec: str, url: str, n: int, concurrency: int, extra: tuple = (),
+                  env: dict | None = None) -> list[subprocess.Popen]:
     """n workers of ``concurrency`` processes each, run from benchmarks/; waits until all registered.
-    ``extra``: more ``fastq worker`` arguments (e.g. ``("-Q", "a,b")``)."""
-    env = {**os.environ, "FASTQ_BROKER_URL": url}
+    ``extra``: more ``fastq worker`` arguments (e.g. ``("-Q", "a,b")``); ``env``: more environment."""
+    env = {**os.environ, "FASTQ_BROKER_URL": url, **(env or {})}
     prefix = app_spec.split(":")[0]
     procs = [
         subprocess.Popen(
@@ -32,7 +33,7 @@ def start_workers(app_spec: str, url: str, n: int, concurrency: int, extra: tupl
         )
         for i in range(n)
     ]
-    client = redis.Redis.from_url(url)
+    client = FastQ("probe", broker=url).broker.client  # any URL fastq takes (cluster too)
     deadline = time.time() + 60
     while client.zcard("fastq:workers") < n:
         if time.time() > deadline:

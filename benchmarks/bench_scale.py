@@ -18,13 +18,10 @@ import argparse
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import time
-from pathlib import Path
 
 import psutil
-from _workers import fastq_executable, stop_workers
+from _workers import start_workers, stop_workers
 
 from fastq import FastQ
 from fastq.bench import private_cluster, private_redis
@@ -37,23 +34,6 @@ app.conf.queue_shards = json.loads(os.environ.get("BENCH_SHARDS", "null"))
 @app.task(name="scale.noop", ignore_result=True)
 def noop(i):
     return None
-
-
-def start_workers(url: str, n: int, concurrency: int, shards: dict | None) -> list[subprocess.Popen]:
-    env = {**os.environ, "FASTQ_BROKER_URL": url, "BENCH_SHARDS": json.dumps(shards)}
-    procs = [subprocess.Popen([fastq_executable(), "worker", "-A", "bench_scale:app", "-P", "process",
-                               "-c", str(concurrency), "-n", f"scale{i}@{socket.gethostname()}", "-l", "WARNING",
-                               "--without-events"],
-                              cwd=Path(__file__).resolve().parent, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-             for i in range(n)]
-    client = FastQ("probe", broker=url).broker.client
-    deadline = time.time() + 60
-    while client.zcard("fastq:workers") < n:
-        if time.time() > deadline:
-            raise SystemExit("workers did not start")
-        time.sleep(0.1)
-    return procs
 
 
 def redis_pids(url: str) -> list[psutil.Process]:
@@ -94,7 +74,8 @@ def run_setting(label: str, url: str, n: int, shards: dict | None, workers: int,
         app.send_many(noop.s(j) for j in range(i, min(n, i + 10_000)))
     enqueue = n / (time.perf_counter() - t0)
     servers = redis_pids(url)
-    procs = start_workers(url, workers, concurrency, shards)
+    procs = start_workers("bench_scale:app", url, workers, concurrency, ("--without-events",),
+                          env={"BENCH_SHARDS": json.dumps(shards)})
     tree = [psutil.Process(p.pid) for p in procs]
     try:
         r0, w0, t1 = [cpu_seconds([x]) for x in servers], cpu_seconds(tree), time.perf_counter()

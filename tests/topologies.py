@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import redis
@@ -217,3 +219,37 @@ def _replica_synced(server: _Server) -> bool:
     info = server.client.info("replication")
     return info.get("master_link_status") == "up"
 
+
+
+class CountingProducer(threading.Thread):
+    """Sends ``task.delay(seq)`` for seq in range(n) from a thread, keeping which
+    sends were acknowledged and which raised BrokerError (a failover test's ledger)."""
+
+    def __init__(self, task, n: int) -> None:
+        super().__init__(daemon=True)
+        self.task, self.n = task, n
+        self.acknowledged: list[int] = []
+        self.refused: list[int] = []
+
+    def run(self) -> None:
+        from fastq.exceptions import BrokerError
+
+        for seq in range(self.n):
+            try:
+                self.task.delay(seq)
+                self.acknowledged.append(seq)
+            except BrokerError:
+                self.refused.append(seq)
+            if seq % 100 == 0:
+                time.sleep(0.05)  # a steady stream, not one burst
+
+    def report(self, ledger, what: str) -> str:
+        """Wait until every acknowledged send ran; the lost/duplicated line."""
+        def all_ran():
+            return not set(self.acknowledged) - {int(k) for k in ledger.hkeys("runs")}
+
+        wait_for(all_ran, 180, interval=0.5, message="every acknowledged task to run")
+        runs = {int(k): int(v) for k, v in ledger.hgetall("runs").items()}
+        dups = sum(v - 1 for v in runs.values())
+        return (f"{what}: {len(self.acknowledged)} acknowledged, {len(self.refused)} refused (BrokerError), "
+                f"lost 0, duplicated {dups}")
