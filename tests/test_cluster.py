@@ -195,7 +195,7 @@ def test_master_failover_mid_drain_loses_nothing_acknowledged(failover_cluster, 
         # When the master of a shard is SIGKILLed mid-drain
         victim = cluster.server_for_key("fastq:{default~0}:s")
         victim.kill()
-        cluster.wait_failover(victim.port)
+        cluster.wait_failover(victim, "fastq:{default~0}:s")
         # (until the dead node is replaced, its old replica - now master - has no replica of
         # its own, so sends to it cannot be confirmed and raise BrokerError after 2 s)
         victim.restart()

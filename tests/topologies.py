@@ -129,15 +129,18 @@ class LocalCluster:
                 return next(x for x in self.servers if x.port == int(master[1]))
         raise AssertionError(f"no master serves slot {slot}")
 
-    def wait_failover(self, dead_port: int, timeout: float = 60.0) -> None:
-        """Until a replica of the killed master serves its slots and the cluster is ok."""
-        def ok():
+    def wait_failover(self, dead: _Server, key: str, timeout: float = 60.0) -> None:
+        """Until another server masters ``key``'s slot (the dead master's replica was
+        promoted) and the cluster is ok. Only then may the dead node come back: a master
+        restarted empty before its replica took over would wipe the replica on resync."""
+        def promoted():
             try:
                 live = [s for s in self.servers if s.alive()]
-                return all(b"cluster_state:ok" in s.client.execute_command("CLUSTER", "INFO") for s in live)
-            except redis.RedisError:
+                return (self.server_for_key(key) is not dead and
+                        all(b"cluster_state:ok" in s.client.execute_command("CLUSTER", "INFO") for s in live))
+            except (redis.RedisError, StopIteration, AssertionError):
                 return False
-        wait_for(ok, timeout, interval=0.2, message=f"failover of the master on {dead_port}")
+        wait_for(promoted, timeout, interval=0.2, message=f"failover of the master on {dead.port}")
 
     def close(self) -> None:
         for s in self.servers:
@@ -230,13 +233,14 @@ class CountingProducer(threading.Thread):
         self.task, self.n = task, n
         self.acknowledged: list[int] = []
         self.refused: list[int] = []
+        self.ids: dict[int, str] = {}
 
     def run(self) -> None:
         from fastq.exceptions import BrokerError
 
         for seq in range(self.n):
             try:
-                self.task.delay(seq)
+                self.ids[seq] = self.task.delay(seq).id
                 self.acknowledged.append(seq)
             except BrokerError:
                 self.refused.append(seq)
