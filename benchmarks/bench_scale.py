@@ -3,8 +3,8 @@
     python benchmarks/bench_scale.py                    # 300,000 tasks, 12 shards, 1 worker x 2 processes
     python benchmarks/bench_scale.py -n 100000 --workers 2 --concurrency 1
 
-For each setting (one plain redis-server as the baseline, then clusters of 1, 2
-and 3 masters, each started privately on loopback), the queue ``default`` is
+For each setting (one plain redis-server as the baseline, unsharded and sharded,
+then clusters of 1, 2 and 3 masters, each started privately on loopback), the queue ``default`` is
 sharded over ``--shards`` shards (spread over the masters by their hash tags),
 N no-op tasks are sent in bulk, and ``fastq worker`` processes drain them. The
 table gives the enqueue and drain rates, the drain rate relative to one master,
@@ -105,6 +105,8 @@ def main() -> None:
     rows = []
     with private_redis() as url:
         rows.append(run_setting("one server, unsharded", url, args.tasks, None, args.workers, args.concurrency))
+        rows.append(run_setting(f"one server, {args.shards} shards", url, args.tasks, shards, args.workers,
+                                args.concurrency))
     for m in (int(x) for x in args.masters.split(",")):
         with private_cluster(m) as url:
             rows.append(run_setting(f"cluster, {m} master{'s' if m > 1 else ''}", url, args.tasks, shards,

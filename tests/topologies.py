@@ -79,6 +79,13 @@ class LocalCluster:
     def __init__(self, masters: int = 3, replicas: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastq-cluster-"))
         self.servers: list[_Server] = []
+        try:
+            self._start(masters, replicas)
+        except BaseException:
+            self.close()  # no stray servers when the cluster does not come up
+            raise
+
+    def _start(self, masters: int, replicas: int) -> None:
         for i in range(masters * (1 + replicas)):
             port = _cluster_port()
             args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
@@ -155,6 +162,15 @@ class LocalSentinel:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastq-sentinel-"))
+        self.sentinels: list[_Server] = []
+        self.master = self.replica = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # no stray servers when the setup does not come up
+            raise
+
+    def _start(self) -> None:
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
         mport, rport = free_port(), free_port()
         self.master = _Server(mport, _start(["--port", str(mport), *common], self.dir, "master"))
@@ -162,7 +178,6 @@ class LocalSentinel:
         self.replica = _Server(rport, _start(["--port", str(rport), "--replicaof", "127.0.0.1", str(mport),
                                               *common], self.dir, "replica"))
         wait_for(lambda: _pings(rport) and _replica_synced(self.replica), 30, message="the replica to sync")
-        self.sentinels: list[_Server] = []
         for i in range(3):
             port = free_port()
             conf = self.dir / f"sentinel{i}.conf"
@@ -207,7 +222,8 @@ class LocalSentinel:
 
     def close(self) -> None:
         for s in [*self.sentinels, self.master, self.replica]:
-            s.kill()
+            if s is not None:
+                s.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -78,6 +78,7 @@ class ClusterChannel:
         self.cluster = cluster  #: a RedisCluster client: its slot table and node connections
         self._channels: dict[str, Channel] = {}
         self._owed: deque[str] = deque()  #: node name per command whose reply is unread
+        self._plans: dict[bytes, tuple] = {}  #: routes of commands sent often (valid until a refresh)
 
     def connect(self) -> None:
         self._default_node()
@@ -91,6 +92,7 @@ class ClusterChannel:
             ch.close()
         self._channels.clear()
         self._owed.clear()
+        self._plans.clear()
         try:  # whoever uses this channel next must not trust the old slot table
             self.refresh()
         except Exception:  # noqa: BLE001 - the cluster is unreachable: the next send fails and says so
@@ -98,6 +100,7 @@ class ClusterChannel:
 
     def refresh(self) -> None:
         """Read the slot table again (after MOVED); the node connections stay."""
+        self._plans.clear()
         self.cluster.nodes_manager.initialize()
 
     def probes_for(self, data: bytes) -> list[bytes]:
@@ -132,17 +135,30 @@ class ClusterChannel:
         return ch
 
     def send(self, data: bytes) -> None:
+        plan = self._plans.get(data)
+        if plan is None:
+            plan = self._plan(data)
+            if len(data) <= 4096 and len(self._plans) < 256:
+                # A consumer sends the same fetch commands over and over: route them once.
+                self._plans[data] = plan
+        owed, parts = plan
+        self._owed.extend(owed)
+        for node, payload in parts:
+            self._channel(node).send(payload)
+
+    def _plan(self, data: bytes) -> tuple[list[str], list]:
+        """(node name per command, [(node, the bytes it gets)]) for packed commands."""
         by_node: dict[str, list[bytes]] = {}
         nodes = {}
+        owed = []
         previous = None
         for args in split_commands(data):
             node = self._node_for(args, previous)
             previous = node
             nodes[node.name] = node
             by_node.setdefault(node.name, []).append(_pack(args))
-            self._owed.append(node.name)
-        for name, cmds in by_node.items():
-            self._channel(nodes[name]).send(b"".join(cmds))
+            owed.append(node.name)
+        return owed, [(nodes[name], b"".join(cmds)) for name, cmds in by_node.items()]
 
     def read_one(self):
         """The next reply; an error reply is returned, not raised."""
