@@ -80,6 +80,27 @@ def test_core_calls_results_and_workflows_on_a_cluster(cluster, capp, worker):
     assert all(n > 0 for n in spread.values()), spread
 
 
+def test_async_producers_send_and_wait_on_a_cluster(cluster, capp, worker):
+    import asyncio
+
+    from tests.apps import basic
+
+    from fastq import aio
+
+    capp.conf.queue_shards = {"default": 3}
+    capp._reset()
+    cluster_worker(worker, cluster, "-P", "solo", env={"FASTQ_TEST_SHARDS": json.dumps({"default": 3})})
+
+    async def main():
+        results = [await basic.add.delay_async(i, 1) for i in range(30)]
+        values = [await r.get_async(timeout=30) for r in results]
+        await aio.aclose()
+        return values
+
+    # Given an asyncio producer on the cluster / Then its sends spread over the shards and every result arrives
+    assert asyncio.run(main()) == [i + 1 for i in range(30)]
+
+
 def test_a_sharded_queue_spreads_over_masters_and_keeps_fifo_per_shard(cluster, capp, worker, ledger):
     from tests.apps import basic
 

@@ -45,6 +45,19 @@ def test_calls_and_results_go_through_sentinel(sentinel, sapp, worker):
     # The replica has the messages too: the master was asked to WAIT for it
     assert sentinel.replica.client.exists("fastq:{default}:s") == 1
 
+    # And an asyncio producer finds the master through the sentinels too
+    import asyncio
+
+    from fastq import aio
+
+    async def main():
+        r = await basic.add.delay_async(20, 22)
+        value = await r.get_async(timeout=30)
+        await aio.aclose()
+        return value
+
+    assert asyncio.run(main()) == 42
+
 
 def test_failover_mid_drain_workers_and_producers_follow_the_new_master(sentinel, sapp, worker, ledger):
     from tests.apps import basic
