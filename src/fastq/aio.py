@@ -30,8 +30,7 @@ from .broker.redis import CONNECTION_ERRORS, safe_url
 from .exceptions import BrokerError
 from .exceptions import TimeoutError as FastQTimeout
 from .messages import ResultMeta, decode_result
-
-_SPECIAL_OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
+from .unique import OPTIONS as _SPECIAL_OPTIONS
 
 #: Longest single blocking wait; a longer timeout waits in several (as result.py).
 _WAIT_CHUNK = 5.0

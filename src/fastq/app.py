@@ -14,6 +14,7 @@ from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
 from .settings import Settings
 from .signals import before_task_publish
+from .unique import OPTIONS as _SPECIAL_OPTIONS  # apply_async options of unique and debounced sends
 from .workflow import note_child
 
 if TYPE_CHECKING:
@@ -401,10 +402,6 @@ def unknown_options(names: Iterable[str]) -> TypeError:
         return TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
                          f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
     return TypeError(f"unknown apply_async option(s): {', '.join(sorted(names))}")
-
-
-#: apply_async options of unique and debounced sends (fastq.unique).
-_SPECIAL_OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
 
 
 def _due_time(eta, countdown, t: float) -> float | None:

@@ -48,6 +48,7 @@ from ..ratelimit import Limiter
 from .aio import Limits, call_limited
 from .execute import Executor
 from .limits import SoftLimit
+from .pool import SoloPool, _Signals
 
 log = logging.getLogger("fastq.worker")
 
@@ -540,40 +541,17 @@ class AsyncConsumer:
             self._pending_outs.pop(0)
 
 
-class AsyncioPool:
-    """``-P asyncio``: one AsyncConsumer on an event loop in the main thread;
-    maintenance (leases, reaping, heartbeats) in a thread of its own."""
+class AsyncioPool(SoloPool):
+    """``-P asyncio``: one AsyncConsumer on an event loop in the main thread, running
+    up to ``concurrency`` coroutines; maintenance (leases, reaping, heartbeats) in a
+    thread of its own. Stopping, info and queue changes are SoloPool's."""
 
-    def __init__(self, worker, concurrency: int) -> None:
-        from .maintenance import Maintenance
+    def _consumer_count(self) -> int:
+        return 1  # one consumer; concurrency is how many coroutines it runs
 
-        self.worker = worker
-        self.concurrency = concurrency
-        self._made = 0
-        self.consumers = [self._new_consumer()]
-        self.maintenance = Maintenance(worker.app, worker.queues, worker.hostname,
-                                       lambda: [c.name for c in self.consumers], worker.info)
-        self.stopping = False
-        self._restart = False
-        self._done = [0, 0]
-
-    def _new_consumer(self) -> AsyncConsumer:
+    def _make_consumer(self, name: str) -> AsyncConsumer:
         w = self.worker
-        self._made += 1
-        c = AsyncConsumer(w.app, w.queues, w.hostname, f"{w.hostname}/{os.getpid()}.{self._made - 1}",
-                          self.concurrency, w.prefetch, weights=w.weights)
-        revokes = getattr(getattr(w, "control", None), "revokes", None)
-        if revokes is not None:
-            c.executor.revoked.update(revokes.expiry)
-        return c
-
-    def stop(self) -> None:
-        self.stopping = True
-        for c in self.consumers:
-            c.stop()
-
-    def info(self) -> dict:
-        return {"concurrency": self.concurrency, **self.counters()}
+        return AsyncConsumer(w.app, w.queues, w.hostname, name, self.concurrency, w.prefetch, weights=w.weights)
 
     def counters(self) -> dict:
         cs = list(self.consumers)
@@ -612,16 +590,7 @@ class AsyncioPool:
         """revoke(terminate=True): cancel the coroutines (the signal does not apply)."""
         return [i for c in list(self.consumers) for i in c.terminate(task_ids)]
 
-    def set_queues(self, queues: list[str]) -> None:
-        self.worker.queues = list(queues)
-        self.maintenance.queues = list(queues)
-        self._restart = True
-        for c in self.consumers:
-            c.stop()
-
     def run(self) -> int:
-        from .pool import _Signals
-
         _Signals(self.stop, lambda: os._exit(1)).install()
         self.maintenance.start()
         try:

@@ -234,18 +234,17 @@ class Consumer:
         """Read the replies of one outstanding item; a fetch returns its batch."""
         if item[0] == "out":
             out, n = item[1], item[2]
-            replies = self.conn.read_many(n)
-            if any(is_redirect(r) for r in replies):
+            errors = [r for r in self.conn.read_many(n) if isinstance(r, ResponseError)]
+            redirect = next((r for r in errors if is_redirect(r)), None)
+            if redirect is not None:
                 # Not applied (slot moved, master demoted): the write stays
                 # outstanding and is sent again after reconnecting.
-                raise ConnectionError(f"Redis redirected a write: {next(r for r in replies if is_redirect(r))}")
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    if "NOSCRIPT" in str(reply):
-                        if out not in missing_scripts:
-                            missing_scripts.append(out)
-                    else:
-                        log.error("Redis refused a write: %s", reply)
+                raise ConnectionError(f"Redis redirected a write: {redirect}")
+            for reply in errors:
+                if "NOSCRIPT" not in str(reply):
+                    log.error("Redis refused a write: %s", reply)
+                elif out not in missing_scripts:
+                    missing_scripts.append(out)
             return None
         try:
             reply = self._read()

@@ -70,7 +70,7 @@ class SoloPool:
         self.worker = worker
         self.concurrency = concurrency
         self._made = 0
-        self.consumers = [self._new_consumer() for _ in range(concurrency)]
+        self.consumers = [self._new_consumer() for _ in range(self._consumer_count())]
         self.maintenance = Maintenance(worker.app, worker.queues, worker.hostname,
                                        lambda: [c.name for c in self.consumers], worker.info)
         self.stopping = False
@@ -79,11 +79,17 @@ class SoloPool:
         self._done = [0, 0]  #: processed, failed of consumers removed by pool_shrink
         self._threads: list[threading.Thread] = []
 
-    def _new_consumer(self) -> Consumer:
+    def _consumer_count(self) -> int:
+        return self.concurrency  # a consumer per thread
+
+    def _make_consumer(self, name: str):
+        w = self.worker
+        return Consumer(w.app, w.queues, w.hostname, name, w.prefetch, weights=w.weights)
+
+    def _new_consumer(self):
         w = self.worker
         self._made += 1
-        c = Consumer(w.app, w.queues, w.hostname, f"{w.hostname}/{os.getpid()}.{self._made - 1}", w.prefetch,
-                     weights=w.weights)
+        c = self._make_consumer(f"{w.hostname}/{os.getpid()}.{self._made - 1}")
         revokes = getattr(getattr(w, "control", None), "revokes", None)
         if revokes is not None:  # a consumer added at run time learns the known revokes
             c.executor.revoked.update(revokes.expiry)
