@@ -21,15 +21,7 @@ for i = 9, #ARGV, 3 do
       for j = 3, #f, 2 do
         if f[j] == 'dc' then dc = tonumber(f[j + 1]) end
       end
-      local grp = g_field(f)
-      if grp then
-        redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', reason, 'error', err,
-                   'queue', queue, 'dc', dc, 'g', grp)
-        g_leave(grp, 1)
-      else
-        redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', reason, 'error', err,
-                   'queue', queue, 'dc', dc)
-      end
+      g_bury(KEYS[2], f, reason, err, queue, dc, g_field(f), true)
       moved = moved + 1
     end
   end

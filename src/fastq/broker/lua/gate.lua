@@ -212,6 +212,17 @@ local function g_leave(grp, n)
   if c < G_cap and c + n >= G_cap then g_ensure(grp) end
 end
 
+-- Dead-letter a message (stream fields f) into dlq with why it died; a gated
+-- message keeps its group ('g') and, when release is set, frees its place.
+local function g_bury(dlq, f, reason, err, queue, dc, grp, release)
+  if grp then
+    redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc, 'g', grp)
+    if release then g_leave(grp, 1) end
+  else
+    redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc)
+  end
+end
+
 -- A delayed-set member of a gated message: 'g', field, priority digit,
 -- <length of group>, ':', group, payload. item is field, priority digit, payload.
 local function g_member(grp, item)

@@ -38,14 +38,7 @@ for k = 3, #KEYS do
           end
           if dc >= max_dc then
             local err = 'delivered ' .. dc .. ' times without finishing (worker lost)'
-            if grp then
-              redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
-                         'queue', queue, 'dc', dc, 'g', grp)
-              if gated then g_leave(grp, 1) end
-            else
-              redis.call('XADD', KEYS[2], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
-                         'queue', queue, 'dc', dc)
-            end
+            g_bury(KEYS[2], f, 'max_deliveries', err, queue, dc, grp, gated)
             buried = buried + 1
           else
             local target = key

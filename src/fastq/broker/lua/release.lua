@@ -35,14 +35,7 @@ for i = 11, #ARGV do
       if id == strike then dc = dc + 1 end
       if dc >= max_dc then
         local err = 'delivered ' .. dc .. ' times without finishing (worker process died)'
-        if grp then
-          redis.call('XADD', KEYS[3], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
-                     'queue', queue, 'dc', dc, 'g', grp)
-          if gated then g_leave(grp, 1) end
-        else
-          redis.call('XADD', KEYS[3], '*', f[1], f[2], 'reason', 'max_deliveries', 'error', err,
-                     'queue', queue, 'dc', dc)
-        end
+        g_bury(KEYS[3], f, 'max_deliveries', err, queue, dc, grp, gated)
         buried = buried + 1
       elseif grp then
         redis.call('XADD', KEYS[2], '*', f[1], f[2], 'dc', dc, 'src', src, 'g', grp)
