@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # comes from wherever it is installed (src/ is deliberately not on the path).
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from tests.apps.ledger import PATIENT  # noqa: E402  (needs ROOT on the path)
+
 # Override to run several suites at once on one Redis without clashing.
 TEST_DB = int(os.environ.get("FASTQ_TEST_DB", "9"))
 LEDGER_DB = int(os.environ.get("FASTQ_TEST_LEDGER_DB", "10"))
@@ -75,12 +77,12 @@ def redis_url() -> str:
 @pytest.fixture
 def r(redis_url) -> redis.Redis:
     """A client on the test DB."""
-    return redis.Redis.from_url(redis_url)
+    return redis.Redis.from_url(redis_url, **PATIENT)
 
 
 @pytest.fixture
 def ledger(redis_url) -> redis.Redis:
-    return redis.Redis.from_url(f"{MAIN_REDIS}/{LEDGER_DB}")
+    return redis.Redis.from_url(f"{MAIN_REDIS}/{LEDGER_DB}", **PATIENT)
 
 
 @pytest.fixture
