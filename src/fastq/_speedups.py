@@ -13,50 +13,6 @@ from typing import TYPE_CHECKING
 
 NO_EXTENSIONS = bool(os.environ.get("FASTQ_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"
 
-if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._core_py import (
-        COMPILED,
-        Delivery,
-        Output,
-        Request,
-        Runner,
-        TokenBucket,
-        current_request,
-        new_task_id,
-        pack_command,
-        parse_fetch_reply,
-        parse_xread_reply,
-    )
-else:
-    try:
-        from ._core import (
-            COMPILED,
-            Delivery,
-            Output,
-            Request,
-            Runner,
-            TokenBucket,
-            current_request,
-            new_task_id,
-            pack_command,
-                parse_fetch_reply,
-            parse_xread_reply,
-        )
-    except ImportError:  # pragma: no cover - a build without the extension
-        from ._core_py import (
-            COMPILED,
-            Delivery,
-            Output,
-            Request,
-            Runner,
-            TokenBucket,
-            current_request,
-            new_task_id,
-            pack_command,
-                parse_fetch_reply,
-            parse_xread_reply,
-        )
-
 __all__ = [
     "COMPILED",
     "Delivery",
@@ -71,3 +27,35 @@ __all__ = [
     "parse_fetch_reply",
     "parse_xread_reply",
 ]
+
+
+def _load_core():
+    if not NO_EXTENSIONS:
+        try:
+            from . import _core
+
+            return _core
+        except ImportError:  # pragma: no cover - a build without the extension
+            pass
+    from . import _core_py
+
+    return _core_py
+
+
+if TYPE_CHECKING:  # both modules have the same names; type checkers read the twin's
+    from ._core_py import (
+        COMPILED,
+        Delivery,
+        Output,
+        Request,
+        Runner,
+        TokenBucket,
+        current_request,
+        new_task_id,
+        pack_command,
+        parse_fetch_reply,
+        parse_xread_reply,
+    )
+else:
+    _core_module = _load_core()
+    globals().update({name: getattr(_core_module, name) for name in __all__ if name != "NO_EXTENSIONS"})
