@@ -278,6 +278,53 @@ def test_task_always_eager_runs_delay_and_apply_async_locally(app, r):
         app.conf.task_always_eager = False
 
 
+def test_apply_retries_at_once_counts_the_tries_and_may_propagate(redis_url):
+    # Given a task that asks for a retry once, then fails with an autoretried error
+    app = FastQ("eager-retries", broker=redis_url)
+    tries = []
+
+    @app.task(bind=True, autoretry_for=(KeyError,), max_retries=2)
+    def shaky(self):
+        tries.append(self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry(countdown=60)  # eager mode does not wait
+        raise KeyError("gone")
+
+    # When it is applied locally
+    res = shaky.apply()
+    # Then every try ran at once, each seeing its retry count, until max_retries
+    assert tries == [0, 1, 2]
+    assert res.state == "FAILURE" and isinstance(res.result, KeyError) and res.retries == 2
+    # And with task_eager_propagates the last error reaches the caller
+    app.conf.task_eager_propagates = True
+    tries.clear()
+    with pytest.raises(KeyError, match="gone"):
+        shaky.apply()
+    assert tries == [0, 1, 2]
+
+
+def test_delay_async_in_eager_mode_propagates_the_callers_cancellation(redis_url):
+    import asyncio
+
+    # Given an eager app with a coroutine task that takes a while
+    app = FastQ("eager-cancel", broker=redis_url, task_always_eager=True)
+    started = []
+
+    @app.task
+    async def slow():
+        started.append(1)
+        await asyncio.sleep(30)
+
+    # When the caller stops waiting
+    async def caller():
+        await asyncio.wait_for(slow.delay_async(), 0.2)
+
+    # Then the caller sees its own timeout, not a FAILURE result, and the task ran once
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(caller())
+    assert started == [1]
+
+
 # --- bound tasks ----------------------------------------------------------------------------
 
 

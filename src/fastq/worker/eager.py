@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import contextmanager
 
 from .. import states
 from .._speedups import Request, current_request
@@ -39,56 +40,76 @@ def _success(task, task_id: str, value, runtime: float, retries: int) -> EagerRe
     return EagerResult(task_id, meta, task.name)
 
 
+class _EagerRun:
+    """The bookkeeping both eager entry points share: each try runs inside
+    ``with run.attempt():`` (the task's request is current, the clock runs);
+    a retryable error starts another try, any other ends the run as FAILURE
+    (or propagates, with ``task_eager_propagates``); ``run.succeeded(value)``
+    ends it as SUCCESS. ``run.result`` is set once the run has ended."""
+
+    def __init__(self, task, args: list, kwargs: dict, task_id: str | None, on_loop: bool = False) -> None:
+        self.task, self.args, self.kwargs = task, args, kwargs
+        self.task_id = task_id or str(uuid.uuid4())
+        self.on_loop = on_loop  # awaited by the caller: its cancellation is not the task's failure
+        self.retries = 0
+        self.result: EagerResult | None = None
+        self._t0 = 0.0
+
+    @contextmanager
+    def attempt(self):
+        message = _message(self.task, self.args, self.kwargs, self.task_id, self.retries)
+        token = current_request.set(Request(message, "eager", None, None))
+        self._t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            if self._leaves_the_run(exc):
+                raise
+            self._retry_or_fail(exc)
+        finally:
+            current_request.reset(token)
+
+    def succeeded(self, value) -> None:
+        self.result = _success(self.task, self.task_id, value, time.perf_counter() - self._t0, self.retries)
+
+    def _leaves_the_run(self, exc: BaseException) -> bool:
+        if self.on_loop and isinstance(exc, asyncio.CancelledError):
+            return True
+        return not _again(self.task, exc, self.retries) and self.task.app.conf.task_eager_propagates
+
+    def _retry_or_fail(self, exc: BaseException) -> None:
+        if _again(self.task, exc, self.retries):
+            self.retries += 1
+        else:
+            self.result = _failure(self.task, self.task_id, exc, time.perf_counter() - self._t0, self.retries)
+
+
 def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: dict) -> EagerResult:
     """Run now, in this thread. Retries run again at once (no countdown wait),
     as Celery's eager mode does. A coroutine task is run to completion
     (worker/aio.run_coroutine: on a helper thread's loop if this thread runs one)."""
-    task_id = task_id or str(uuid.uuid4())
-    retries = 0
-    while True:
-        token = current_request.set(Request(_message(task, args, kwargs, task_id, retries), "eager", None, None))
-        t0 = time.perf_counter()
-        try:
+    run = _EagerRun(task, args, kwargs, task_id)
+    while run.result is None:
+        with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
                 from .aio import run_coroutine
 
                 value = run_coroutine(value, task.soft_time_limit)
-        except BaseException as exc:
-            if _again(task, exc, retries):
-                retries += 1
-                continue
-            if task.app.conf.task_eager_propagates:
-                raise
-            return _failure(task, task_id, exc, time.perf_counter() - t0, retries)
-        finally:
-            current_request.reset(token)
-        return _success(task, task_id, value, time.perf_counter() - t0, retries)
+            run.succeeded(value)
+    return run.result
 
 
 async def run_eagerly_async(task, args: list, kwargs: dict, task_id: str | None, options: dict) -> EagerResult:
     """``await task.apply_async_async()`` in eager mode: a coroutine task is
     awaited on the caller's loop; a sync task runs inline, as ``apply()`` does."""
-    task_id = task_id or str(uuid.uuid4())
-    retries = 0
-    while True:
-        token = current_request.set(Request(_message(task, args, kwargs, task_id, retries), "eager", None, None))
-        t0 = time.perf_counter()
-        try:
+    run = _EagerRun(task, args, kwargs, task_id, on_loop=True)
+    while run.result is None:
+        with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
                 from .aio import call_limited
 
                 value = await call_limited(value, task.soft_time_limit)
-        except asyncio.CancelledError:
-            raise  # the caller was cancelled: not the task's failure
-        except BaseException as exc:
-            if _again(task, exc, retries):
-                retries += 1
-                continue
-            if task.app.conf.task_eager_propagates:
-                raise
-            return _failure(task, task_id, exc, time.perf_counter() - t0, retries)
-        finally:
-            current_request.reset(token)
-        return _success(task, task_id, value, time.perf_counter() - t0, retries)
+            run.succeeded(value)
+    return run.result
