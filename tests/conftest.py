@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,11 @@ MAIN_REDIS = "redis://127.0.0.1:6379"
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll until predicate() is truthy; return its value or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    """Poll until predicate() is truthy; return its value or fail after timeout
+    (fastq.testing.wait_for, with the suite's longer default timeout)."""
+    from fastq.testing import wait_for as poll
+
+    return poll(predicate, timeout, interval, message=message)
 
 
 def free_port() -> int:
