@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import time
 import uuid
 
@@ -129,6 +130,79 @@ def test_pack_command_is_understood_by_redis(core, redis_url):
         assert conn.read_response() == b"2.5"
     finally:
         conn.disconnect()
+
+
+# --- cluster routing ---------------------------------------------------------------------------
+
+
+def test_key_slot_matches_redis_clusters_hash(core):
+    from redis.crc import key_slot as redis_key_slot
+
+    # Given keys with and without hash tags, empty tags, odd bytes and long keys
+    rng = random.Random(7)
+    keys = [b"", b"a", b"foo", b"{user1000}.following", b"foo{}{bar}", b"foo{{bar}}zap", b"foo{bar}{zap}",
+            b"{}", b"}{", b"fastq:{default~3}:s", "\u00fc{k}".encode(), b"k" * 10000]
+    keys += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) for _ in range(2000)]
+    # Then the slot is the one Redis Cluster computes
+    for key in keys:
+        assert core.key_slot(key) == redis_key_slot(key), key
+
+
+def test_split_packed_finds_each_commands_span_and_routing_key(core):
+    pack = core.pack_command
+    # Given packed commands of every routing kind
+    commands = [
+        (b"SET", b"fastq:r:1", b"v\r\n*2\r\n"),  # a value that looks like RESP
+        (b"xack", b"fastq:{default}:s", b"g", b"1-0"),
+        (b"EVALSHA", b"sha", 2, b"fastq:{q}:s", b"fastq:{q}:d", b"arg"),
+        (b"evalsha", b"sha", 0, b"arg"),
+        (b"EVALSHA_RO", b"sha", b"x", b"k"),  # numkeys not a number: no key
+        (b"XREADGROUP", b"GROUP", b"g", b"c", b"COUNT", 10, b"streams", b"fastq:{a}:s", b"fastq:{a}:s1", b">", b">"),
+        (b"XREAD", b"STREAMS"),  # no stream named
+        (b"PUBLISH", b"fastq:events", b"x"),
+        (b"WAIT", 1, 100),
+        (b"PING",),
+        (b"GET",),
+    ]
+    data = b"".join(pack(c) for c in commands)
+    # When they are split
+    spans = core.split_packed(data)
+    # Then each span is one command, with the key and slot a cluster routes it by
+    assert [data[s:e] for s, e, _, _ in spans] == [pack(c) for c in commands]
+    keys = [k for _, _, k, _ in spans]
+    assert keys == [b"fastq:r:1", b"fastq:{default}:s", b"fastq:{q}:s", None, None, b"fastq:{a}:s", None,
+                    None, None, None, None]
+    slots = [slot for _, _, _, slot in spans]
+    assert slots[:3] == [core.key_slot(k) for k in keys[:3]]
+    assert slots[8] == core.WAIT_SLOT
+    assert slots[9] == core.KEYLESS
+
+
+@pytest.mark.parametrize("data", [b"GET x\r\n", b"*1\r\n$3\r\nGE", b"*2\r\n$3\r\nGET\r\n", b"*x\r\n",
+                                  b"*1\r\n$-1\r\n", b"*1\r\n$3\r\nGETXX"])
+def test_split_packed_refuses_what_is_not_packed_commands(core, data):
+    # Given bytes that are not whole packed commands
+    # When they are split
+    # Then ValueError says so
+    with pytest.raises(ValueError, match="packed command"):
+        core.split_packed(data)
+
+
+def test_the_twins_split_the_same_way(both):
+    py, compiled = both
+    # Given random commands (random names, arities, keys and binary values)
+    rng = random.Random(11)
+    names = [b"SET", b"get", b"EVALSHA", b"EVAL_RO", b"XREADGROUP", b"xread", b"WAIT", b"PING", b"INFO", b"ZADD"]
+    words = [b"STREAMS", b"streams", b"0", b"2", b"{t}", b"", b"\r\n", b"k{x}y"]
+
+    def word():
+        return rng.choice(words) if rng.random() < 0.5 else bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
+
+    for _ in range(300):
+        data = b"".join(py.pack_command([rng.choice(names), *(word() for _ in range(rng.randrange(6)))])
+                        for _ in range(rng.randrange(1, 6)))
+        # Then both find the same spans, keys and slots
+        assert py.split_packed(data) == compiled.split_packed(data)
 
 
 # --- parsing fetched batches -------------------------------------------------------------------

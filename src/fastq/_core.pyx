@@ -105,6 +105,157 @@ cpdef bytes pack_command(args):
     return out
 
 
+# --- Cluster routing -----------------------------------------------------------------
+
+KEYLESS = -1
+WAIT_SLOT = -2
+
+cdef unsigned short _CRC16[256]  # CRC16-CCITT (XMODEM), Redis Cluster's key hash
+
+
+cdef void _fill_crc16_table() noexcept:
+    cdef unsigned int i, j, c
+    for i in range(256):
+        c = i << 8
+        for j in range(8):
+            c = ((c << 1) ^ 0x1021) if (c & 0x8000) else (c << 1)
+        _CRC16[i] = c & 0xFFFF
+
+
+_fill_crc16_table()
+
+
+cdef inline int _slot_of(const char* k, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, s = -1, e
+    cdef unsigned int crc = 0
+    for i in range(n):
+        if k[i] == 123:  # '{'
+            s = i
+            break
+    if s >= 0:
+        for e in range(s + 1, n):
+            if k[e] == 125:  # '}'
+                if e > s + 1:  # a non-empty tag: only it is hashed
+                    k = k + s + 1
+                    n = e - s - 1
+                break
+    for i in range(n):
+        crc = ((crc << 8) ^ _CRC16[((crc >> 8) ^ <unsigned char>k[i]) & 0xFF]) & 0xFFFF
+    return crc & 16383
+
+
+cpdef int key_slot(bytes key):
+    return _slot_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+
+cdef inline Py_ssize_t _resp_length(const char* p, Py_ssize_t pos, Py_ssize_t end, char kind,
+                                    Py_ssize_t* value) except -1:
+    cdef Py_ssize_t v = 0, first
+    if pos >= end or p[pos] != kind:
+        raise ValueError("not a packed command")
+    pos += 1
+    first = pos
+    while pos < end and 48 <= p[pos] <= 57:
+        v = v * 10 + (p[pos] - 48)
+        pos += 1
+    if pos == first or pos + 1 >= end or p[pos] != 13 or p[pos + 1] != 10:
+        raise ValueError("not a packed command")
+    value[0] = v
+    return pos + 2
+
+
+cdef inline bint _is_name(const char* s, Py_ssize_t n, const char* upper, Py_ssize_t m) noexcept nogil:
+    # case-insensitive equality with an upper-case ASCII literal
+    cdef Py_ssize_t i
+    cdef char c
+    if n != m:
+        return False
+    for i in range(n):
+        c = s[i]
+        if 97 <= c <= 122:
+            c -= 32
+        if c != upper[i]:
+            return False
+    return True
+
+
+cdef enum _Kind:
+    _PLAIN, _EVAL, _XREAD, _NO_KEY, _WAIT
+
+
+cdef _Kind _kind_of(const char* s, Py_ssize_t n) noexcept nogil:
+    if (_is_name(s, n, b"EVALSHA", 7) or _is_name(s, n, b"EVAL", 4) or _is_name(s, n, b"EVALSHA_RO", 10)
+            or _is_name(s, n, b"EVAL_RO", 7)):
+        return _EVAL
+    if _is_name(s, n, b"XREADGROUP", 10) or _is_name(s, n, b"XREAD", 5):
+        return _XREAD
+    if _is_name(s, n, b"WAIT", 4):
+        return _WAIT
+    if (_is_name(s, n, b"PUBLISH", 7) or _is_name(s, n, b"PING", 4) or _is_name(s, n, b"SCRIPT", 6)
+            or _is_name(s, n, b"INFO", 4)):
+        return _NO_KEY
+    return _PLAIN
+
+
+cdef inline bint _positive(const char* s, Py_ssize_t n) noexcept nogil:
+    # all digits and not all zeros
+    cdef Py_ssize_t i
+    cdef bint nonzero = False
+    if n == 0:
+        return False
+    for i in range(n):
+        if not 48 <= s[i] <= 57:
+            return False
+        if s[i] != 48:
+            nonzero = True
+    return nonzero
+
+
+def split_packed(bytes data):
+    """Each packed RESP command in ``data`` as ``(start, end, key, slot)``."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, start, argc, size, i, key_at, key_len
+    cdef Py_ssize_t off[4]
+    cdef Py_ssize_t length[4]
+    cdef _Kind kind
+    cdef bint after_streams
+    cdef list out = []
+    while pos < end:
+        start = pos
+        pos = _resp_length(p, pos, end, 42, &argc)  # '*'
+        kind = _NO_KEY
+        key_at = -1
+        key_len = 0
+        after_streams = False
+        for i in range(argc):
+            pos = _resp_length(p, pos, end, 36, &size)  # '$'
+            if pos + size + 2 > end or p[pos + size] != 13 or p[pos + size + 1] != 10:
+                raise ValueError("a packed command is cut short")
+            if i == 0:
+                kind = _kind_of(p + pos, size)
+            elif kind == _XREAD and key_at < 0:
+                if after_streams:
+                    key_at, key_len = pos, size
+                elif _is_name(p + pos, size, b"STREAMS", 7):
+                    after_streams = True
+            if i < 4:
+                off[i] = pos
+                length[i] = size
+            pos += size + 2
+        if kind == _EVAL and argc > 3 and _positive(p + off[2], length[2]):
+            key_at, key_len = off[3], length[3]
+        elif kind == _PLAIN and argc > 1:
+            key_at, key_len = off[1], length[1]
+        if kind == _WAIT:
+            out.append((start, pos, None, WAIT_SLOT))
+        elif key_at < 0:
+            out.append((start, pos, None, KEYLESS))
+        else:
+            out.append((start, pos, PyBytes_FromStringAndSize(p + key_at, key_len), _slot_of(p + key_at, key_len)))
+    return out
+
+
 # --- task ids -----------------------------------------------------------------------
 
 cdef bytes _random_pool = b""

@@ -8,6 +8,7 @@ token bucket, and the loop that runs a batch and collects acks and results.
 
 from __future__ import annotations
 
+import binascii
 import time
 import uuid
 from contextvars import ContextVar
@@ -44,6 +45,72 @@ def pack_command(args) -> bytes:
         parts.append(b)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# --- Cluster routing -------------------------------------------------------------
+
+KEYLESS = -1  #: the "slot" of a command any node may run (PING, PUBLISH, EVALSHA without keys)
+WAIT_SLOT = -2  #: WAIT asks the node that got the command before it
+
+_EVALS = (b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO")
+_XREADS = (b"XREADGROUP", b"XREAD")
+_NO_KEY = (b"PUBLISH", b"PING", b"WAIT", b"SCRIPT", b"INFO")
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster slot of ``key``: CRC16 of its hash tag (``{...}``), or of all of it."""
+    start = key.find(b"{")
+    if start > -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) & 16383
+
+
+def _routing_key(args: list[bytes]) -> bytes | None:
+    name = args[0].upper() if args else b""
+    if name in _EVALS:
+        return args[3] if len(args) > 3 and args[2].isdigit() and int(args[2]) > 0 else None
+    if name in _XREADS:
+        upper = [a.upper() for a in args[1:]]
+        at = upper.index(b"STREAMS") + 2 if b"STREAMS" in upper else len(args)
+        return args[at] if at < len(args) else None
+    if name in _NO_KEY:
+        return None
+    return args[1] if len(args) > 1 else None
+
+
+def split_packed(data: bytes) -> list[tuple[int, int, bytes | None, int]]:
+    """Each packed RESP command in ``data`` as ``(start, end, key, slot)``: where
+    it lies in ``data``, the key that decides its node on a cluster, and that
+    key's slot (KEYLESS: any node; WAIT_SLOT: the node of the command before)."""
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        start = pos
+        argc, pos = _resp_length(data, pos, 0x2A)  # '*'
+        args = []
+        for _ in range(argc):
+            size, pos = _resp_length(data, pos, 0x24)  # '$'
+            if data[pos + size : pos + size + 2] != b"\r\n":
+                raise ValueError("a packed command is cut short")
+            args.append(data[pos : pos + size])
+            pos += size + 2
+        key = _routing_key(args)
+        if args and args[0].upper() == b"WAIT":
+            slot = WAIT_SLOT
+        else:
+            slot = KEYLESS if key is None else key_slot(key)
+        out.append((start, pos, key, slot))
+    return out
+
+
+def _resp_length(data: bytes, pos: int, kind: int) -> tuple[int, int]:
+    """The number after a ``*`` or ``$`` at ``pos``, and where the next part starts."""
+    nl = data.find(b"\r\n", pos)
+    if pos >= len(data) or data[pos] != kind or nl < 0 or not data[pos + 1 : nl].isdigit():
+        raise ValueError("not a packed command")
+    return int(data[pos + 1 : nl]), nl + 2
 
 
 # --- task ids --------------------------------------------------------------------

@@ -15,6 +15,8 @@ NO_EXTENSIONS = bool(os.environ.get("FASTQ_NO_EXTENSIONS")) or platform.python_i
 
 __all__ = [
     "COMPILED",
+    "KEYLESS",
+    "WAIT_SLOT",
     "Delivery",
     "NO_EXTENSIONS",
     "Output",
@@ -22,10 +24,12 @@ __all__ = [
     "Runner",
     "TokenBucket",
     "current_request",
+    "key_slot",
     "new_task_id",
     "pack_command",
     "parse_fetch_reply",
     "parse_xread_reply",
+    "split_packed",
 ]
 
 
@@ -45,16 +49,20 @@ def _load_core():
 if TYPE_CHECKING:  # both modules have the same names; type checkers read the twin's
     from ._core_py import (
         COMPILED,
+        KEYLESS,
+        WAIT_SLOT,
         Delivery,
         Output,
         Request,
         Runner,
         TokenBucket,
         current_request,
+        key_slot,
         new_task_id,
         pack_command,
         parse_fetch_reply,
         parse_xread_reply,
+        split_packed,
     )
 else:
     _core_module = _load_core()

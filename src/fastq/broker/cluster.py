@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from .._speedups import KEYLESS, WAIT_SLOT, pack_command, split_packed
 from .channel import Channel
 
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN", "LOADING")
@@ -30,47 +30,6 @@ def is_redirect(reply) -> bool:
     return isinstance(reply, ResponseError) and str(reply).split(" ", 1)[0] in _REDIRECTS
 
 
-def split_commands(data: bytes) -> list[list[bytes]]:
-    """Parse packed RESP commands (arrays of bulk strings) back into argument lists."""
-    out = []
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos] != 0x2A:  # '*'
-            raise ValueError("not a packed command")
-        nl = data.index(b"\r\n", pos)
-        argc = int(data[pos + 1 : nl])
-        pos = nl + 2
-        args = []
-        for _ in range(argc):
-            nl = data.index(b"\r\n", pos)
-            size = int(data[pos + 1 : nl])
-            start = nl + 2
-            args.append(data[start : start + size])
-            pos = start + size + 2
-        out.append(args)
-    return out
-
-
-def command_key(args: list[bytes]) -> bytes | None:
-    """The key that decides a command's slot (None: any node will do)."""
-    name = args[0].upper()
-    if name in (b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO"):
-        return args[3] if int(args[2]) > 0 else None
-    if name in (b"XREADGROUP", b"XREAD"):
-        upper = [a.upper() for a in args]
-        return args[upper.index(b"STREAMS") + 1]
-    if name in (b"PUBLISH", b"PING", b"WAIT", b"SCRIPT", b"INFO"):
-        return None
-    return args[1] if len(args) > 1 else None
-
-
-def _pack(args: list[bytes]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(parts)
-
-
 class ClusterChannel:
     """``Channel``'s interface over every master of a cluster."""
 
@@ -79,6 +38,7 @@ class ClusterChannel:
         self._channels: dict[str, Channel] = {}
         self._owed: deque[str] = deque()  #: node name per command whose reply is unread
         self._plans: dict[bytes, tuple] = {}  #: routes of commands sent often (valid until a refresh)
+        self._slot_nodes: dict[int, object] = {}  #: the slot table, as looked up so far (until a refresh)
 
     def connect(self) -> None:
         self._default_node()
@@ -92,7 +52,7 @@ class ClusterChannel:
             ch.close()
         self._channels.clear()
         self._owed.clear()
-        self._plans.clear()
+        self._forget_routes()
         try:  # whoever uses this channel next must not trust the old slot table
             self.refresh()
         except Exception:  # noqa: BLE001 - the cluster is unreachable: the next send fails and says so
@@ -100,31 +60,38 @@ class ClusterChannel:
 
     def refresh(self) -> None:
         """Read the slot table again (after MOVED); the node connections stay."""
-        self._plans.clear()
+        self._forget_routes()
         self.cluster.nodes_manager.initialize()
+
+    def _forget_routes(self) -> None:
+        self._plans.clear()
+        self._slot_nodes.clear()
 
     def probes_for(self, data: bytes) -> list[bytes]:
         """One harmless keyed command (EXISTS) per master the packed commands go to,
         so a command sent right after each reaches that master (see ``_node_for``)."""
         probes: dict[str, bytes] = {}
-        for args in split_commands(data):
-            key = command_key(args)
+        for _, _, key, slot in split_packed(data):
             if key is not None:
-                node = self.cluster.nodes_manager.get_node_from_slot(key_slot(key))
-                probes.setdefault(node.name, _pack([b"EXISTS", key]))
-        return list(probes.values()) or [_pack([b"PING"])]
+                probes.setdefault(self._node_of_slot(slot).name, pack_command((b"EXISTS", key)))
+        return list(probes.values()) or [pack_command((b"PING",))]
 
     def _default_node(self):
         return self.cluster.get_default_node()
 
-    def _node_for(self, args: list[bytes], previous):
+    def _node_of_slot(self, slot: int):
+        node = self._slot_nodes.get(slot)
+        if node is None:
+            node = self._slot_nodes[slot] = self.cluster.nodes_manager.get_node_from_slot(slot)
+        return node
+
+    def _node_for(self, slot: int, previous):
         """WAIT asks the node the command before it went to; keyless commands go anywhere."""
-        if args[0].upper() == b"WAIT" and previous is not None:
-            return previous
-        key = command_key(args)
-        if key is None:
+        if slot >= 0:
+            return self._node_of_slot(slot)
+        if slot == WAIT_SLOT or slot == KEYLESS:
             return previous or self._default_node()
-        return self.cluster.nodes_manager.get_node_from_slot(key_slot(key))
+        raise ValueError(f"no such slot {slot}")
 
     def _channel(self, node) -> Channel:
         ch = self._channels.get(node.name)
@@ -147,18 +114,28 @@ class ClusterChannel:
             self._channel(node).send(payload)
 
     def _plan(self, data: bytes) -> tuple[list[str], list]:
-        """(node name per command, [(node, the bytes it gets)]) for packed commands."""
-        by_node: dict[str, list[bytes]] = {}
+        """(node name per command, [(node, the bytes it gets)]) for packed commands.
+        Each node gets its commands as slices of ``data``: runs of neighbours going
+        to the same node stay one slice (on a one-master cluster, all of ``data``)."""
+        runs: dict[str, list[list[int]]] = {}  # node name -> [[start, end], ...]
         nodes = {}
         owed = []
         previous = None
-        for args in split_commands(data):
-            node = self._node_for(args, previous)
+        for start, end, _, slot in split_packed(data):
+            node = self._node_for(slot, previous)
+            name = node.name
+            if node is not previous:
+                nodes[name] = node
+                runs.setdefault(name, []).append([start, end])
+            else:
+                runs[name][-1][1] = end
             previous = node
-            nodes[node.name] = node
-            by_node.setdefault(node.name, []).append(_pack(args))
-            owed.append(node.name)
-        return owed, [(nodes[name], b"".join(cmds)) for name, cmds in by_node.items()]
+            owed.append(name)
+        parts = []
+        for name, spans in runs.items():
+            payload = data if len(spans) == 1 and spans[0] == [0, len(data)] else b"".join(data[s:e] for s, e in spans)
+            parts.append((nodes[name], payload))
+        return owed, parts
 
     def read_one(self):
         """The next reply; an error reply is returned, not raised."""
