@@ -28,7 +28,7 @@ from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import make_client, parse_url, safe_url
 from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
-from .scripts import SCRIPTS
+from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
@@ -426,7 +426,7 @@ class RedisBroker:
         """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""
         qk = self.keys.queue(queue)
         fq = self.fair.get(queue) if self.fair else None
-        gate = fq.gate_args if fq is not None else (b"",) * 5
+        gate = fq.gate_args if fq is not None else NO_GATE
         total = [0, 0]
         for i in range(0, len(ids), 2000):
             moved, buried = SCRIPTS.release(

@@ -17,7 +17,7 @@ import msgspec
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
 from ..broker.keys import GROUP
-from ..broker.scripts import SCRIPTS
+from ..broker.scripts import NO_GATE, SCRIPTS
 from ..exceptions import NotRegistered, Reject, Retry, ValidationError
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..result import pack_store
@@ -109,12 +109,9 @@ class Executor:
         """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
         qk = self.keys.queue(self.queue_of[d.stream])
         fq = self.fair.get(qk.name) if self.fair else None
-        if fq is not None:
-            cmd = (b"EVALSHA", SCRIPTS.fair_bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name, qk.name,
-                   *fq.gate_args, d.entry_id, reason, error[:_MAX_ERROR])
-        else:
-            cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name,
-                   qk.name, d.entry_id, reason, error[:_MAX_ERROR])
+        gate = fq.gate_args if fq is not None else NO_GATE
+        cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name, qk.name,
+               *gate, d.entry_id, reason, error[:_MAX_ERROR])
         out.add_command(pack_command(cmd), 1)
 
     def undecodable(self, d, out, error: str) -> None:
