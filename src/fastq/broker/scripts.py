@@ -37,10 +37,10 @@ class Scripts:
 
     NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
              "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce",
-             "fair_publish", "fair_ack", "fair_retry", "fair_promote", "fair_requeue", "fair_heal")
+             "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal")
     #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness).
-    PRELUDES = {"release": "gate", "reap": "gate", "bury": "gate", "fair_publish": "gate", "fair_ack": "gate",
-                "fair_retry": "gate", "fair_promote": "gate", "fair_requeue": "gate", "fair_heal": "gate"}
+    PRELUDES = {"release": "gate", "reap": "gate", "bury": "gate", "retry": "gate", "fair_publish": "gate",
+                "fair_ack": "gate", "fair_promote": "gate", "fair_requeue": "gate", "fair_heal": "gate"}
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -56,5 +56,5 @@ class Scripts:
 
 SCRIPTS = Scripts()
 #: The gate arguments (see fairness.FairQueue.gate_args) of a plain queue, for
-#: the scripts that serve both kinds of queue: release, reap, bury.
+#: the scripts that serve both kinds of queue: release, reap, bury, retry.
 NO_GATE = (b"",) * 5

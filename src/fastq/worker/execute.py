@@ -328,13 +328,11 @@ class Executor:
         out.add_command(self._retry_command(qk, d, qk.streams[prio], due, d.field + b"%d" % prio + d.payload, b""), 1)
 
     def _retry_command(self, qk, d, target: str, due: int, arg5: bytes, arg6: bytes) -> bytes:
-        """retry.lua, or fair_retry.lua on a fair queue (the message keeps its group)."""
+        """retry.lua (on a fair queue the message keeps its group)."""
         fq = self.fair.get(qk.name) if self.fair else None
-        if fq is None:
-            return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                                 GROUP, self.consumer_name, d.entry_id, due, arg5, arg6))
-        return pack_command((b"EVALSHA", SCRIPTS.fair_retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *fq.gate_args))
+        gate = fq.gate_args if fq is not None else NO_GATE
+        return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
+                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *gate))
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:
