@@ -399,6 +399,29 @@ def test_sigkilled_asyncio_worker_loses_nothing(aapp, worker, ledger, r):
     assert r.xlen("fastq:{default}:dlq") == 0
 
 
+@pytest.mark.fault
+def test_a_coroutine_that_kills_its_process_is_dead_lettered_alone(aapp, worker, ledger, r):
+    # Given one process child running up to 10 coroutines at once
+    w = worker("-P", "process", "-c", "1", "--async-concurrency", "10", app=APP)
+    key = _key()
+    # When a task that kills its process runs alongside 9 good ones, again and again
+    aapp.send_many([asyncapp.record.s(key, str(i), 1.0) for i in range(4)] + [asyncapp.crash.s(key)]
+                   + [asyncapp.record.s(key, str(i), 1.0) for i in range(4, 9)])
+    # Then it is dead-lettered after worker_max_deliveries (5) deaths of its process
+    wait_for(lambda: r.xlen("fastq:{default}:dlq") == 1, 120, message="the crashing task dead-lettered")
+    dead = r.xrange("fastq:{default}:dlq")[0][1]
+    assert dead[b"reason"] == b"max_deliveries" and int(dead[b"dc"]) == 5
+    assert int(ledger.hget(key, "crash")) == 5
+    # And every good task ran to the end and none was dead-lettered with it: after two
+    # deaths, the messages that were in flight at both run one at a time, so later
+    # deaths blame only it
+    wait_for(lambda: all(ledger.hget(key, str(i)) for i in range(9)), 60, message="the 9 good tasks")
+    wait_for(lambda: _pending(r) == 0, 30, message="nothing held")
+    assert r.xlen("fastq:{default}:dlq") == 1
+    assert w.log().count("died with exit code 3") == 5
+    assert w.proc.poll() is None  # the worker itself lives on
+
+
 def test_warm_shutdown_finishes_running_coroutines(aapp, worker, r):
     # Given an asyncio worker running 5 coroutines of 3 s
     w = worker("-P", "asyncio", "-c", "10", app=APP)

@@ -60,6 +60,14 @@ async def record(key, item, seconds=0.0):
     ledger().hincrby(key, item, 1)
 
 
+@app.task(name="aio.crash", ignore_result=True)
+async def crash(key, seconds=0.5):
+    """Kills its own process after ``seconds`` (a C extension crashing, the OOM killer)."""
+    ledger().hincrby(key, "crash", 1)
+    await asyncio.sleep(seconds)
+    os._exit(3)
+
+
 @app.task(name="aio.soft", soft_time_limit=1)
 async def soft(key, swallow=False):
     """Sleeps past its soft limit; marks in the ledger that it saw the cancellation."""

@@ -460,7 +460,8 @@ class RedisBroker:
     def release_consumer(self, name: str, consumer: str, strike: bytes = b"", client=None) -> list:
         """Hand back everything ``consumer`` holds on queue ``name`` (a pool child
         that died, or a worker shutting down at once). ``strike`` names the entry
-        it was running, whose delivery count goes up. Returns [moved, dead_lettered]."""
+        it was running, whose delivery count goes up (``b"*"``: every entry's).
+        Returns [moved, dead_lettered]."""
         qk = self.keys.queue(name)
         total = [0, 0]
         for stream in qk.fetch_order:

@@ -56,6 +56,10 @@ log = logging.getLogger("fastq.worker")
 DEFAULT_CONCURRENCY = 100
 #: Most threads for sync tasks in one event loop worker.
 MAX_SYNC_THREADS = 32
+#: A message that was in flight when its process died this many times runs alone
+#: (one death is most often not the message's doing: a deploy's SIGKILL, a host
+#: lost, the OOM killer: those messages run at full concurrency again).
+SUSPECT_DELIVERIES = 2
 
 
 class _AsyncChannel:
@@ -159,6 +163,10 @@ class AsyncConsumer:
         self._rr = 0
         self._warned = False
         self._recover_soon = False  #: re-read our held entries at the next fetch
+        #: A suspect message (in flight at SUSPECT_DELIVERIES deaths of its process), to run alone
+        self._suspect = None
+        self._alone: bytes | None = None  #: the suspect running alone, until its writes are confirmed
+        self._careful = False  #: the last fetch brought a suspect: fetch one at a time
         self._threads: ThreadPoolExecutor | None = None
         kw = dict(self.broker._kwargs)
         self._fetch_ch = _AsyncChannel(self.broker.url, {**kw, "socket_timeout": self.block_ms / 1000 + 10})
@@ -240,7 +248,10 @@ class AsyncConsumer:
         recover = False
         backoff = 0.1
         while not self.stopping:
-            n = self._free()
+            if self._suspect is not None or self._alone is not None:
+                await self._run_suspect_alone()
+                continue
+            n = min(self._free(), 1) if self._careful else self._free()
             if n <= 0:
                 self._wake.clear()
                 if self._free() <= 0 and not self.stopping:
@@ -272,8 +283,40 @@ class AsyncConsumer:
                 break
             if self.events:
                 self.out.event("task-received", None, None, None, {"n": len(batch)})
+            self._careful = any(d.dc >= SUSPECT_DELIVERIES for d in batch)
+            if self._careful:
+                batch = self._set_suspect_aside(batch)
             for d in batch:
                 self._start(d)
+
+    def _set_suspect_aside(self, batch: list) -> list:
+        """Keep one suspect message to run alone; hand the other ones back
+        (no strike) for later fetches, one at a time. Returns the rest, to run now."""
+        suspects = [d for d in batch if d.dc >= SUSPECT_DELIVERIES]
+        self._suspect = suspects[0]
+        if len(suspects) > 1 and not self._release(suspects[1:]):
+            self._recover_soon = True  # Redis is away: they stay held; recovery runs them
+        return [d for d in batch if d.dc < SUSPECT_DELIVERIES]
+
+    async def _run_suspect_alone(self) -> None:
+        """One step of running a suspect message with nothing else running and
+        every earlier write confirmed: if it kills the process again, it is the
+        only message held and the only one struck (pool.py, release.lua, reap.lua),
+        so a message that crashes its process is dead-lettered after
+        max_deliveries, and the batch-mates that happened to run with it are not."""
+        settled = not self.running and not self._done_ids and not self._pending_outs
+        if not settled:
+            self._wake.clear()
+            try:  # a run ending wakes us; confirmed writes do not, so look again soon
+                await asyncio.wait_for(self._wake.wait(), 0.01)
+            except asyncio.TimeoutError:
+                pass
+            return
+        self._alone = None
+        if self._suspect is not None:
+            d, self._suspect = self._suspect, None
+            self._alone = d.entry_id
+            self._start(d)
 
     async def _fetch(self, n: int) -> list:
         """Up to ``n`` messages: fetch.lua round the queues, then one blocking read of all."""
@@ -310,6 +353,8 @@ class AsyncConsumer:
     def _known(self) -> set:
         """Entries this consumer runs, or finished without the writes being confirmed yet."""
         known = set(self.running)
+        if self._suspect is not None:
+            known.add(self._suspect.entry_id)
         known.update(self._done_ids)
         for _, ids in self._pending_outs:
             known.update(ids)

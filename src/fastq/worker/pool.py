@@ -234,15 +234,17 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    __slots__ = ("counts", "index", "name", "process", "slot")
+    __slots__ = ("counts", "index", "many", "name", "process", "slot")
 
-    def __init__(self, process, name, slot, index, counts=None) -> None:
+    def __init__(self, process, name, slot, index, counts=None, many: bool = False) -> None:
         self.process = process
         self.name = name
         self.slot = slot
         self.index = index
         #: Shared with the child: processed, failed, busy (updated about every second).
         self.counts = counts
+        #: Runs many messages at once (an event loop, --async-concurrency): its slot stays empty.
+        self.many = many
 
 
 class ProcessPool:
@@ -392,7 +394,7 @@ class ProcessPool:
                              args=(w.app, w.queues, w.hostname, name, w.prefetch, slot, counts, w.weights,
                                    getattr(w, "async_concurrency", 0)), daemon=False)
         p.start()
-        return _Child(p, name, slot, index, counts)
+        return _Child(p, name, slot, index, counts, many=bool(getattr(w, "async_concurrency", 0)))
 
     def stop(self) -> None:
         self.stopping = True
@@ -501,13 +503,21 @@ class ProcessPool:
             self.children.append(self._spawn(child.index))
 
     def _hand_back(self, child: _Child, strike: bool, how: str = "") -> None:
-        """Return what a dead child held; the message it was running gets a strike."""
+        """Return what a dead child held; the message it was running gets a strike.
+        A child that ran many at once cannot say which one killed it: every
+        message it held gets a strike, and consumers run such messages alone
+        (aiopool), so the next death points at one."""
         broker = self.worker.app.broker
-        current = bytes(child.slot).split(b"\0", 1)[0] if strike else b""
+        if not strike:
+            current = b""
+        elif child.many:
+            current = b"*"
+        else:
+            current = bytes(child.slot).split(b"\0", 1)[0]
         for _ in range(20):
             try:
-                if current:
-                    self._record_lost(current, child, how)
+                for entry_id in self._struck(child, current):
+                    self._record_lost(entry_id, child, how)
                 for q in self.worker.app.broker.expand_queues(self.worker.queues):
                     moved, buried = broker.release_consumer(q, child.name, current, client=self.maintenance.client)
                     if moved or buried:
@@ -518,6 +528,13 @@ class ProcessPool:
             except ResponseError as exc:  # e.g. the queue's keys were deleted: nothing to hand back
                 log.warning("Could not hand back the dead child's messages: %s", exc)
                 return
+
+    def _struck(self, child: _Child, current: bytes) -> list[bytes]:
+        if current != b"*":
+            return [current] if current else []
+        broker = self.worker.app.broker
+        return [i for q in broker.expand_queues(self.worker.queues) for stream in broker.keys.queue(q).fetch_order
+                for i in broker.pending_of(stream, child.name, self.maintenance.client)]
 
     def _record_lost(self, entry_id: bytes, child: _Child, how: str) -> None:
         """Record in the task's state that its process died (RETRY, or FAILURE on

@@ -7,9 +7,10 @@
 --       fair queue (base, window, cap, rate, burst; five empty strings for a plain
 --       queue), then entry_id...
 -- Only entries still pending for `consumer` move (fenced). The entry equal to
--- strike_id (the one a dead child was running) gets its delivery count raised,
--- and is dead-lettered once that reaches max_deliveries; the others keep
--- theirs: giving work back is not a failure. A fair queue's message keeps its
+-- strike_id (the one a dead child was running; '*': every entry, for a child
+-- that ran many at once) gets its delivery count raised, and is dead-lettered
+-- once that reaches max_deliveries; the others keep theirs: giving work back is
+-- not a failure. A fair queue's message keeps its
 -- group (field `g`); a dead letter frees its place (gate.lua is put in front).
 -- Returns {moved, dead_lettered}.
 local group, consumer, strike = ARGV[1], ARGV[2], ARGV[3]
@@ -32,7 +33,7 @@ for i = 11, #ARGV do
         if f[j] == 'src' then src = f[j + 1] end
         if f[j] == 'g' then grp = f[j + 1] end
       end
-      if id == strike then dc = dc + 1 end
+      if id == strike or strike == '*' then dc = dc + 1 end
       if dc >= max_dc then
         local err = 'delivered ' .. dc .. ' times without finishing (worker process died)'
         g_bury(KEYS[3], f, 'max_deliveries', err, queue, dc, grp, gated)
