@@ -4,9 +4,11 @@ against real workers."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
+import time
 
 from conftest import ROOT, fastq_command, wait_for
 from fastq import states
@@ -209,3 +211,27 @@ def test_cli_inspect_control_status_and_queues(app, worker):
     out = fastq_cli("control", "shutdown", "-d", w1.name, "-t", "3")
     assert "shutdown signal sent" in out.stdout
     assert w1.proc.wait(30) == 0
+
+
+def _clock_off_by(offset: str) -> dict:
+    """Environment that sets a worker's clock off by ``offset`` (libfaketime,
+    Debian's faketime package: .ci/deps.sh installs it); monotonic time stays."""
+    libs = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    assert libs, "libfaketime is missing: apt-get install faketime (.ci/deps.sh does)"
+    return {"LD_PRELOAD": libs[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_workers_whose_clocks_are_off_are_listed_online(app, worker, r):
+    from fastq.monitor import workers
+
+    # Given workers on hosts whose clocks are a minute behind and a minute ahead
+    slow = worker("-P", "solo", env=_clock_off_by("-60s"))
+    fast = worker("-P", "solo", env=_clock_off_by("+60s"))
+    stamped = {w.name: json.loads(r.get(f"fastq:worker:{w.name}"))["ts"] - time.time() for w in (slow, fast)}
+    assert stamped[slow.name] < -50 and stamped[fast.name] > 50, stamped  # their clocks really are off
+    # Then status, the monitor and ping count both as online: heartbeats age on Redis's clock
+    out = fastq_cli("status")
+    assert f"{slow.name}: OK" in out.stdout and f"{fast.name}: OK" in out.stdout, out.stdout
+    assert "2 node(s) online." in out.stdout
+    online = {w["hostname"]: w["online"] for w in workers(app)}
+    assert online == {slow.name: True, fast.name: True}

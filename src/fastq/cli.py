@@ -315,12 +315,9 @@ def purge(state: _AppState, queue_list: str | None, force: bool) -> None:
 @click.pass_obj
 def status(state: _AppState, destination: str | None) -> None:
     """List the workers that are online."""
-    import time
+    from .control import online_workers
 
-    app = state.app()
-    keys = app.broker.keys
-    now = time.time()
-    online = [h.decode() for h, ts in app.broker.client.zrange(keys.workers, 0, -1, withscores=True) if now - ts < 10]
+    online = online_workers(state.app())
     if destination:
         wanted = set(_queues(destination) or [])
         online = [h for h in online if h in wanted]

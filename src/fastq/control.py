@@ -75,9 +75,9 @@ def channel_prefix(app) -> str:
 
 
 def online_workers(app, window: float = ONLINE_WINDOW) -> list[str]:
-    """Hostnames whose heartbeat is younger than ``window`` seconds."""
+    """Hostnames whose heartbeat is younger than ``window`` seconds (on Redis's clock)."""
     keys = app.broker.keys
-    rows = app.broker.client.zrangebyscore(keys.workers, time.time() - window, "+inf")
+    rows = app.broker.client.zrangebyscore(keys.workers, app.broker.clock(keys.workers) - window, "+inf")
     return sorted(h.decode() for h in rows)
 
 

@@ -22,7 +22,7 @@ def workers(app, forget_after: float = 3600.0) -> list[dict]:
     loadavg) and ``online`` (heartbeat younger than 10 s)."""
     keys = app.broker.keys
     client = app.broker.client
-    now = time.time()
+    now = app.broker.clock(keys.workers)  # heartbeats are stamped on Redis's clock
     rows = client.zrangebyscore(keys.workers, now - forget_after, "+inf", withscores=True)
     if not rows:
         return []

@@ -86,6 +86,16 @@ class RedisBroker:
     def is_cluster(self) -> bool:
         return self.target.is_cluster
 
+    def clock(self, key: str, client=None) -> float:
+        """Seconds since the epoch on the Redis server that holds ``key``. Worker
+        heartbeats are written and aged on this clock: the hosts' clocks may differ."""
+        c = client or self.client
+        if self.is_cluster:
+            secs, usecs = c.time(target_nodes=c.get_node_from_key(key))
+        else:
+            secs, usecs = c.time()
+        return secs + usecs / 1e6
+
     def new_client(self, **overrides):
         """A redis-py client (Redis, RedisCluster, or Sentinel's master) with its own connections."""
         return make_client(self.target, **{**self._kwargs, **overrides})

@@ -174,8 +174,9 @@ class Maintenance:
         info = {"hostname": self.hostname, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
                 "ts": time.time(),
                 **_process_stats(), **self.info()}
+        now = self.broker.clock(keys.workers, self.client)  # readers age it on the same clock
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(keys.workers, {self.hostname: time.time()})
+        pipe.zadd(keys.workers, {self.hostname: now})
         pipe.set(keys.worker(self.hostname), json.dumps(info), ex=HEARTBEAT_TTL)
         pipe.execute()
         if self.app.conf.worker_send_task_events:
