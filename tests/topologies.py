@@ -22,21 +22,37 @@ import redis
 
 from conftest import free_port, wait_for
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too and below 65536."""
+    """A free port whose cluster bus port (+10000) is free too, both below the
+    kernel's ephemeral range (a client socket of the busy suite cannot take
+    them between this check and the server's bind) and neither one handed out
+    before (so one node's port is never another node's bus port)."""
     import random
     import socket
 
+    top = min(_ephemeral_low(), 65536) - 10000
     while True:
-        port = random.randrange(20000, 50000)
+        port = random.randrange(10000, top)
+        if {port, port + 10000} & _handed_out:
+            continue
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
                 b.bind(("127.0.0.1", port + 10000))
-            return port
         except OSError:
             continue
+        _handed_out.update((port, port + 10000))
+        return port
 
 
 def _start(args: list[str], workdir: Path, name: str) -> subprocess.Popen:
@@ -87,12 +103,14 @@ class LocalCluster:
 
     def _start(self, masters: int, replicas: int) -> None:
         for i in range(masters * (1 + replicas)):
-            port = _cluster_port()
-            args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "1000",
-                    "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
-            self.servers.append(_Server(port, _start(args, self.dir, f"node{i}"), args, self.dir))
-        for s in self.servers:
+            self.servers.append(self._start_node(i))
+        for i, s in enumerate(self.servers):
+            for _ in range(3):  # a node that could not bind its ports (taken meanwhile) gets new ones
+                wait_for(lambda s=s: _pings(s.port) or s.proc.poll() is not None, 20,
+                         message=f"redis-server on {s.port}")
+                if s.proc.poll() is None:
+                    break
+                s = self.servers[i] = self._start_node(i)
             wait_for(lambda s=s: _pings(s.port), 20, message=f"redis-server on {s.port}")
         if masters == 1 and replicas == 0:
             # `redis-cli --cluster create` wants three masters: assign the slots by hand.
@@ -103,6 +121,13 @@ class LocalCluster:
                             "--cluster-replicas", str(replicas), "--cluster-yes"],
                            check=True, capture_output=True, timeout=60)
         wait_for(self._healthy, 60, interval=0.2, message="the cluster to be ok")
+
+    def _start_node(self, i: int) -> _Server:
+        port = _cluster_port()
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "1000",
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        return _Server(port, _start(args, self.dir, f"node{i}-{port}"), args, self.dir)
 
     def _healthy(self) -> bool:
         try:
