@@ -67,8 +67,7 @@ def key_slot(key: bytes) -> int:
     return binascii.crc_hqx(key, 0) & 16383
 
 
-def _routing_key(args: list[bytes]) -> bytes | None:
-    name = args[0].upper() if args else b""
+def _routing_key(name: bytes, args: list[bytes]) -> bytes | None:
     if name in _EVALS:
         return args[3] if len(args) > 3 and args[2].isdigit() and int(args[2]) > 0 else None
     if name in _XREADS:
@@ -96,8 +95,9 @@ def split_packed(data: bytes) -> list[tuple[int, int, bytes | None, int]]:
                 raise ValueError("a packed command is cut short")
             args.append(data[pos : pos + size])
             pos += size + 2
-        key = _routing_key(args)
-        if args and args[0].upper() == b"WAIT":
+        name = args[0].upper() if args else b""
+        key = _routing_key(name, args)
+        if name == b"WAIT":
             slot = WAIT_SLOT
         else:
             slot = KEYLESS if key is None else key_slot(key)

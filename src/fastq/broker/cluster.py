@@ -19,7 +19,7 @@ from collections import deque
 
 from redis.exceptions import ResponseError
 
-from .._speedups import KEYLESS, WAIT_SLOT, pack_command, split_packed
+from .._speedups import pack_command, split_packed
 from .channel import Channel
 
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN", "LOADING")
@@ -87,11 +87,9 @@ class ClusterChannel:
 
     def _node_for(self, slot: int, previous):
         """WAIT asks the node the command before it went to; keyless commands go anywhere."""
-        if slot >= 0:
+        if slot >= 0:  # KEYLESS and WAIT_SLOT are negative
             return self._node_of_slot(slot)
-        if slot == WAIT_SLOT or slot == KEYLESS:
-            return previous or self._default_node()
-        raise ValueError(f"no such slot {slot}")
+        return previous or self._default_node()
 
     def _channel(self, node) -> Channel:
         ch = self._channels.get(node.name)

@@ -86,6 +86,12 @@ class RedisBroker:
     def is_cluster(self) -> bool:
         return self.target.is_cluster
 
+    def gate_args(self, queue: str) -> tuple:
+        """What the scripts that serve plain and fair queues (release, reap, bury,
+        retry) take for ``queue``'s gate: its FairQueue.gate_args, or NO_GATE."""
+        fq = self.fair.get(queue) if self.fair else None
+        return fq.gate_args if fq is not None else NO_GATE
+
     def clock(self, key: str, client=None) -> float:
         """Seconds since the epoch on the Redis server that holds ``key``. Worker
         heartbeats are written and aged on this clock: the hosts' clocks may differ."""
@@ -435,8 +441,7 @@ class RedisBroker:
     def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"", client=None) -> list:
         """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""
         qk = self.keys.queue(queue)
-        fq = self.fair.get(queue) if self.fair else None
-        gate = fq.gate_args if fq is not None else NO_GATE
+        gate = self.gate_args(queue)
         total = [0, 0]
         for i in range(0, len(ids), 2000):
             moved, buried = SCRIPTS.release(

@@ -17,7 +17,7 @@ import msgspec
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
 from ..broker.keys import GROUP
-from ..broker.scripts import NO_GATE, SCRIPTS
+from ..broker.scripts import SCRIPTS
 from ..exceptions import NotRegistered, Reject, Retry, ValidationError
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..result import pack_store
@@ -68,8 +68,8 @@ class Executor:
             from ..mail import mailer_for
 
             self.mailer = mailer_for(app, hostname)
-        #: Fair queues (fastq.fairness): their retries and dead letters go through the gate.
-        self.fair = app.broker.fair
+        #: Queue -> the gate arguments of its retries and dead letters (fair queues: fastq.fairness).
+        self.gate_args = app.broker.gate_args
         #: ``result_extended``: store args, kwargs, queue and parent with final states.
         self.extended = bool(app.conf.get("result_extended"))
         if self.extended:  # chosen once here, so the default path pays nothing
@@ -108,10 +108,8 @@ class Executor:
     def _bury(self, d, out, reason: str, error: str) -> None:
         """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
         qk = self.keys.queue(self.queue_of[d.stream])
-        fq = self.fair.get(qk.name) if self.fair else None
-        gate = fq.gate_args if fq is not None else NO_GATE
         cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name, qk.name,
-               *gate, d.entry_id, reason, error[:_MAX_ERROR])
+               *self.gate_args(qk.name), d.entry_id, reason, error[:_MAX_ERROR])
         out.add_command(pack_command(cmd), 1)
 
     def undecodable(self, d, out, error: str) -> None:
@@ -329,10 +327,8 @@ class Executor:
 
     def _retry_command(self, qk, d, target: str, due: int, arg5: bytes, arg6: bytes) -> bytes:
         """retry.lua (on a fair queue the message keeps its group)."""
-        fq = self.fair.get(qk.name) if self.fair else None
-        gate = fq.gate_args if fq is not None else NO_GATE
         return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *gate))
+                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:

@@ -390,11 +390,12 @@ class ProcessPool:
         name = f"{w.hostname}/{os.getpid()}.{self.generation}"
         slot = self.ctx.RawArray("B", SLOT_SIZE)
         counts = self.ctx.RawArray("Q", 3)
+        async_concurrency = getattr(w, "async_concurrency", 0)
         p = self.ctx.Process(target=_child_main, name=f"ForkPoolWorker-{index + 1}",
                              args=(w.app, w.queues, w.hostname, name, w.prefetch, slot, counts, w.weights,
-                                   getattr(w, "async_concurrency", 0)), daemon=False)
+                                   async_concurrency), daemon=False)
         p.start()
-        return _Child(p, name, slot, index, counts, many=bool(getattr(w, "async_concurrency", 0)))
+        return _Child(p, name, slot, index, counts, many=bool(async_concurrency))
 
     def stop(self) -> None:
         self.stopping = True
