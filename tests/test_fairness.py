@@ -201,7 +201,7 @@ def test_hand_back_and_dead_letter_keep_the_gate_right(redis_url, r, monkeypatch
     moved, buried = app.broker.release(qk.streams[0], "capped", "c1", ids, strike=ids[0])
     assert (moved, buried) == (1, 1)
     # the handed-back one waits in the returned stream with its group, the third was admitted
-    ((_, fields),) = r.xrange(qk.returned)
+    ((_, fields),) = r.xrange(qk.returned[0])
     assert fields[b"g"] == b"H"
     assert groups(app, "capped")["H"] == {"active": 2, "backlog": 0}
     assert r.hget("fastq:{capped}:gc", "H") == b"2"

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.fault
 
 QUEUE = "default"
 BASE = f"fastq:{{{QUEUE}}}"
-STREAMS = [f"{BASE}:ret", *(f"{BASE}:s{p}" for p in range(9, 0, -1)), f"{BASE}:s"]
+# every stream of the queue, in the order fetch.lua serves them (returned p, priority p, p = 9 .. 0)
+STREAMS = [s for p in range(9, -1, -1) for s in (f"{BASE}:ret{p or ''}", f"{BASE}:s{p or ''}")]
 DELAYED = f"{BASE}:delayed"
 DLQ = f"{BASE}:dlq"
 GROUP = "fastq"

@@ -81,6 +81,7 @@ class Runner:
     handler: Any
     hostname: str
     stopping: bool
+    deadline: float
     processed: int
     current: Delivery | None
     flush_interval: float

@@ -560,6 +560,7 @@ cdef class Runner:
     cdef public object encode_result
     cdef public dict queue_of
     cdef public bint stopping
+    cdef public double deadline
     cdef public long processed
     cdef public object current
     cdef public double flush_interval
@@ -582,6 +583,7 @@ cdef class Runner:
         self.encode_result = encode_result
         self.queue_of = queue_of
         self.stopping = False
+        self.deadline = 0.0
         self.processed = 0
         self.current = None
         self.flush_interval = 0.01
@@ -617,7 +619,7 @@ cdef class Runner:
         cdef bint has_slot = self._slot is not None
         for d in deliveries:
             self.current = d  # before the check: a warm stop's early hand-back keeps it
-            if self.stopping:
+            if self.stopping or (self.deadline > 0 and _now() > self.deadline):
                 break
             started += 1
             if has_slot:

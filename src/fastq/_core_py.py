@@ -342,6 +342,9 @@ class Runner:
         self.encode_result = encode_result  #: (task, message, retval, runtime) -> bytes
         self.queue_of = queue_of  #: stream key -> queue name
         self.stopping = False
+        #: time.monotonic() after which no further message of the batch is started
+        #: (its lease may be gone: the consumer checks before running the rest); 0: none
+        self.deadline = 0.0
         self.processed = 0
         self.current = None  #: the Delivery being run (None between tasks)
         self.flush_interval = 0.01
@@ -367,7 +370,7 @@ class Runner:
         last_flush = time.monotonic()
         for d in deliveries:
             self.current = d  # before the check: a warm stop's early hand-back keeps it
-            if self.stopping:
+            if self.stopping or (self.deadline and time.monotonic() > self.deadline):
                 break
             started += 1
             if self.slot is not None:

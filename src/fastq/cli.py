@@ -130,7 +130,7 @@ def _weights(value: str | None) -> dict[str, int]:
               case_sensitive=False), default="WARNING", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-n", "--hostname", help="Worker name (default fastq@<hostname>).")
-@click.option("--prefetch", type=click.IntRange(min=1), help="Messages per fetch round trip (default 100).")
+@click.option("--prefetch", type=click.IntRange(min=1), help="Most messages per fetch (default 100; fewer for slow tasks).")
 @click.option("--lease-timeout", type=click.FloatRange(min=0.5),
               help="Seconds before a silent worker's messages are recovered (default 30).")
 @click.option("--max-deliveries", type=click.IntRange(min=1),

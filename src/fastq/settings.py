@@ -41,7 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "result_expires": 86400,
     # worker
     "worker_concurrency": None,  # CPU count
-    "worker_prefetch": 100,  # messages per fetch round trip
+    "worker_prefetch": 100,  # the most messages per fetch round trip (a consumer fetches fewer for slow tasks)
+    # seconds an unstarted message may wait in a consumer behind a running task before
+    # it is handed back to the queue for a free slot (here or on another worker)
+    "worker_hold_time": 0.02,
     "worker_ack_flush_interval": 0.01,  # seconds: flush acks mid-batch after this
     "worker_lease_timeout": 30.0,  # seconds: a silent worker's messages are recovered after this
     "worker_max_deliveries": 5,  # deliveries without finishing before dead-lettering

@@ -128,3 +128,12 @@ def record_order(self, seq):
     """Append ``seq`` to the ledger list of the (physical) queue it came from: order per shard."""
     ledger().rpush(f"order:{self.request.queue}", seq)
     ledger().hincrby("runs", seq, 1)
+
+
+@app.task(name="tests.span", ignore_result=True)
+def span(key, item, seconds=0.0):
+    """Sleep ``seconds``; append [item, start, end, pid] to the ledger list ``key``."""
+    t0 = time.time()
+    if seconds:
+        time.sleep(seconds)
+    ledger().rpush(key, json.dumps([item, t0, time.time(), os.getpid()]))

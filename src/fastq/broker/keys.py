@@ -41,7 +41,7 @@ def validate_queue_name(name: str) -> str:
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("by_name", "delayed", "dlq", "fetch_order", "name", "reap_lock", "returned", "streams")
+    __slots__ = ("by_name", "delayed", "dlq", "fetch_order", "name", "reap_lock", "returned", "returned_of", "streams")
 
     def __init__(self, prefix: str, name: str) -> None:
         validate_queue_name(name)
@@ -49,14 +49,20 @@ class QueueKeys:
         self.name = name
         #: streams[p] holds priority p's ready messages.
         self.streams = [f"{base}:s" if p == 0 else f"{base}:s{p}" for p in PRIORITIES]
-        #: Messages handed back unstarted: served before everything else.
-        self.returned = f"{base}:ret"
+        #: returned[p]: priority p's messages handed back unstarted (a warm stop, a dead
+        #: pool child, a consumer that held them behind a long task). Served before
+        #: the stream of the same priority and after every higher one, so a handed-back
+        #: message keeps its place ahead of newer ones of its priority without
+        #: overtaking a higher-priority message.
+        self.returned = [f"{base}:ret" if p == 0 else f"{base}:ret{p}" for p in PRIORITIES]
         self.delayed = f"{base}:delayed"
         self.dlq = f"{base}:dlq"
         self.reap_lock = f"{base}:reap"
-        #: The order fetch.lua serves streams in: returned, then 9 .. 0.
-        self.fetch_order = [self.returned, *reversed(self.streams)]
+        #: The order fetch.lua serves streams in: returned 9, priority 9, ..., returned 0, priority 0.
+        self.fetch_order = [k for p in reversed(PRIORITIES) for k in (self.returned[p], self.streams[p])]
         self.by_name = {k.encode(): k for k in self.fetch_order}
+        #: stream -> the returned stream its messages are handed back to (the same priority)
+        self.returned_of = {k: self.returned[p] for p in PRIORITIES for k in (self.returned[p], self.streams[p])}
 
     def stream(self, priority: int) -> str:
         return self.streams[priority]

@@ -1,7 +1,8 @@
 """RedisBroker: sending messages, and the queue operations workers and tools use.
 
-Layout per queue (see ``keys.py``): ten priority streams and a "returned"
-stream, all read through one consumer group; a delayed ZSET; a dead-letter
+Layout per queue (see ``keys.py``): ten priority streams and, beside each, a
+"returned" stream for its messages handed back unstarted, all read through one
+consumer group; a delayed ZSET; a dead-letter
 stream. A message is never popped without being recorded as in flight: the
 fetch is XREADGROUP, which adds it to the group's pending list atomically.
 """
@@ -446,7 +447,7 @@ class RedisBroker:
         for i in range(0, len(ids), 2000):
             moved, buried = SCRIPTS.release(
                 client or self.client,
-                [stream, qk.returned, qk.dlq],
+                [stream, qk.returned_of[stream], qk.dlq],
                 [GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *gate, *ids[i : i + 2000]],
             )
             total[0] += moved

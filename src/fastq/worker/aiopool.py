@@ -134,6 +134,9 @@ class AsyncConsumer:
         self.concurrency = int(concurrency)
         self.prefetch = int(prefetch or conf.worker_prefetch)
         self.block_ms = max(1, int(conf.worker_block_timeout * 1000))
+        #: A fetch whose reply comes this long after it was sent may hold entries whose
+        #: leases lapsed (the process was paused): they are checked, not run blindly.
+        self.hold_limit = float(conf.worker_lease_timeout) / 2
         queue_of = {k: qk.name for qk in self.queues for k in qk.fetch_order}
         self.by_name = {k.encode(): k for k in queue_of}
         # The process child's slot (one entry id, one deadline) cannot describe many
@@ -263,7 +266,10 @@ class AsyncConsumer:
                     batch = await self._recover()
                     recover = False
                 else:
+                    sent = time.monotonic()
                     batch = await self._fetch(n)
+                    if batch and time.monotonic() - sent > self.hold_limit:
+                        batch = self._held_too_long(batch)
                 self.limiter.refresh()
                 if self._warned:
                     log.warning("Reconnected to Redis at %s", safe_url(self.broker.url))
@@ -288,6 +294,22 @@ class AsyncConsumer:
                 batch = self._set_suspect_aside(batch)
             for d in batch:
                 self._start(d)
+
+    def _held_too_long(self, batch: list) -> list:
+        """A fetch answered long after it was sent (the process was paused): its
+        entries' leases may have lapsed and another worker may run them. Hand back
+        what is still ours (fenced); drop the rest with a warning. Runs nothing."""
+        moved = 0
+        by_stream: dict[str, list] = {}
+        for d in batch:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        for stream, ids in by_stream.items():
+            moved += sum(self.broker.release(stream, self.executor.queue_of[stream], self.name, ids))
+        if len(batch) > moved:
+            log.warning("Dropped %d message(s) held for over %.1f s without starting: their leases lapsed "
+                        "(this worker was paused or cut off) and another worker recovered them",
+                        len(batch) - moved, self.hold_limit)
+        return []
 
     def _set_suspect_aside(self, batch: list) -> list:
         """Keep one suspect message to run alone; hand the other ones back

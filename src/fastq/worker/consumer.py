@@ -1,10 +1,18 @@
 """The consumer: one connection, one fetch/run/ack loop.
 
 Every pool runs consumers: ``solo`` one, ``thread`` one per thread, ``process``
-one per child process. A consumer keeps one fetch in flight while it runs the
-batch it has, so Redis prepares the next batch while tasks run:
+one per child process. While tasks are quick, a consumer keeps one fetch in
+flight while it runs the batch it has, so Redis prepares the next batch while
+tasks run:
 
     read fetch reply (batch k)  ->  send fetch k+1  ->  run batch k  ->  send acks + results of k
+
+How many messages a fetch asks for adapts to how long tasks take, and what a
+consumer holds behind a long task is handed back for a free slot
+(``holding.py``): ``--concurrency N`` keeps N tasks running for any task length.
+A batch held so long that its leases may have lapsed (the process was paused,
+or cut off from Redis) is checked before it runs: what the reaper already gave
+to another worker is dropped with a warning, not run twice.
 
 Replies are read in the order the commands were sent; acks are sent as soon as a
 batch is done (and mid-batch once ``worker_ack_flush_interval`` has passed), so
@@ -36,6 +44,7 @@ from ..events import pack_events
 from ..fairness import ack_command, ack_gates
 from ..ratelimit import Limiter
 from .execute import Executor
+from .holding import HoldWatch, Window
 
 log = logging.getLogger("fastq.worker")
 
@@ -59,6 +68,11 @@ class Consumer:
         self.name = name
         self.hostname = hostname
         self.prefetch = int(prefetch or conf.worker_prefetch)
+        self.hold_time = float(conf.worker_hold_time)
+        self.window = Window(self.prefetch, self.hold_time)
+        #: A batch not started within this long of its fetch may have lost its
+        #: leases (renewed by maintenance; reaped after the lease): checked first.
+        self.hold_limit = float(conf.worker_lease_timeout) / 2
         self.block_ms = max(1, int(conf.worker_block_timeout * 1000))
         queue_of = {k: qk.name for qk in self.queues for k in qk.fetch_order}
         self.by_name = {k.encode(): k for k in queue_of}
@@ -89,12 +103,8 @@ class Consumer:
         self.max_memory_kib = int(conf.get("worker_max_memory_per_child") or 0) if slot is not None else 0
         self.executor.ack_now = self._ack_now
         self.executor.flush_now = self._flush_mid_batch
-        self._fetch_cmds = [
-            pack_command((b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order,
-                          GROUP, name, self.prefetch))
-            for qk in self.queues
-        ]
-        self._block_cmds = self._blocking_fetch_commands(name)
+        self._fetch_cmds: dict[tuple[int, int], bytes] = {}  #: (queue index, count) -> packed fetch
+        self._block_cmds: dict[int, list[bytes]] = {}  #: count -> packed blocking reads
         self._block_turn = 0
         #: stream -> gate args, for the streams of fair queues (acked by fair_ack.lua: fastq.fairness)
         self._fair_acks = ack_gates(self.broker, self.queues)
@@ -106,9 +116,16 @@ class Consumer:
         self._broken = False
         self._warned = False
         self._pending_outs: list = []  #: writes to send again after reconnecting
-        self._returned = {qk.returned for qk in self.queues}
+        self._returned = {k for qk in self.queues for k in qk.returned}
         self._batch: list = []  #: the batch being run
         self._prev_batch: list = []  #: the one before it (finished; its acks may still be in flight)
+        self._fetched_at = 0.0  #: time.monotonic() when the batch's fetch was sent
+        # The hold watch (another thread) hands back what waits behind a long task;
+        # the loop takes this lock after a batch, so it never runs what was handed back.
+        self._hold_lock = threading.Lock()
+        self._handed: set = set()  #: entry ids the watch handed back, not to be run or released here
+        self._watched = None  #: (delivery, since) the watch saw running
+        self._watch: HoldWatch | None = None
 
     # --- control -------------------------------------------------------------------
 
@@ -145,18 +162,25 @@ class Consumer:
         finally:
             client.close()
 
-    def _blocking_fetch_commands(self, name: str) -> list[bytes]:
+    def _blocking_fetch_commands(self, count: int) -> list[bytes]:
         """One XREADGROUP BLOCK over every stream of every queue; on a cluster, where
         one command may only touch one slot, one per queue, taken in turn with a
         shorter block so an idle worker still looks at each queue often."""
+        cmds = self._block_cmds.get(count)
+        if cmds is not None:
+            return cmds
+
         def block(queues, block_ms):
             keys = [k for qk in queues for k in qk.fetch_order]
-            return pack_command((b"XREADGROUP", b"GROUP", GROUP, name, b"COUNT", self.prefetch,
+            return pack_command((b"XREADGROUP", b"GROUP", GROUP, self.name, b"COUNT", count,
                                  b"BLOCK", block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
         if not self.broker.is_cluster:
-            return [block(self.queues, self.block_ms)]
-        block_ms = self.block_ms if len(self.queues) == 1 else max(1, min(self.block_ms, 100))
-        return [block([qk], block_ms) for qk in self.queues]
+            cmds = [block(self.queues, self.block_ms)]
+        else:
+            block_ms = self.block_ms if len(self.queues) == 1 else max(1, min(self.block_ms, 100))
+            cmds = [block([qk], block_ms) for qk in self.queues]
+        self._block_cmds[count] = cmds
+        return cmds
 
     @property
     def processed(self) -> int:
@@ -227,8 +251,14 @@ class Consumer:
     def _send_fetch(self) -> None:
         i = self._turns[self._rr % len(self._turns)]
         self._rr += 1
-        self._outstanding.append(("fetch", self.queues[i]))
-        self._send(self._fetch_cmds[i])
+        n = self.window.size
+        cmd = self._fetch_cmds.get((i, n))
+        if cmd is None:
+            qk = self.queues[i]
+            cmd = self._fetch_cmds[(i, n)] = pack_command(
+                (b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order, GROUP, self.name, n))
+        self._outstanding.append(("fetch", self.queues[i], time.monotonic()))
+        self._send(cmd)
 
     def _read_reply(self, item, missing_scripts: list) -> list | None:
         """Read the replies of one outstanding item; a fetch returns its batch."""
@@ -256,7 +286,12 @@ class Consumer:
             else:
                 log.error("Fetch failed: %s", exc)
             return []
-        return parse_fetch_reply(reply, item[1].fetch_order)
+        self._fetched_at = item[2]
+        batch = parse_fetch_reply(reply, item[1].fetch_order)
+        if self._handed:  # the watch handed these back while we ran the last batch
+            batch = [d for d in batch if d.entry_id not in self._handed]
+            self._handed.clear()
+        return batch
 
     def _read_until_fetch(self) -> list:
         missing: list = []
@@ -292,8 +327,10 @@ class Consumer:
         self._drain()
 
     def _blocking_fetch(self) -> list:
-        cmd = self._block_cmds[self._block_turn % len(self._block_cmds)]
+        cmds = self._blocking_fetch_commands(self.window.size)
+        cmd = cmds[self._block_turn % len(cmds)]
         self._block_turn += 1
+        self._fetched_at = time.monotonic()
         self._send(cmd)
         try:
             reply = self._read()
@@ -308,22 +345,89 @@ class Consumer:
             return []
         return parse_xread_reply(reply, self.by_name)
 
-    def _release(self, deliveries) -> None:
-        """Hand back unstarted messages to the front of their queue."""
+    def _release(self, deliveries, client=None, quiet: bool = False) -> int:
+        """Hand back unstarted messages to the front of their priority; returns how
+        many were still ours to hand back (release.lua is fenced: one the reaper
+        already gave to another worker is not touched)."""
         by_stream: dict[str, list] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
-        client = self.broker.client
+        client = client or self.broker.client
+        moved = 0
         for stream, ids in by_stream.items():
             queue = self.executor.queue_of[stream]
             for attempt in range(10):
                 try:
-                    self.broker.release(stream, queue, self.name, ids, client=client)
+                    moved += sum(self.broker.release(stream, queue, self.name, ids, client=client))
                     break
                 except CONNECTION_ERRORS:  # the lease will return them if Redis stays away
                     time.sleep(0.2 * (attempt + 1))
-        if deliveries:
+        if deliveries and not quiet:
             log.info("Handed back %d unstarted message(s)", len(deliveries))
+        return moved
+
+    # --- holding: see holding.py ---------------------------------------------------------
+
+    def check_hold(self, now: float) -> None:
+        """Called by the hold watch (another thread): if the running task has run
+        longer than ``hold_time`` while this consumer holds messages it has not
+        started, hand them back now."""
+        cur = self.runner.current
+        if cur is None or self.stopping:
+            self._watched = None
+            return
+        watched = self._watched
+        if watched is None or watched[0] is not cur:
+            self._watched = (cur, now)
+            return
+        if watched[1] is None or now - watched[1] < self.hold_time:
+            return  # None: already handed back for this task
+        self._watched = (cur, None)
+        batch = self._batch
+        fetching = any(item[0] == "fetch" for item in list(self._outstanding))
+        if (not batch or batch[-1] is cur) and not fetching:
+            return  # holds nothing else
+        with self._hold_lock:
+            if self.runner.current is not cur:
+                return  # it moved on meanwhile: the loop deals with the rest
+            # From here the runner starts no message after the one it shows as
+            # current (it publishes current, then checks stopping); the loop puts
+            # stopping back after the batch, under the lock.
+            self.runner.stopping = True
+            cur = self.runner.current
+            upto = next((i + 1 for i, d in enumerate(batch) if d is cur), len(batch))
+            rest = batch[upto:]
+            watch = self._watch
+            if watch.client is None:
+                watch.client = self.broker.new_client()
+            client = watch.client
+            handed = [d.entry_id for d in rest]
+            moved = self._release(rest, client=client, quiet=True) if rest else 0
+            if fetching:  # what the fetch in flight brought: pending for us, in no batch
+                known = {d.entry_id for d in batch} | {d.entry_id for d in self._prev_batch}
+                for qk in self.queues:
+                    for stream in qk.fetch_order:
+                        ids = [i for i in self.broker.pending_of(stream, self.name, client) if i not in known]
+                        if ids:
+                            moved += sum(self.broker.release(stream, qk.name, self.name, ids, client=client))
+                            handed.extend(ids)
+            self._handed.update(handed)
+        if moved:
+            log.info("Handed back %d message(s) waiting behind a task running for over %.0f ms",
+                     moved, self.hold_time * 1000)
+
+    def _lost_leases(self, rest: list) -> None:
+        """A batch held past ``hold_limit`` (the process was paused, or Redis was
+        away): hand back what is still ours; what is not was recovered by another
+        worker's reaper and runs there, so it is dropped here, not run twice."""
+        moved = self._release(rest, quiet=True)
+        lost = len(rest) - moved
+        if lost > 0:
+            log.warning("Dropped %d message(s) held for over %.1f s without starting: their leases lapsed "
+                        "(this worker was paused or cut off) and another worker recovered them",
+                        lost, self.hold_limit)
+        if moved:
+            log.info("Handed back %d message(s) held for over %.1f s", moved, self.hold_limit)
 
     def _check_recycle(self) -> None:
         """Stop (and so be replaced by the pool's parent) after --max-tasks-per-child
@@ -345,6 +449,13 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stopped. Survives Redis outages."""
+        self._watch = HoldWatch.join(self)
+        try:
+            self._run()
+        finally:
+            self._watch.leave(self)
+
+    def _run(self) -> None:
         recovered: list = []
         backoff = 0.1
         while True:
@@ -402,6 +513,7 @@ class Consumer:
                 batch.extend(d for d in parse_xread_reply(self._read(), self.by_name) if d.payload)
         if batch:
             log.warning("Recovered %d message(s) fetched before the connection was lost", len(batch))
+        self._fetched_at = time.monotonic()
         return batch
 
     def _loop(self, batch: list) -> None:
@@ -430,7 +542,10 @@ class Consumer:
                     continue
             empty_rounds = 0
             self.limiter.refresh()
-            self._send_fetch()  # the next batch is prepared while this one runs
+            pipelined = self.window.pipelined
+            fetched_at = self._fetched_at
+            if pipelined:
+                self._send_fetch()  # the next batch is prepared while this one runs
             if self.events:
                 self.out.event("task-received", None, None, None, {"n": len(batch)})
             # A batch with redelivered messages may hold the one that killed the last
@@ -444,12 +559,25 @@ class Consumer:
                     self._release(batch[left:])
                     batch = batch[:left]
             self._prev_batch, self._batch = self._batch, batch
+            self.runner.deadline = fetched_at + self.hold_limit
+            t0 = time.monotonic()
             started = self.runner.run_batch(batch, self.out)
+            self.window.update(started, time.monotonic() - t0)
+            with self._hold_lock:  # the watch is not handing anything back now
+                self.runner.stopping = self.stopping
+                handed, rest = self._handed, batch[started:]
+                if handed:
+                    rest = [d for d in rest if d.entry_id not in handed]
             if self._broken:
                 raise ConnectionError("connection lost during the batch")
             self._flush()
-            if started < len(batch):
-                self._release(batch[started:])
+            if rest:
+                if self.runner.deadline and time.monotonic() > self.runner.deadline and not self.stopping:
+                    self._lost_leases(rest)
+                else:
+                    self._release(rest)
+            if not pipelined and not self.stopping:
+                self._send_fetch()
             batch = []
             self._check_recycle()
         self._flush()

@@ -20,8 +20,11 @@ end
 if G_cap > 0 then
   -- the true per-group counts: stream entries that carry a group
   if g_total() > tonumber(ARGV[8]) then return -2 end
-  local streams = {G_base .. ':ret'}
-  for p = 0, 9 do streams[#streams + 1] = g_stream(p) end
+  local streams = {}
+  for p = 0, 9 do
+    streams[#streams + 1] = g_returned(p)
+    streams[#streams + 1] = g_stream(p)
+  end
   local counts, order = {}, {}
   for _, key in ipairs(streams) do
     local start = '-'

@@ -1,7 +1,9 @@
 -- Fetch up to N messages for one consumer from one queue, highest priority first.
--- KEYS: the queue's streams in the order they are served: the "returned" stream
---       (messages handed back by a warm shutdown or a dead pool child) first,
---       then priority 9 .. 0. All share the queue's hash tag (one slot).
+-- KEYS: the queue's streams in the order they are served: for each priority from
+--       9 down to 0, its "returned" stream (messages of that priority handed back
+--       unstarted: a warm shutdown, a dead pool child, a consumer that held them
+--       behind a long task), then its own stream. All share the queue's hash tag
+--       (one slot).
 -- ARGV: group, consumer, count
 -- Returns: { {key_index, {{entry_id, {field, value, ...}}, ...}}, ... }
 -- XREADGROUP records every entry in the group's pending list (PEL) in the same

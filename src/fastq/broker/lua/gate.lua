@@ -18,7 +18,8 @@
 --   base:gc        HASH   with a cap only: group -> its messages in the streams
 --   base:gs        ZSET   with a rate only: groups waiting for a token, score = ms when due
 --   base:gt:<grp>  HASH   with a rate only: the group's token bucket (tokens, ts)
--- Stream names follow broker/keys.py: base:ret, base:s (priority 0), base:s1 .. base:s9.
+-- Stream names follow broker/keys.py: base:s (priority 0), base:s1 .. base:s9, and
+-- beside each its returned stream base:ret (priority 0), base:ret1 .. base:ret9.
 --
 -- Invariants (checked and repaired by fair_heal.lua): gc counts exactly the
 -- stream entries that carry `g`; a group is in gr iff it has a backlog, is under
@@ -46,6 +47,11 @@ local function g_stream(prio)
   return G_base .. ':s' .. prio
 end
 
+local function g_returned(prio)
+  if prio == 0 then return G_base .. ':ret' end
+  return G_base .. ':ret' .. prio
+end
+
 local function g_backlog(grp) return G_base .. ':gb:' .. grp end
 
 local function g_count(grp) return tonumber(redis.call('HGET', K_count, grp)) or 0 end
@@ -54,8 +60,8 @@ local function g_count(grp) return tonumber(redis.call('HGET', K_count, grp)) or
 -- the caller's deletes; the gate's own adds keep it up to date.
 local function g_total()
   if G_total == nil then
-    local n = redis.call('XLEN', G_base .. ':ret')
-    for p = 0, 9 do n = n + redis.call('XLEN', g_stream(p)) end
+    local n = 0
+    for p = 0, 9 do n = n + redis.call('XLEN', g_stream(p)) + redis.call('XLEN', g_returned(p)) end
     G_total = n
   end
   return G_total

@@ -1,7 +1,8 @@
 -- Hand back messages a consumer took but did not finish (warm shutdown, a pool
--- child that died), to the queue's "returned" stream, which every consumer reads
--- before the priority streams: they run next, on any worker.
--- KEYS[1]: the stream they came from   KEYS[2]: the returned stream
+-- child that died, a consumer holding them behind a long task), to the
+-- "returned" stream of their priority, which every consumer reads before that
+-- priority's stream: they run next, on any worker, after higher priorities.
+-- KEYS[1]: the stream they came from   KEYS[2]: the returned stream of its priority
 -- KEYS[3]: the dead-letter stream
 -- ARGV: group, consumer, strike_id, max_deliveries, queue, then the gate of a
 --       fair queue (base, window, cap, rate, burst; five empty strings for a plain
