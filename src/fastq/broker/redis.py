@@ -546,6 +546,28 @@ class RedisBroker:
             self.client.delete(qk.dlq)
         return n
 
+    # --- namespaces -----------------------------------------------------------------
+
+    def delete_prefixed(self, prefix: str) -> int:
+        """Delete every key whose name starts with ``prefix`` (SCAN, never FLUSHDB:
+        the database may hold other data). ``fastq bench`` drops its own run's keys
+        with it. Returns how many were deleted."""
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self._unlink(batch)
+                batch = []
+        return deleted + (self._unlink(batch) if batch else 0)
+
+    def _unlink(self, keys: list[bytes]) -> int:
+        pipe = self.client.pipeline(transaction=False)  # one key a command: fine on a cluster too
+        for key in keys:
+            pipe.unlink(key)
+        return sum(pipe.execute())
+
 
 def _parse_shards(value) -> dict[str, int]:
     """``queue_shards`` ({"default": 8}) checked: queue names, and 1..1024 shards."""
