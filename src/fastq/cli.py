@@ -358,22 +358,51 @@ def dlq() -> None:
 @dlq.command("list")
 @_app_option
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many per queue.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the decoded dead letters.")
 @click.pass_obj
 def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool) -> None:
-    """Show dead letters with their reasons."""
+    """Show dead letters: when, which task (id, name, arguments), why, after how many deliveries."""
+    import datetime as dt
+
+    from .monitor import dead_letters, short_args
+
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    rows = [r for q in names for r in app.broker.dlq_list(q, limit)]
-    for r in rows:
-        r["payload"] = repr(r.get("payload", b""))[:200]
+    rows = dead_letters(app, _dlq_queues(app, queue_name), limit)
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(json.dumps(rows, default=str))
         return
     for r in rows:
-        click.echo(f"{r['id']}  {r['queue']}  {r.get('reason', '?')}: {r.get('error', '')}")
+        when = "?" if r["dead_lettered_at"] is None else \
+            dt.datetime.fromtimestamp(r["dead_lettered_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        task = f"{r['task']}[{r['task_id']}] {short_args(r['args'], r['kwargs'])}" if r["task_id"] else \
+            "(undecodable message)"
+        click.echo(f"{when}  {r['queue']}  {task}  {r['reason'] or '?'}: {r['error'] or ''} "
+                   f"(deliveries: {r['deliveries']}, entry {r['id']})")
     click.echo(f"{len(rows)} dead letter(s).")
+
+
+def _dlq_queues(app, queue_name: str | None) -> list[str]:
+    from .broker.keys import validate_queue_name
+    from .exceptions import ImproperlyConfigured
+
+    if not queue_name:
+        return app.broker.known_queues()
+    try:
+        return [validate_queue_name(queue_name)]
+    except ImproperlyConfigured as exc:
+        raise click.BadParameter(str(exc), param_hint="-Q/--queue") from None
+
+
+def _find_dead_letters(app, names: list[str], ids: tuple[str, ...]) -> dict[str, list[str]]:
+    """Task ids or entry ids -> {queue: [entry id, ...]}; an id found nowhere is an error (and nothing is done)."""
+    from .monitor import find_dead_letters
+
+    found, unknown = find_dead_letters(app, names, list(ids))
+    if unknown:
+        where = f"queue {names[0]!r}" if len(names) == 1 else "any queue"
+        raise click.ClickException(f"no dead letter with task id or entry id {', '.join(unknown)} in {where}")
+    return found
 
 
 @dlq.command("requeue")
@@ -383,27 +412,37 @@ def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
 @click.pass_obj
 def dlq_requeue(state: _AppState, ids: tuple[str, ...], all_: bool, queue_name: str | None) -> None:
-    """Move dead letters back to their queue."""
+    """Move dead letters back to their queue: by task id or entry id (as `dlq list` shows them), or --all."""
     if not ids and not all_:
-        raise click.UsageError("give dead-letter IDs or --all")
+        raise click.UsageError("give task ids or dead-letter entry ids, or --all")
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    moved = sum(app.broker.dlq_requeue(q, None if all_ else list(ids)) for q in names)
+    names = _dlq_queues(app, queue_name)
+    if all_:
+        moved = sum(app.broker.dlq_requeue(q) for q in names)
+    else:
+        moved = sum(app.broker.dlq_requeue(q, entries) for q, entries in _find_dead_letters(app, names, ids).items())
     click.echo(f"Requeued {moved} message(s).")
 
 
 @dlq.command("purge")
 @_app_option
+@click.argument("ids", nargs=-1)
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def dlq_purge(state: _AppState, queue_name: str | None, force: bool) -> None:
-    """Delete dead letters."""
+def dlq_purge(state: _AppState, ids: tuple[str, ...], queue_name: str | None, force: bool) -> None:
+    """Delete dead letters: those with these task ids or entry ids, else all of them."""
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    if not force:
-        click.confirm(f"Delete all dead letters of {', '.join(names)}?", abort=True)
-    n = sum(app.broker.dlq_purge(q) for q in names)
+    names = _dlq_queues(app, queue_name)
+    if ids:
+        found = _find_dead_letters(app, names, ids)
+        if not force:
+            click.confirm(f"Delete {sum(len(v) for v in found.values())} dead letter(s)?", abort=True)
+        n = sum(app.broker.dlq_purge(q, entries) for q, entries in found.items())
+    else:
+        if not force:
+            click.confirm(f"Delete all dead letters of {', '.join(names)}?", abort=True)
+        n = sum(app.broker.dlq_purge(q) for q in names)
     click.echo(f"Deleted {n} dead letter(s).")
 
 

@@ -508,18 +508,16 @@ class RedisBroker:
         if limit <= 0:
             return []
         qk = self.keys.queue(physical)
-        out = []
-        for entry_id, fields in self.client.xrange(qk.dlq, count=limit):
-            item = {"id": entry_id.decode(), "queue": name}
-            for k, v in fields.items():
-                k = k.decode()
-                if k in ("p", "j"):
-                    item["payload"] = v
-                    item["serializer"] = "msgpack" if k == "p" else "json"
-                else:
-                    item[k] = v.decode(errors="replace")
-            out.append(item)
-        return out
+        return [_dlq_item(entry_id, fields, name) for entry_id, fields in self.client.xrange(qk.dlq, count=limit)]
+
+    def dlq_entries(self, physical: str, ids: list, client=None) -> list[dict]:
+        """The dead letters of queue (or shard) ``physical`` with these entry ids, shaped as dlq_list's."""
+        c = client or self.client
+        dlq = self.keys.queue(physical).dlq
+        pipe = c.pipeline(transaction=False)
+        for i in ids:
+            pipe.xrange(dlq, i, i)
+        return [_dlq_item(rows[0][0], rows[0][1], logical_queue(physical)) for rows in pipe.execute() if rows]
 
     def dlq_requeue(self, name: str, ids: list[str] | None = None) -> int:
         """Move dead letters (all when ``ids`` is None) back to the queue (each to its own shard)."""
@@ -538,12 +536,16 @@ class RedisBroker:
                 moved += SCRIPTS.requeue_dead(self.client, [qk.dlq, qk.streams[0]], ids[i : i + 1000])
         return moved
 
-    def dlq_purge(self, name: str) -> int:
+    def dlq_purge(self, name: str, ids: list[str] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None, else those entry ids); return how many."""
         n = 0
         for p in self.physical_queues(name):
             qk = self.keys.queue(p)
-            n += self.client.xlen(qk.dlq)
-            self.client.delete(qk.dlq)
+            if ids is None:
+                n += self.client.xlen(qk.dlq)
+                self.client.delete(qk.dlq)
+            elif ids:
+                n += self.client.xdel(qk.dlq, *ids)
         return n
 
     # --- namespaces -----------------------------------------------------------------
@@ -567,6 +569,19 @@ class RedisBroker:
         for key in keys:
             pipe.unlink(key)
         return sum(pipe.execute())
+
+
+def _dlq_item(entry_id: bytes, fields: dict, queue: str) -> dict:
+    """A dead-letter entry: id, queue, payload (bytes) and serializer, and its text fields (reason, error, dc, ...)."""
+    item = {"id": entry_id.decode(), "queue": queue}
+    for k, v in fields.items():
+        k = k.decode()
+        if k in ("p", "j"):
+            item["payload"] = v
+            item["serializer"] = "msgpack" if k == "p" else "json"
+        else:
+            item[k] = v.decode(errors="replace")
+    return item
 
 
 def _parse_shards(value) -> dict[str, int]:

@@ -562,4 +562,7 @@ class ProcessPool:
                               "fastq.exceptions", str(exc), None, time.time(), None, self.worker.hostname,
                               msg.retries, msg.task, {"reason": "worker_lost", "deliveries": dc})
             app.backend.store(msg.id, meta)
+            if final:
+                log.error("Dead-lettered task %s[%s]: %s", msg.task, msg.id, exc,
+                          extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
             return
