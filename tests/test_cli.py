@@ -285,7 +285,7 @@ def test_worker_log_names_tasks_dead_lettered_for_deliveries(app, worker, r):
 
 def test_dlq_requeue_moves_dead_letters_back_to_the_queue(app, worker, r):
     # Given two dead letters
-    ids, task_ids, _ = _dead_letter_two(app, worker, r)
+    ids, _, _ = _dead_letter_two(app, worker, r)
     # When one is requeued by entry id
     out = fastq_cli("-A", APP, "dlq", "requeue", "-Q", "default", ids[0])
     # Then it is back in the queue
@@ -323,7 +323,7 @@ def test_dlq_requeue_and_purge_take_task_ids(app, worker, r):
 @pytest.mark.parametrize("command", ["requeue", "purge"])
 def test_dlq_unknown_id_is_a_one_line_error_and_changes_nothing(app, worker, r, command):
     # Given two dead letters
-    ids, task_ids, _ = _dead_letter_two(app, worker, r)
+    ids, _, _ = _dead_letter_two(app, worker, r)
     # When requeue or purge is given a known id and one nobody knows (a task id, an entry id, garbage)
     for bad in ("no-such-task-id", "1-1", "x" * 300):
         force = ["-f"] if command == "purge" else []

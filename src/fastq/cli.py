@@ -129,7 +129,10 @@ def _weights(value: str | None) -> dict[str, int]:
 @click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
               case_sensitive=False), default="WARNING", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("-n", "--hostname", help="Worker name (default fastq@<hostname>).")
+@click.option("-n", "--hostname",
+              help="Worker name; %h host name, %n its first label, %d domain, %i/%I process index, %% a %; "
+                   "without @ it gets @<host name> (default: the first of fastq@<host>, fastq-2@<host>, ... "
+                   "that no live worker holds).")
 @click.option("--prefetch", type=click.IntRange(min=1), help="Messages per fetch round trip (default 100).")
 @click.option("--lease-timeout", type=click.FloatRange(min=0.5),
               help="Seconds before a silent worker's messages are recovered (default 30).")
@@ -178,20 +181,27 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
                    weights=_weights(queues), autoscale=_autoscale(autoscale), async_concurrency=async_concurrency)
     except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
-    from .logs import set_hostname
+    from .worker.naming import NameTaken
 
-    set_hostname(w.hostname)
     beat_service = _make_beat(app) if with_beat else None
     if beat_service is not None:  # a thread of this (the parent) process, leader-elected like `fastq beat`
         beat_service.start()
     try:
         code = w.start()
-    except ValueError as exc:  # e.g. the name is taken by a live worker
+    except NameTaken as exc:  # one line, before any banner; exit 2 as for other bad start-up input
+        raise _Refused(str(exc)) from None
+    except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
         if beat_service is not None:
             beat_service.stop()
     sys.exit(code)
+
+
+class _Refused(click.ClickException):
+    """A one-line ``Error: ...`` with exit code 2 (no usage text: the command line was fine)."""
+
+    exit_code = 2
 
 
 def _autoscale(value: str | None) -> tuple[int, int] | None:

@@ -128,3 +128,12 @@ def record_order(self, seq):
     """Append ``seq`` to the ledger list of the (physical) queue it came from: order per shard."""
     ledger().rpush(f"order:{self.request.queue}", seq)
     ledger().hincrby("runs", seq, 1)
+
+
+@app.task(name="tests.hold_once")
+def hold_once(key):
+    """Mark ``key`` started and hold the first delivery for ten minutes; a redelivery returns at once."""
+    if ledger().hsetnx(key, "started", os.getpid()):
+        time.sleep(600)
+    ledger().hincrby(key, "finished", 1)
+    return "done"

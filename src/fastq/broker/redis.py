@@ -487,6 +487,29 @@ class RedisBroker:
                 total[1] += buried
         return total
 
+    def release_worker(self, name: str, worker: str, strike: bytes = b"*", client=None) -> list:
+        """Hand back everything the consumers of worker ``worker`` (named
+        ``<worker>/<pid>.<n>``) hold on queue ``name``: a dead predecessor whose name a
+        new worker took. ``strike`` as release_consumer's. Returns [moved, dead_lettered]."""
+        c = client or self.client
+        prefix = f"{worker}/".encode()
+        total = [0, 0]
+        for stream in self.keys.queue(name).fetch_order:
+            try:
+                consumers = c.xinfo_consumers(stream, GROUP)
+            except ResponseError:  # no stream or group yet: nothing is held
+                continue
+            for info in consumers:
+                consumer = info.get("name")
+                consumer = consumer if isinstance(consumer, bytes) else str(consumer).encode()
+                if consumer.startswith(prefix) and info.get("pending"):
+                    ids = self.pending_of(stream, consumer.decode(), c)
+                    if ids:
+                        moved, buried = self.release(stream, name, consumer.decode(), ids, strike, c)
+                        total[0] += moved
+                        total[1] += buried
+        return total
+
     def read_entry(self, name: str, entry_id: bytes, client=None) -> tuple[str, dict] | None:
         """Find a pending entry of queue ``name`` by id: (stream, fields)."""
         c = client or self.client
@@ -547,6 +570,21 @@ class RedisBroker:
             elif ids:
                 n += self.client.xdel(qk.dlq, *ids)
         return n
+
+    # --- worker names ---------------------------------------------------------------
+
+    def read_worker(self, name: str) -> tuple[bytes | None, int]:
+        """Worker ``name``'s registry entry (its last heartbeat, raw) and the key's TTL in ms."""
+        key = self.keys.worker(name)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, ttl_ms = pipe.execute()
+        return raw, ttl_ms
+
+    def claim_worker(self, name: str, expected: bytes | None, value: str, ttl: int) -> bool:
+        """Write ``value`` as worker ``name``'s entry if it still is ``expected`` (None: absent)."""
+        return bool(SCRIPTS.claim_name(self.client, [self.keys.worker(name)], [expected or b"", value, ttl]))
 
     # --- namespaces -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .. import events
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..exceptions import BrokerError
 from ..monitor import dead_letter_row
+from .naming import process_identity
 
 log = logging.getLogger("fastq.worker")
 
@@ -184,7 +185,7 @@ class Maintenance:
     def heartbeat(self) -> None:
         keys = self.broker.keys
         info = {"hostname": self.hostname, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
-                "ts": time.time(),
+                "ts": time.time(), "proc": process_identity(),  # lets a successor tell whether we died (naming.py)
                 **_process_stats(), **self.info()}
         now = self.broker.clock(keys.workers, self.client)  # readers age it on the same clock
         pipe = self.client.pipeline(transaction=False)
