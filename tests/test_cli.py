@@ -10,7 +10,7 @@ import pytest
 
 import fastq
 import fastq._speedups
-from conftest import ROOT, fastq_command, wait_for
+from conftest import LEDGER_DB, ROOT, fastq_command, wait_for
 
 APP = "tests.apps.basic:app"
 
@@ -77,13 +77,37 @@ def test_result_of_a_failed_task_shows_the_exception_and_traceback(app, worker):
     assert "Traceback (most recent call last):" in out.stdout
 
 
-def test_result_of_an_unknown_id_is_pending(redis_url):
+def test_result_of_an_unknown_id_says_so_and_exits_1(redis_url):
     # Given an id no task ever had
     # When `fastq result ID` runs
     out = fastq_cli("-A", APP, "result", "no-such-task-id")
-    # Then it says PENDING
-    assert out.returncode == 0, out.stderr
+    # Then the state is still PENDING, and one line says no such task is known (exit 1)
+    assert out.returncode == 1, out.stderr
     assert out.stdout.strip() == "PENDING"
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no task with id 'no-such-task-id' is known" in lines[0], out.stderr
+
+
+def test_result_of_a_queued_or_dead_lettered_task_says_where_it_is(app, worker, r):
+    # Given a task waiting in a queue no worker reads
+    waiting = app.tasks["tests.add"].apply_async((1, 2), queue="nobody")
+    # When `fastq result ID` runs
+    out = fastq_cli("-A", APP, "result", waiting.id)
+    # Then it is PENDING, known, and where it waits is said
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["PENDING", "waiting in queue nobody"]
+    # Given a task dead-lettered when its worker was lost (no result is stored then)
+    lost = worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    held = app.tasks["tests.sleep"].apply_async((600,), queue="slow")
+    wait_for(lambda: r.xpending("fastq:{slow}:s", "fastq")["pending"] == 1, 30, message="the task to be held")
+    lost.kill_all()
+    worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    wait_for(lambda: r.xlen("fastq:{slow}:dlq") == 1, 60, 0.2, message="the dead letter")
+    out = fastq_cli("-A", APP, "result", held.id)
+    # Then it says so, and how to requeue it
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "PENDING"
+    assert "dead-lettered on slow: max_deliveries" in out.stdout and f"fastq dlq requeue {held.id}" in out.stdout
 
 
 def test_result_json_is_an_object_with_named_fields(app, worker):
@@ -95,8 +119,8 @@ def test_result_json_is_an_object_with_named_fields(app, worker):
     done = fastq_cli("-A", APP, "result", "--json", res.id)
     unknown = fastq_cli("-A", APP, "result", "--json", "no-such-task-id")
     # Then each prints one JSON object with the state (and the value) by name
-    assert done.returncode == 0 and unknown.returncode == 0
-    assert json.loads(unknown.stdout) == {"state": "PENDING"}
+    assert done.returncode == 0 and unknown.returncode == 1
+    assert json.loads(unknown.stdout) == {"state": "PENDING", "known": False}
     stored = json.loads(done.stdout)
     assert isinstance(stored, dict), f"not an object: {done.stdout!r}"
     assert stored["state"] == "SUCCESS"
@@ -211,6 +235,22 @@ def test_status_lists_workers_online(redis_url, worker):
     out = fastq_cli("-A", APP, "status")
     assert w1.name not in out.stdout
     assert "1 node(s) online." in out.stdout
+
+
+def test_broker_option_works_before_and_after_the_command(app, worker, redis_url):
+    # Given a worker on the test database, and FASTQ_BROKER_URL pointing at an empty one
+    w = worker("-P", "solo")
+    empty = redis_url.rsplit("/", 1)[0] + f"/{LEDGER_DB}"
+    env = {"FASTQ_BROKER_URL": empty}
+    # When `fastq status` gets -b before or after the command (as -A)
+    before = fastq_cli("-b", redis_url, "-A", APP, "status", env=env)
+    after = fastq_cli("status", "-A", APP, "-b", redis_url, env=env)
+    plain = fastq_cli("status", "-A", APP, env=env)
+    # Then both use the given broker
+    for out in (before, after):
+        assert out.returncode == 0, out.stderr
+        assert f"{w.name}: OK" in out.stdout and "1 node(s) online." in out.stdout
+    assert "0 node(s) online." in plain.stdout
 
 
 # --- dlq --------------------------------------------------------------------------------------

@@ -67,13 +67,18 @@ class _AppState:
 
 
 def _app_option(f):
-    """-A on a subcommand (Celery's form puts it before the command; both work)."""
+    """-A and -b on a subcommand (Celery's form puts them before the command; both work)."""
 
-    def store(ctx: click.Context, param: Any, value: str | None) -> None:
-        if value:
-            ctx.ensure_object(_AppState).spec = value
+    def store(attr: str):
+        def cb(ctx: click.Context, param: Any, value: str | None) -> None:
+            if value:
+                setattr(ctx.ensure_object(_AppState), attr, value)
 
-    return click.option("-A", "--app", "app_spec", expose_value=False, callback=store,
+        return cb
+
+    f = click.option("-b", "--broker", "broker_url", expose_value=False, callback=store("broker"),
+                     help="Broker URL (overrides the app's).")(f)
+    return click.option("-A", "--app", "app_spec", expose_value=False, callback=store("spec"),
                         help="The app: module:attribute, or a module with an `app`.")(f)
 
 
@@ -181,6 +186,7 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
                    weights=_weights(queues), autoscale=_autoscale(autoscale), async_concurrency=async_concurrency)
     except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
+    w.log_format = log_format
     from .worker.naming import NameTaken
 
     beat_service = _make_beat(app) if with_beat else None
@@ -244,20 +250,37 @@ def _fail(exc: Exception) -> None:
 def result(state: _AppState, task_id: str, as_json: bool) -> None:
     """Show a task's state and result."""
     from .exceptions import BrokerError
+    from .monitor import locate_task
 
     app = state.app()
     try:
         meta = app.backend.get_meta(task_id)
+        # No stored state: a message still in a queue is a known task (PENDING);
+        # one found nowhere is not (a mistyped id, or a result that expired).
+        location = locate_task(app, task_id) if meta is None else None
     except BrokerError as exc:
         _fail(exc)
     if as_json:
         import msgspec
 
-        fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING"}
+        fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING", "known": location is not None}
+        if location is not None:
+            fields["location"] = {k: v for k, v in location.items() if k != "request"}
         click.echo(msgspec.json.encode(fields).decode())
-        return
-    if meta is None:
+    elif meta is None:
         click.echo("PENDING")
+        if location is not None and location["state"] == "DEAD":
+            click.echo(f"dead-lettered on {location['queue']}: {location['reason']}: {location['error']} "
+                       f"(fastq dlq requeue {task_id})")
+        elif location is not None:
+            click.echo(f"{location['where']} in queue {location['queue']}")
+    if meta is None:
+        if location is None:
+            raise click.ClickException(
+                f"no task with id {task_id!r} is known: the result backend has no state for it and no queue "
+                "holds its message (a mistyped id, a result that expired, or a task with ignore_result)")
+        return
+    if as_json:
         return
     click.echo(meta.state)
     if meta.exc_type:
@@ -673,7 +696,25 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
         from .dashboard import serve
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
-    serve(app, address=address, port=port, basic_auth=basic_auth)
+    if basic_auth is None and not _is_loopback(address):  # as Flower warns
+        click.echo(f"Warning: the dashboard listens on {address} without --basic-auth: anyone who can reach port "
+                   f"{port} sees task arguments and results and can requeue, retry and revoke tasks. Give "
+                   "--basic-auth user:password (or FASTQ_DASHBOARD_BASIC_AUTH).", err=True)
+    try:
+        serve(app, address=address, port=port, basic_auth=basic_auth)
+    except OSError as exc:  # the port is in use, or the address is not this host's
+        raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _register_bench() -> None:

@@ -14,7 +14,11 @@ import json
 import reprlib
 import time
 
-from .control import ONLINE_WINDOW, decode_fields
+from redis.exceptions import ResponseError
+
+from . import states
+from .broker.keys import GROUP
+from .control import ONLINE_WINDOW, decode_delayed, decode_fields, request_info
 
 
 def workers(app, forget_after: float = 3600.0) -> list[dict]:
@@ -179,5 +183,37 @@ def find_dead_letters(app, queues: list[str], wanted: list[str]) -> tuple[dict[s
     return found, [i for i in wanted if i not in seen]
 
 
-__all__ = ["QueueRates", "dead_letter_row", "dead_letters", "find_dead_letters", "queue_rows", "queue_totals",
+def locate_task(app, task_id: str, limit: int = 5000) -> dict | None:
+    """Find a task's message in the queues (waiting, in flight, delayed or dead),
+    looking at up to ``limit`` entries of each stream: {"state", "queue", "where",
+    "request", ...}, or None."""
+    broker = app.broker
+    c = broker.client
+    for q in broker.known_queues():
+        qk = broker.keys.queue(q)
+        for stream in qk.fetch_order:
+            for entry_id, fields in c.xrange(stream, count=limit):
+                msg = decode_fields(fields)
+                if msg is not None and msg.id == task_id:
+                    try:
+                        pending = c.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                    except ResponseError:  # no consumer group yet: no worker ever read this queue
+                        pending = []
+                    return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,
+                            "where": "in flight" if pending else "waiting", "request": request_info(msg, q)}
+        for member, score in c.zrange(qk.delayed, 0, limit - 1, withscores=True):
+            msg = decode_delayed(member)
+            if msg is not None and msg.id == task_id:
+                return {"state": "SCHEDULED", "queue": q, "where": "delayed", "eta": score / 1000.0,
+                        "request": request_info(msg, q)}
+        for item in broker.dlq_list(q, limit):
+            field = b"p" if item.get("serializer") == "msgpack" else b"j"
+            msg = decode_fields({field: item.get("payload", b"")})
+            if msg is not None and msg.id == task_id:
+                return {"state": "DEAD", "queue": q, "where": "dead-lettered", "reason": item.get("reason"),
+                        "error": item.get("error"), "dead_letter_id": item["id"], "request": request_info(msg, q)}
+    return None
+
+
+__all__ = ["QueueRates", "dead_letter_row", "dead_letters", "find_dead_letters", "locate_task", "queue_rows", "queue_totals",
            "short_args", "workers"]

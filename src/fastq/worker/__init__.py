@@ -68,6 +68,8 @@ class Worker:
         self.hostname = self.requested_name or default_hostname()
         #: Why the worker has its name, for the banner (default names).
         self.name_note = ""
+        #: "json": the banner is a JSON log line (fastq worker --log-format json), not text on stdout.
+        self.log_format = "text"
         self.prefetch = int(prefetch or app.conf.worker_prefetch)
         self.autoscale = autoscale
         if autoscale is not None:
@@ -83,6 +85,15 @@ class Worker:
         if self.pool is not None and hasattr(self.pool, "info") and self.pool_name != "process":
             base.update(self.pool.info())
         return base
+
+    def banner_fields(self) -> dict:
+        """The banner's facts, for a JSON log line."""
+        return {"worker": self.hostname, "name_note": self.name_note.strip(" ()") or None, "version": __version__,
+                "core": "compiled" if COMPILED else "pure Python", "broker": safe_url(self.app.broker_url),
+                "results": safe_url(self.app.backend_url), "queues": self.queues, "weights": self.weights,
+                "pool": self.pool_name, "concurrency": self.concurrency, "async_concurrency": self.async_concurrency,
+                "prefetch": self.prefetch, "lease": self.app.conf.worker_lease_timeout,
+                "max_deliveries": self.app.conf.worker_max_deliveries, "tasks": sorted(self.app.tasks)}
 
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
@@ -207,8 +218,12 @@ class Worker:
         from ..logs import set_hostname
 
         set_hostname(self.hostname)
-        sys.stdout.write(self.banner())
-        sys.stdout.flush()
+        if self.log_format == "json":  # JSON logs are JSON lines only: the banner is one of them
+            log.warning("fastq %s worker %s starting", __version__, self.hostname,
+                        extra={"fields": {"event": "worker-banner", **self.banner_fields()}})
+        else:
+            sys.stdout.write(self.banner())
+            sys.stdout.flush()
         from ..fairness import warn_unconfigured
 
         warn_unconfigured(self.app, self.queues)
