@@ -109,6 +109,8 @@ def process_identity() -> dict:
     if _identity is None or _identity[0] != os.getpid():
         try:
             pidns = os.readlink("/proc/self/ns/pid")
+            if os.readlink("/proc/self") != str(os.getpid()):
+                pidns = None  # /proc is another pid namespace's: its pids are not ours to look up
         except OSError:
             pidns = None
         st = _stat(os.getpid())
