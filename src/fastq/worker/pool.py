@@ -563,6 +563,7 @@ class ProcessPool:
                               msg.retries, msg.task, {"reason": "worker_lost", "deliveries": dc})
             app.backend.store(msg.id, meta)
             if final:
-                log.error("Dead-lettered task %s[%s]: %s", msg.task, msg.id, exc,
+                log.error("Dead-lettered task %s[%s]: its pool process died running it, delivery %d of "
+                          "max_deliveries %d", msg.task, msg.id, dc, int(app.conf.worker_max_deliveries),
                           extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
             return
