@@ -257,9 +257,11 @@ class Dashboard:
     def tasks(self, request: Request) -> Response:
         q = request.query_params
         limit = max(1, min(int(q.get("limit", 100)), 1000))
+        dead = self.state.dead_tasks()
         items, total = self.state.recent(q.get("state") or None, q.get("name") or None, q.get("search") or None, limit,
-                                         dead=self.state.dead_tasks())
-        return JSONResponse({"tasks": items, "total": total, "names": self.state.task_names()})
+                                         dead=dead)
+        names = sorted(set(self.state.task_names()) | {t["name"] for t in dead if t["name"]})
+        return JSONResponse({"tasks": items, "total": total, "names": names})
 
     def task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
