@@ -14,6 +14,7 @@ from ..broker import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.redis import CONNECTION_ERRORS
 from ..exceptions import ImproperlyConfigured
+from ..logs import set_hostname
 from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
 from .naming import NameTaken, default_names, expand, holder_alive, process_identity
 
@@ -177,6 +178,9 @@ class Worker:
                     buried += b
             except ImproperlyConfigured:  # a malformed queue name in the heartbeat: skip it
                 continue
+            except CONNECTION_ERRORS as exc:  # the lease returns them if Redis stays away
+                log.warning("Could not hand back the messages of the dead worker %r on %r now (%s); "
+                            "they come back after the lease", name, q, exc)
         log.warning("Took over the name %r from a dead worker (%s): handed back %d message(s) it held "
                     "(%d dead-lettered)", name, _who(info), moved, buried)
 
@@ -215,8 +219,6 @@ class Worker:
         startup_checks(self)
         self.wait_for_broker()
         self.claim_name()  # before the banner: a refused worker prints one line only
-        from ..logs import set_hostname
-
         set_hostname(self.hostname)
         if self.log_format == "json":  # JSON logs are JSON lines only: the banner is one of them
             log.warning("fastq %s worker %s starting", __version__, self.hostname,
