@@ -1,4 +1,5 @@
-"""`fastq bench`: runs against a private redis-server, and bad input gets a one-line error."""
+"""`fastq bench`: runs against a private redis-server, never touches data it does not own,
+and bad input gets a one-line error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT, fastq_command, free_port
 
@@ -60,3 +63,61 @@ def test_nonsense_flags_are_usage_errors():
     assert _bench("--scenario", "warp").returncode == 2
     assert _bench("--processes", "two").returncode == 2
     assert _bench("--tasks", "-5").returncode == 2
+
+
+def _snapshot(r) -> dict:
+    """Every key of the database with its type and serialized value."""
+    return {k: (r.type(k), r.dump(k)) for k in r.keys("*")}
+
+
+def _fill_with_app_data(app, r) -> dict:
+    """Waiting and delayed tasks of an app, and keys of something else entirely."""
+    app.tasks["tests.add"].delay(1, 2)
+    app.tasks["tests.add"].apply_async((3, 4), countdown=3600)
+    app.tasks["tests.add"].apply_async((5, 6), queue="other")
+    r.set("unrelated:string", "keep me")
+    r.hset("unrelated:hash", mapping={"a": 1})
+    r.rpush("unrelated:list", 1, 2, 3)
+    before = _snapshot(r)
+    assert r.xlen("fastq:{default}:s") == 1 and r.zcard("fastq:{default}:delayed") == 1
+    return before
+
+
+@pytest.mark.timeout(600)
+def test_bench_with_broker_keeps_every_key_it_does_not_own(app, r, redis_url):
+    # Given a database that holds an app's waiting and delayed tasks and unrelated keys
+    before = _fill_with_app_data(app, r)
+
+    # When each scenario runs against it with --broker (small counts)
+    for scenario, n in (("enqueue", "300"), ("bulk", "300"), ("drain", "300"), ("e2e", "200"),
+                        ("latency", "50"), ("memory", "300")):
+        out = _bench("--broker", redis_url, "-s", scenario, "-n", n, "-p", "1", "--json")
+        assert out.returncode == 0, (scenario, out.stderr)
+        report = json.loads(out.stdout)
+        assert report["results"][0]["scenario"] == scenario
+
+        # Then every key is still there, unchanged, and the run left none of its own
+        assert _snapshot(r) == before, scenario
+
+
+def test_bench_ignores_fastq_broker_url(app, r, redis_url):
+    # Given FASTQ_BROKER_URL pointing at a database with an app's tasks (as docs tell users to export)
+    before = _fill_with_app_data(app, r)
+
+    # When bench runs without --broker
+    out = _bench("-s", "enqueue", "-s", "drain", "-n", "200", "-p", "1", "--json", env={"FASTQ_BROKER_URL": redis_url})
+
+    # Then it measured a private redis-server, and that database is untouched
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["broker"] != redis_url
+    assert _snapshot(r) == before
+
+
+def test_bench_says_why_its_worker_exited(redis_url):
+    # Given a worker argument that makes the benchmark's worker exit at once
+    out = _bench("--broker", redis_url, "-s", "drain", "-n", "100", "-p", "1", "--worker-arg=--autoscale=oops")
+
+    # Then bench fails with the worker's own error, not a bare "exited early"
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "exited early" in out.stderr and "--autoscale" in out.stderr, out.stderr

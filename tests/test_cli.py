@@ -10,7 +10,7 @@ import pytest
 
 import fastq
 import fastq._speedups
-from conftest import ROOT, fastq_command, wait_for
+from conftest import LEDGER_DB, ROOT, fastq_command, wait_for
 
 APP = "tests.apps.basic:app"
 
@@ -77,13 +77,37 @@ def test_result_of_a_failed_task_shows_the_exception_and_traceback(app, worker):
     assert "Traceback (most recent call last):" in out.stdout
 
 
-def test_result_of_an_unknown_id_is_pending(redis_url):
+def test_result_of_an_unknown_id_says_so_and_exits_1(redis_url):
     # Given an id no task ever had
     # When `fastq result ID` runs
     out = fastq_cli("-A", APP, "result", "no-such-task-id")
-    # Then it says PENDING
-    assert out.returncode == 0, out.stderr
+    # Then the state is still PENDING, and one line says no such task is known (exit 1)
+    assert out.returncode == 1, out.stderr
     assert out.stdout.strip() == "PENDING"
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no task with id 'no-such-task-id' is known" in lines[0], out.stderr
+
+
+def test_result_of_a_queued_or_dead_lettered_task_says_where_it_is(app, worker, r):
+    # Given a task waiting in a queue no worker reads
+    waiting = app.tasks["tests.add"].apply_async((1, 2), queue="nobody")
+    # When `fastq result ID` runs
+    out = fastq_cli("-A", APP, "result", waiting.id)
+    # Then it is PENDING, known, and where it waits is said
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["PENDING", "waiting in queue nobody"]
+    # Given a task dead-lettered when its worker was lost (no result is stored then)
+    lost = worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    held = app.tasks["tests.sleep"].apply_async((600,), queue="slow")
+    wait_for(lambda: r.xpending("fastq:{slow}:s", "fastq")["pending"] == 1, 30, message="the task to be held")
+    lost.kill_all()
+    worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    wait_for(lambda: r.xlen("fastq:{slow}:dlq") == 1, 60, 0.2, message="the dead letter")
+    out = fastq_cli("-A", APP, "result", held.id)
+    # Then it says so, and how to requeue it
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "PENDING"
+    assert "dead-lettered on slow: max_deliveries" in out.stdout and f"fastq dlq requeue {held.id}" in out.stdout
 
 
 def test_result_json_is_an_object_with_named_fields(app, worker):
@@ -95,8 +119,8 @@ def test_result_json_is_an_object_with_named_fields(app, worker):
     done = fastq_cli("-A", APP, "result", "--json", res.id)
     unknown = fastq_cli("-A", APP, "result", "--json", "no-such-task-id")
     # Then each prints one JSON object with the state (and the value) by name
-    assert done.returncode == 0 and unknown.returncode == 0
-    assert json.loads(unknown.stdout) == {"state": "PENDING"}
+    assert done.returncode == 0 and unknown.returncode == 1
+    assert json.loads(unknown.stdout) == {"state": "PENDING", "known": False}
     stored = json.loads(done.stdout)
     assert isinstance(stored, dict), f"not an object: {done.stdout!r}"
     assert stored["state"] == "SUCCESS"
@@ -213,43 +237,96 @@ def test_status_lists_workers_online(redis_url, worker):
     assert "1 node(s) online." in out.stdout
 
 
+def test_broker_option_works_before_and_after_the_command(app, worker, redis_url):
+    # Given a worker on the test database, and FASTQ_BROKER_URL pointing at an empty one
+    w = worker("-P", "solo")
+    empty = redis_url.rsplit("/", 1)[0] + f"/{LEDGER_DB}"
+    env = {"FASTQ_BROKER_URL": empty}
+    # When `fastq status` gets -b before or after the command (as -A)
+    before = fastq_cli("-b", redis_url, "-A", APP, "status", env=env)
+    after = fastq_cli("status", "-A", APP, "-b", redis_url, env=env)
+    plain = fastq_cli("status", "-A", APP, env=env)
+    # Then both use the given broker
+    for out in (before, after):
+        assert out.returncode == 0, out.stderr
+        assert f"{w.name}: OK" in out.stdout and "1 node(s) online." in out.stdout
+    assert "0 node(s) online." in plain.stdout
+
+
 # --- dlq --------------------------------------------------------------------------------------
 
 
 def _dead_letter_two(app, worker, r):
-    """Dead-letter two messages (unknown tasks) and stop the worker."""
+    """Dead-letter two messages (unknown tasks, with arguments) and stop the worker; return
+    (entry ids, task ids, the worker's log)."""
     from fastq.exceptions import NotRegistered
 
     w = worker("-P", "solo")
-    for name in ("tests.nope_one", "tests.nope_two"):
+    results = [app.send_task("tests.nope_one", args=(1, "two"), kwargs={"k": [3]}), app.send_task("tests.nope_two")]
+    for res in results:
         with pytest.raises(NotRegistered):
-            app.send_task(name).get(timeout=30)
+            res.get(timeout=30)
     wait_for(lambda: r.xlen("fastq:{default}:dlq") == 2, 10, message="two dead letters")
     assert w.stop() == 0
-    return [i.decode() for i, _ in r.xrange("fastq:{default}:dlq")]
+    return [i.decode() for i, _ in r.xrange("fastq:{default}:dlq")], [res.id for res in results], w.log()
 
 
-def test_dlq_list_shows_dead_letters_with_their_reason(app, worker, r):
+def test_dlq_list_shows_which_task_died_why_and_when(app, worker, r):
     # Given two dead letters
-    ids = _dead_letter_two(app, worker, r)
+    ids, task_ids, _ = _dead_letter_two(app, worker, r)
     # When `fastq dlq list` runs
     out = fastq_cli("-A", APP, "dlq", "list")
-    # Then each is shown with its queue and reason
+    # Then each line names the task (name, id, arguments), the reason, the deliveries and when
     assert out.returncode == 0, out.stderr
-    for entry_id in ids:
-        line = next(line for line in out.stdout.splitlines() if line.startswith(entry_id))
-        assert "default" in line and "unknown_task" in line
+    lines = out.stdout.splitlines()
+    first = next(line for line in lines if task_ids[0] in line)
+    assert f"tests.nope_one[{task_ids[0]}] (1, 'two', k=[3])" in first, first
+    assert "default" in first and "unknown_task: task 'tests.nope_one' is not registered" in first
+    assert "deliveries: 0" in first and f"entry {ids[0]}" in first
+    day = __import__("datetime").datetime.fromtimestamp(int(ids[0].split("-")[0]) / 1000).strftime("%Y-%m-%d %H:%M")
+    assert first.startswith(day), first
+    assert any(f"tests.nope_two[{task_ids[1]}] ()" in line for line in lines)
     assert "2 dead letter(s)." in out.stdout
-    # ... and as JSON
+    # ... and as JSON, decoded (no bytes repr)
     rows = json.loads(fastq_cli("-A", APP, "dlq", "list", "--json").stdout)
     assert [row["id"] for row in rows] == ids
-    assert {row["reason"] for row in rows} == {"unknown_task"}
+    assert rows[0]["task_id"] == task_ids[0] and rows[0]["task"] == "tests.nope_one"
+    assert rows[0]["args"] == [1, "two"] and rows[0]["kwargs"] == {"k": [3]}
+    assert rows[0]["reason"] == "unknown_task" and rows[0]["deliveries"] == 0
+    assert abs(rows[0]["dead_lettered_at"] - int(ids[0].split("-")[0]) / 1000) < 0.001
+    assert "payload" not in rows[0] and "b'" not in json.dumps(rows)
+
+
+def test_worker_log_names_the_dead_lettered_task(app, worker, r):
+    # Given / When a worker dead-letters a message of an unknown task
+    _, task_ids, log = _dead_letter_two(app, worker, r)
+    # Then its log line names the task and its id
+    assert f"Dead-lettered task tests.nope_one[{task_ids[0]}]" in log, log
+
+
+def test_worker_log_names_tasks_dead_lettered_for_deliveries(app, worker, r):
+    # Given workers that dead-letter a message on its first lost delivery
+    # When a pool process dies running a task (the parent hands it back)
+    w = worker("-P", "process", "-c", "1", "--max-deliveries", "1")
+    crash = app.tasks["tests.exit_process"].delay()
+    wait_for(lambda: f"Dead-lettered task tests.exit_process[{crash.id}]" in w.log(), 30, 0.2,
+             "the pool's dead-letter line")
+    # ... and when a whole worker is killed running a task (another worker's reaper recovers it)
+    lost = worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    held = app.tasks["tests.sleep"].apply_async((600,), queue="slow")
+    wait_for(lambda: r.xpending("fastq:{slow}:s", "fastq")["pending"] == 1, 30, message="the task to be held")
+    lost.kill_all()
+    reaper = worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", "-Q", "slow")
+    # Then each log line names the task and its id
+    wait_for(lambda: f"Dead-lettered task tests.sleep[{held.id}]" in reaper.log(), 60, 0.2,
+             "the reaper's dead-letter line")
+    assert "max_deliveries" in reaper.log()
 
 
 def test_dlq_requeue_moves_dead_letters_back_to_the_queue(app, worker, r):
     # Given two dead letters
-    ids = _dead_letter_two(app, worker, r)
-    # When one is requeued by id
+    ids, _, _ = _dead_letter_two(app, worker, r)
+    # When one is requeued by entry id
     out = fastq_cli("-A", APP, "dlq", "requeue", "-Q", "default", ids[0])
     # Then it is back in the queue
     assert out.returncode == 0, out.stderr
@@ -262,6 +339,41 @@ def test_dlq_requeue_moves_dead_letters_back_to_the_queue(app, worker, r):
     assert "Requeued 1 message(s)." in out.stdout
     assert r.xlen("fastq:{default}:dlq") == 0
     assert app.broker.queue_stats("default")["waiting"] == 2
+
+
+def test_dlq_requeue_and_purge_take_task_ids(app, worker, r):
+    # Given two dead letters
+    ids, task_ids, _ = _dead_letter_two(app, worker, r)
+    # When the second is requeued by its task id (without -Q)
+    out = fastq_cli("-A", APP, "dlq", "requeue", task_ids[1])
+    # Then that one is back in the queue, the other still dead
+    assert out.returncode == 0, out.stderr
+    assert "Requeued 1 message(s)." in out.stdout
+    assert [i.decode() for i, _ in r.xrange("fastq:{default}:dlq")] == [ids[0]]
+    assert app.broker.queue_stats("default")["waiting"] == 1
+    # When the first is purged by its task id
+    out = fastq_cli("-A", APP, "dlq", "purge", "-f", task_ids[0])
+    # Then only it is deleted: the requeued message still waits
+    assert out.returncode == 0, out.stderr
+    assert "Deleted 1 dead letter(s)." in out.stdout
+    assert r.xlen("fastq:{default}:dlq") == 0
+    assert app.broker.queue_stats("default")["waiting"] == 1
+
+
+@pytest.mark.parametrize("command", ["requeue", "purge"])
+def test_dlq_unknown_id_is_a_one_line_error_and_changes_nothing(app, worker, r, command):
+    # Given two dead letters
+    ids, _, _ = _dead_letter_two(app, worker, r)
+    # When requeue or purge is given a known id and one nobody knows (a task id, an entry id, garbage)
+    for bad in ("no-such-task-id", "1-1", "x" * 300):
+        force = ["-f"] if command == "purge" else []
+        out = fastq_cli("-A", APP, "dlq", command, *force, ids[0], bad)
+        # Then it fails with one line naming the unknown id, and touches nothing
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and bad in lines[0] and "no dead letter" in lines[0], out.stderr
+        assert [i.decode() for i, _ in r.xrange("fastq:{default}:dlq")] == ids
 
 
 def test_dlq_purge_deletes_dead_letters(app, worker, r):

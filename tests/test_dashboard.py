@@ -259,3 +259,75 @@ def test_dashboard_in_a_browser(mon, worker, dashboard, browser, tmp_path, ledge
     page.screenshot(path=str(shots / "dashboard-overview.png"))
     assert errors == []
     context.close()
+
+
+def test_task_list_shows_dead_lettered_tasks(mon, worker, dashboard, r):
+    d = dashboard
+    # Given a task dead-lettered by the reaper after its worker was lost (no event says so)
+    lost = worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", app=APP)
+    held = mon.tasks["mon.sleep"].delay(600)
+    wait_for(lambda: r.xpending("fastq:{default}:s", "fastq")["pending"] == 1, 30, message="the task to be held")
+    lost.kill_all()
+    worker("-P", "solo", "--lease-timeout", "1", "--max-deliveries", "1", app=APP)
+    wait_for(lambda: r.xlen("fastq:{default}:dlq") == 1, 60, 0.2, message="the dead letter")
+    # When the task list is asked for, all or only DEAD ones
+    # Then it is listed as DEAD, with the reason
+    for query in (f"/api/tasks?search={held.id}", "/api/tasks?state=DEAD"):
+        tasks = d.json(query)["tasks"]
+        assert [(t["id"], t["state"], t["name"], t["reason"]) for t in tasks] == \
+            [(held.id, "DEAD", "mon.sleep", "max_deliveries")], tasks
+
+
+def _dashboard_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*fastq_command(), "-A", APP, "dashboard", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_port_in_use_is_a_one_line_error_without_the_banner(redis_url):
+    import socket
+
+    # Given a port something else listens on
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        # When the dashboard is started on it
+        out = _dashboard_cli("--port", str(port))
+    # Then it exits non-zero with one line, and never said it was serving
+    assert out.returncode == 1, out.stderr
+    text = out.stdout + out.stderr
+    assert "fastq dashboard on" not in text and "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], text
+
+
+def test_public_address_without_basic_auth_warns(redis_url):
+    # Given / When the dashboard listens on every interface without --basic-auth
+    port = free_port()
+    proc = subprocess.Popen([*fastq_command(), "-A", APP, "dashboard", "--address", "0.0.0.0", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    d = Dashboard(f"http://127.0.0.1:{port}", proc, Path(os.devnull))
+
+    def up():
+        assert proc.poll() is None, "the dashboard exited"
+        try:
+            return d.request("/healthcheck", auth=None)[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 30, 0.1, message="the dashboard")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    # Then it warns that anyone who reaches the port can act on tasks (as Flower does), and runs
+    assert "without --basic-auth" in err and "0.0.0.0" in err, err
+    assert f"fastq dashboard on http://0.0.0.0:{port}/" in err, err
+    # And with --basic-auth it does not warn (a port in use makes it exit at once)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen(1)
+        with_auth = _dashboard_cli("--address", "0.0.0.0", "--port", str(s.getsockname()[1]), "--basic-auth", "a:b")
+    assert with_auth.returncode == 1 and "without --basic-auth" not in with_auth.stderr, with_auth.stderr

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import urllib.request
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import ROOT, fastq_command, free_port, wait_for
 
 if not os.environ.get("CI"):  # in CI a missing dependency must fail, not skip
     pytest.importorskip("prometheus_client", reason="pip install 'fastq[metrics]'")
@@ -130,3 +131,26 @@ def test_json_logs_carry_task_fields(app, worker):
     assert by_id[ok.id]["runtime"] >= 0 and by_id[ok.id]["hostname"] == w.name
     assert by_id[bad.id]["state"] == "FAILURE" and by_id[bad.id]["level"] == "ERROR"
     assert all(x["hostname"] == w.name for x in lines())
+
+
+def test_json_log_format_prints_only_json_lines(app, redis_url, r):
+    # Given a worker started with --log-format json, stdout and stderr kept apart
+    name = "jsonlines@test"
+    proc = subprocess.Popen([*fastq_command(), "worker", "-A", "tests.apps.basic:app", "-P", "solo", "-n", name,
+                             "--log-format", "json", "--loglevel", "INFO"], cwd=ROOT,
+                            env={**os.environ, "FASTQ_BROKER_URL": redis_url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: r.zscore("fastq:workers", name) is not None, 30, message="the worker to register")
+        assert app.tasks["tests.add"].delay(2, 3).get(timeout=30) == 5
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    # Then every line it printed, on either stream, is a JSON object (no text banner) ...
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(x, dict) for x in records)
+    # ... and the banner is one of them, with the worker's facts
+    banner = next(x for x in records if x.get("event") == "worker-banner")
+    assert banner["worker"] == name and banner["queues"] == ["default"] and banner["pool"] == "solo"
+    assert "tests.add" in banner["tasks"] and banner["hostname"] == name

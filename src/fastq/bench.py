@@ -9,8 +9,12 @@ Scenarios (the performance issue's definitions):
 - e2e:     N tasks that return their argument, sent in bulk, results collected with ResultSet;
 - latency: an idle worker, one producer: ``delay()`` then ``get()``, 2,000 times; p50/p99.
 
-By default a private, throwaway ``redis-server`` (from PATH) is started on a free port, so
-the numbers do not depend on what else a shared Redis holds.
+Without ``--broker`` a private, throwaway ``redis-server`` (from PATH) is started on a free
+port, so the numbers do not depend on what else a shared Redis holds (``FASTQ_BROKER_URL`` is
+not used: it often names a production Redis). With ``--broker`` every key the benchmark and its
+workers write lies under a random ``fastq-bench-<hex>:`` prefix (its own queues, results,
+registry and events), and only those keys are deleted afterwards: no FLUSHDB, no purge of
+anything else. Every scenario runs that way, so none needs to clear a database.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 
 import click
@@ -33,8 +38,10 @@ from . import FastQ, ResultSet, __version__
 from ._speedups import COMPILED
 from .canvas import Signature
 
+#: The environment variable that hands the run's key prefix to its worker subprocesses.
+PREFIX_ENV = "FASTQ_BENCH_KEY_PREFIX"
 #: The app the benchmark's workers run (``fastq worker -A fastq.bench:app``).
-app = FastQ("bench")
+app = FastQ("bench", key_prefix=os.environ.get(PREFIX_ENV) or "fastq-bench:")
 
 
 @app.task(name="bench.noop", ignore_result=True)
@@ -172,16 +179,29 @@ def _check_broker(url: str) -> None:
 class _Worker:
     """A ``fastq worker`` subprocess running this module's app."""
 
-    def __init__(self, url: str, processes: int, extra: list[str] | None = None) -> None:
-        env = {**os.environ, "FASTQ_BROKER_URL": url}
+    def __init__(self, url: str, prefix: str, processes: int, extra: list[str] | None = None) -> None:
+        env = {**os.environ, "FASTQ_BROKER_URL": url, PREFIX_ENV: prefix}
+        env.pop("FASTQ_RESULT_BACKEND", None)  # results go to the benchmark's broker, under its prefix
         exe = os.path.join(os.path.dirname(sys.executable), "fastq")
         cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "fastq"]
         self.started = time.perf_counter()
+        # Its output goes to a file, so that an early exit can be explained (check()).
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [*cmd, "worker", "-A", "fastq.bench:app", "-P", "process", "-c", str(processes), "--loglevel", "ERROR",
              *(extra or [])],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+
+    def check(self) -> None:
+        """Raise a one-line-plus-log error if the worker is gone."""
+        code = self.proc.poll()
+        if code is None:
+            return
+        self.log.seek(0)
+        lines = [ln for ln in self.log.read().decode(errors="replace").splitlines() if ln.strip()]
+        tail = "\n".join(f"  {ln}" for ln in lines[-10:]) or "  (it printed nothing)"
+        raise click.ClickException(f"the benchmark worker exited early with code {code}; its last lines:\n{tail}")
 
     def rss_mb(self) -> float:
         import psutil
@@ -200,6 +220,7 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.log.close()
 
 
 def _queue_backlog(bapp: FastQ) -> tuple[int, int]:
@@ -251,7 +272,7 @@ def run_bulk(bapp: FastQ, n: int, progress) -> dict:
 def run_drain(bapp: FastQ, url: str, n: int, processes: int, progress, extra: list[str]) -> dict:
     bapp.broker.purge("default")
     _bulk_send(bapp, n, "bench.noop", lambda k: None)
-    w = _Worker(url, processes, extra)
+    w = _Worker(url, bapp.conf.key_prefix, processes, extra)
     try:
         first = None
         done_before = 0
@@ -266,8 +287,7 @@ def run_drain(bapp: FastQ, url: str, n: int, processes: int, progress, extra: li
             if total == 0:
                 end = now
                 break
-            if w.proc.poll() is not None:
-                raise click.ClickException("the benchmark worker exited early")
+            w.check()
             time.sleep(0.002)
         rss = w.rss_mb()
     finally:
@@ -279,11 +299,12 @@ def run_drain(bapp: FastQ, url: str, n: int, processes: int, progress, extra: li
 
 def run_e2e(bapp: FastQ, url: str, n: int, processes: int, progress, extra: list[str]) -> dict:
     bapp.broker.purge("default")
-    w = _Worker(url, processes, extra)
+    w = _Worker(url, bapp.conf.key_prefix, processes, extra)
     try:
         _wait_for_worker(bapp, w)
         t0 = time.perf_counter()
         results = _bulk_send(bapp, n, "bench.echo", lambda k: progress(k // 2))
+        _wait_until_drained(bapp, w)
         values = ResultSet(results, app=bapp).get(timeout=600)
         dt = time.perf_counter() - t0
         progress(n - n // 2)
@@ -296,12 +317,24 @@ def run_e2e(bapp: FastQ, url: str, n: int, processes: int, progress, extra: list
 
 def _wait_for_worker(bapp: FastQ, w: _Worker) -> None:
     r = bapp.tasks["bench.echo"].delay(-1)
-    r.get(timeout=60)
+    deadline = time.monotonic() + 60
+    while not r.ready():
+        w.check()
+        if time.monotonic() > deadline:
+            raise click.ClickException("the benchmark worker did not run a task within 60s")
+        time.sleep(0.01)
     r.forget()
 
 
+def _wait_until_drained(bapp: FastQ, w: _Worker) -> None:
+    """Until the queue is empty (every message acked, so every result stored), or the worker is gone."""
+    while _queue_backlog(bapp)[0]:
+        w.check()
+        time.sleep(0.01)
+
+
 def run_latency(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dict:
-    w = _Worker(url, 1, extra)
+    w = _Worker(url, bapp.conf.key_prefix, 1, extra)
     try:
         _wait_for_worker(bapp, w)
         task = bapp.tasks["bench.echo"]
@@ -326,7 +359,7 @@ def run_memory(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dic
     """A one-process worker runs n tasks that return their argument (results
     stored), fed in waves; its RSS after the first tenth is compared with the end."""
     bapp.broker.purge("default")
-    w = _Worker(url, 1, extra)
+    w = _Worker(url, bapp.conf.key_prefix, 1, extra)
     wave = 50_000
     samples = []
     try:
@@ -335,13 +368,12 @@ def run_memory(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dic
         while sent < n:
             k = min(wave, n - sent)
             results = _bulk_send(bapp, k, "bench.echo", lambda _: None)
+            _wait_until_drained(bapp, w)
             ResultSet(results[-1:], app=bapp).get(timeout=600)
-            while _queue_backlog(bapp)[0]:
-                time.sleep(0.01)
             sent += k
             progress(k)
-            bapp.broker.client.flushdb()  # drop the stored results: Redis memory is not what we measure here
-            bapp.broker.ensure_queue("default")
+            # Drop the stored results (this run's only): Redis memory is not what we measure here.
+            bapp.broker.delete_prefixed(bapp.backend.keys.result(""))
             samples.append((sent, _child_rss_mb(w)))
     finally:
         w.stop()
@@ -392,9 +424,20 @@ def _f(v, spec: str) -> str:
 
 def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int], extra: list[str],
         show_progress: bool) -> list[dict]:
+    """Run the scenarios under a fresh ``fastq-bench-<hex>:`` key prefix, then delete its keys."""
     bapp = app
     bapp.conf.broker_url = url
+    bapp.conf.result_backend = url
+    bapp.conf.key_prefix = f"fastq-bench-{uuid.uuid4().hex[:12]}:"
     bapp._reset()
+    try:
+        return _run_scenarios(bapp, url, scenarios, tasks, processes, extra, show_progress)
+    finally:
+        bapp.broker.delete_prefixed(bapp.conf.key_prefix)
+
+
+def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | None, processes: list[int],
+                   extra: list[str], show_progress: bool) -> list[dict]:
     results = []
     for sc in scenarios:
         n = tasks or DEFAULT_TASKS[sc]
@@ -421,7 +464,8 @@ def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int],
 
 
 @click.command("bench")
-@click.option("--broker", help="Redis URL (default: FASTQ_BROKER_URL, else a private redis-server).")
+@click.option("--broker", help="Redis URL to measure (default: a private redis-server; FASTQ_BROKER_URL is not used). "
+                               "The run uses only keys under a random fastq-bench-... prefix and deletes only those.")
 @click.option("--tasks", "-n", type=click.IntRange(min=1), help="Tasks per scenario (default: per scenario).")
 @click.option("--processes", "-p", default="1,2", show_default=True,
               help="Worker processes for drain (comma-separated); e2e uses the largest.")
@@ -438,7 +482,7 @@ def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> No
     if not procs or min(procs) < 1:
         raise click.BadParameter("process counts must be >= 1", param_hint="--processes")
     scenarios = list(DEFAULT_SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
-    url = broker or os.environ.get("FASTQ_BROKER_URL")
+    url = broker  # never FASTQ_BROKER_URL: that names the app's (often production) Redis
     with contextlib.ExitStack() as stack:
         if url:
             _check_broker(url)

@@ -67,13 +67,18 @@ class _AppState:
 
 
 def _app_option(f):
-    """-A on a subcommand (Celery's form puts it before the command; both work)."""
+    """-A and -b on a subcommand (Celery's form puts them before the command; both work)."""
 
-    def store(ctx: click.Context, param: Any, value: str | None) -> None:
-        if value:
-            ctx.ensure_object(_AppState).spec = value
+    def store(attr: str):
+        def cb(ctx: click.Context, param: Any, value: str | None) -> None:
+            if value:
+                setattr(ctx.ensure_object(_AppState), attr, value)
 
-    return click.option("-A", "--app", "app_spec", expose_value=False, callback=store,
+        return cb
+
+    f = click.option("-b", "--broker", "broker_url", expose_value=False, callback=store("broker"),
+                     help="Broker URL (overrides the app's).")(f)
+    return click.option("-A", "--app", "app_spec", expose_value=False, callback=store("spec"),
                         help="The app: module:attribute, or a module with an `app`.")(f)
 
 
@@ -129,7 +134,10 @@ def _weights(value: str | None) -> dict[str, int]:
 @click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
               case_sensitive=False), default="WARNING", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("-n", "--hostname", help="Worker name (default fastq@<hostname>).")
+@click.option("-n", "--hostname",
+              help="Worker name; %h host name, %n its first label, %d domain, %i/%I process index, %% a %; "
+                   "without @ it gets @<host name> (default: the first of fastq@<host>, fastq-2@<host>, ... "
+                   "that no live worker holds).")
 @click.option("--prefetch", type=click.IntRange(min=1), help="Most messages per fetch (default 100; fewer for slow tasks).")
 @click.option("--lease-timeout", type=click.FloatRange(min=0.5),
               help="Seconds before a silent worker's messages are recovered (default 30).")
@@ -178,20 +186,28 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
                    weights=_weights(queues), autoscale=_autoscale(autoscale), async_concurrency=async_concurrency)
     except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
-    from .logs import set_hostname
+    w.log_format = log_format
+    from .worker.naming import NameTaken
 
-    set_hostname(w.hostname)
     beat_service = _make_beat(app) if with_beat else None
     if beat_service is not None:  # a thread of this (the parent) process, leader-elected like `fastq beat`
         beat_service.start()
     try:
         code = w.start()
-    except ValueError as exc:  # e.g. the name is taken by a live worker
+    except NameTaken as exc:  # one line, before any banner; exit 2 as for other bad start-up input
+        raise _Refused(str(exc)) from None
+    except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
         if beat_service is not None:
             beat_service.stop()
     sys.exit(code)
+
+
+class _Refused(click.ClickException):
+    """A one-line ``Error: ...`` with exit code 2 (no usage text: the command line was fine)."""
+
+    exit_code = 2
 
 
 def _autoscale(value: str | None) -> tuple[int, int] | None:
@@ -234,20 +250,37 @@ def _fail(exc: Exception) -> None:
 def result(state: _AppState, task_id: str, as_json: bool) -> None:
     """Show a task's state and result."""
     from .exceptions import BrokerError
+    from .monitor import locate_task
 
     app = state.app()
     try:
         meta = app.backend.get_meta(task_id)
+        # No stored state: a message still in a queue is a known task (PENDING);
+        # one found nowhere is not (a mistyped id, or a result that expired).
+        location = locate_task(app, task_id) if meta is None else None
     except BrokerError as exc:
         _fail(exc)
     if as_json:
         import msgspec
 
-        fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING"}
+        fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING", "known": location is not None}
+        if location is not None:
+            fields["location"] = {k: v for k, v in location.items() if k != "request"}
         click.echo(msgspec.json.encode(fields).decode())
-        return
-    if meta is None:
+    elif meta is None:
         click.echo("PENDING")
+        if location is not None and location["state"] == "DEAD":
+            click.echo(f"dead-lettered on {location['queue']}: {location['reason']}: {location['error']} "
+                       f"(fastq dlq requeue {task_id})")
+        elif location is not None:
+            click.echo(f"{location['where']} in queue {location['queue']}")
+    if meta is None:
+        if location is None:
+            raise click.ClickException(
+                f"no task with id {task_id!r} is known: the result backend has no state for it and no queue "
+                "holds its message (a mistyped id, a result that expired, or a task with ignore_result)")
+        return
+    if as_json:
         return
     click.echo(meta.state)
     if meta.exc_type:
@@ -358,22 +391,51 @@ def dlq() -> None:
 @dlq.command("list")
 @_app_option
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many per queue.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the decoded dead letters.")
 @click.pass_obj
 def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool) -> None:
-    """Show dead letters with their reasons."""
+    """Show dead letters: when, which task (id, name, arguments), why, after how many deliveries."""
+    import datetime as dt
+
+    from .monitor import dead_letters, short_args
+
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    rows = [r for q in names for r in app.broker.dlq_list(q, limit)]
-    for r in rows:
-        r["payload"] = repr(r.get("payload", b""))[:200]
+    rows = dead_letters(app, _dlq_queues(app, queue_name), limit)
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(json.dumps(rows, default=str))
         return
     for r in rows:
-        click.echo(f"{r['id']}  {r['queue']}  {r.get('reason', '?')}: {r.get('error', '')}")
+        when = "?" if r["dead_lettered_at"] is None else \
+            dt.datetime.fromtimestamp(r["dead_lettered_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        task = f"{r['task']}[{r['task_id']}] {short_args(r['args'], r['kwargs'])}" if r["task_id"] else \
+            "(undecodable message)"
+        click.echo(f"{when}  {r['queue']}  {task}  {r['reason'] or '?'}: {r['error'] or ''} "
+                   f"(deliveries: {r['deliveries']}, entry {r['id']})")
     click.echo(f"{len(rows)} dead letter(s).")
+
+
+def _dlq_queues(app, queue_name: str | None) -> list[str]:
+    from .broker.keys import validate_queue_name
+    from .exceptions import ImproperlyConfigured
+
+    if not queue_name:
+        return app.broker.known_queues()
+    try:
+        return [validate_queue_name(queue_name)]
+    except ImproperlyConfigured as exc:
+        raise click.BadParameter(str(exc), param_hint="-Q/--queue") from None
+
+
+def _find_dead_letters(app, names: list[str], ids: tuple[str, ...]) -> dict[str, list[str]]:
+    """Task ids or entry ids -> {queue: [entry id, ...]}; an id found nowhere is an error (and nothing is done)."""
+    from .monitor import find_dead_letters
+
+    found, unknown = find_dead_letters(app, names, list(ids))
+    if unknown:
+        where = f"queue {names[0]!r}" if len(names) == 1 else "any queue"
+        raise click.ClickException(f"no dead letter with task id or entry id {', '.join(unknown)} in {where}")
+    return found
 
 
 @dlq.command("requeue")
@@ -383,27 +445,37 @@ def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
 @click.pass_obj
 def dlq_requeue(state: _AppState, ids: tuple[str, ...], all_: bool, queue_name: str | None) -> None:
-    """Move dead letters back to their queue."""
+    """Move dead letters back to their queue: by task id or entry id (as `dlq list` shows them), or --all."""
     if not ids and not all_:
-        raise click.UsageError("give dead-letter IDs or --all")
+        raise click.UsageError("give task ids or dead-letter entry ids, or --all")
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    moved = sum(app.broker.dlq_requeue(q, None if all_ else list(ids)) for q in names)
+    names = _dlq_queues(app, queue_name)
+    if all_:
+        moved = sum(app.broker.dlq_requeue(q) for q in names)
+    else:
+        moved = sum(app.broker.dlq_requeue(q, entries) for q, entries in _find_dead_letters(app, names, ids).items())
     click.echo(f"Requeued {moved} message(s).")
 
 
 @dlq.command("purge")
 @_app_option
+@click.argument("ids", nargs=-1)
 @click.option("-Q", "--queue", "queue_name", help="Queue (default: every known queue).")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def dlq_purge(state: _AppState, queue_name: str | None, force: bool) -> None:
-    """Delete dead letters."""
+def dlq_purge(state: _AppState, ids: tuple[str, ...], queue_name: str | None, force: bool) -> None:
+    """Delete dead letters: those with these task ids or entry ids, else all of them."""
     app = state.app()
-    names = [queue_name] if queue_name else app.broker.known_queues()
-    if not force:
-        click.confirm(f"Delete all dead letters of {', '.join(names)}?", abort=True)
-    n = sum(app.broker.dlq_purge(q) for q in names)
+    names = _dlq_queues(app, queue_name)
+    if ids:
+        found = _find_dead_letters(app, names, ids)
+        if not force:
+            click.confirm(f"Delete {sum(len(v) for v in found.values())} dead letter(s)?", abort=True)
+        n = sum(app.broker.dlq_purge(q, entries) for q, entries in found.items())
+    else:
+        if not force:
+            click.confirm(f"Delete all dead letters of {', '.join(names)}?", abort=True)
+        n = sum(app.broker.dlq_purge(q) for q in names)
     click.echo(f"Deleted {n} dead letter(s).")
 
 
@@ -624,7 +696,25 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
         from .dashboard import serve
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
-    serve(app, address=address, port=port, basic_auth=basic_auth)
+    if basic_auth is None and not _is_loopback(address):  # as Flower warns
+        click.echo(f"Warning: the dashboard listens on {address} without --basic-auth: anyone who can reach port "
+                   f"{port} sees task arguments and results and can requeue, retry and revoke tasks. Give "
+                   "--basic-auth user:password (or FASTQ_DASHBOARD_BASIC_AUTH).", err=True)
+    try:
+        serve(app, address=address, port=port, basic_auth=basic_auth)
+    except OSError as exc:  # the port is in use, or the address is not this host's
+        raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _register_bench() -> None:

@@ -42,6 +42,9 @@ class JsonFormatter(logging.Formatter):
             req = current_request.get()
             if req is not None:  # a line logged by the task itself
                 out["task_name"], out["task_id"] = req.task, req.id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # structured facts of a line (the worker's banner)
+            out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

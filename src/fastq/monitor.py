@@ -1,5 +1,5 @@
 """Read-only views of a fastq deployment, shared by the CLI, the dashboard and metrics:
-the workers registry and queue rates.
+the workers registry, queue rates and dead letters.
 
 Queue rates come from Redis itself: ``XINFO STREAM`` reports how many entries a
 stream ever received (``entries-added``, Redis 7). Finished messages are deleted
@@ -11,9 +11,14 @@ from their stream, so between two samples a queue's *in* rate is the growth of
 from __future__ import annotations
 
 import json
+import reprlib
 import time
 
-from .control import ONLINE_WINDOW
+from redis.exceptions import ResponseError
+
+from . import states
+from .broker.keys import GROUP
+from .control import ONLINE_WINDOW, decode_delayed, decode_fields, request_info
 
 
 def workers(app, forget_after: float = 3600.0) -> list[dict]:
@@ -116,4 +121,99 @@ def queue_rows(app, rates: dict[str, dict] | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["QueueRates", "queue_rows", "queue_totals", "workers"]
+#: Dead letters read per queue when looking ids up (``fastq dlq requeue/purge ID``).
+DLQ_SCAN_LIMIT = 100_000
+
+_short = reprlib.Repr()
+_short.maxstring = 40
+_short.maxother = 40
+_short.maxlist = _short.maxtuple = _short.maxdict = 5
+
+
+def short_args(args, kwargs) -> str:
+    """``(1, 'x')`` / ``(1, x=2)``, cut short, for one-line listings."""
+    parts = [_short.repr(a) for a in (args or ())]
+    parts += [f"{k}={_short.repr(v)}" for k, v in (kwargs or {}).items()]
+    text = f"({', '.join(parts)})"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def dead_letter_row(item: dict) -> dict:
+    """A ``broker.dlq_list`` item -> what a person reads: the entry id, queue,
+    task id and name, args and kwargs (decoded; None when the payload cannot be
+    decoded), reason, error, deliveries, and when it was dead-lettered (seconds
+    since the epoch, from the entry id: Redis's clock); a fair queue's also its ``group``."""
+    payload = item.get("payload")
+    field = b"p" if item.get("serializer", "msgpack") == "msgpack" else b"j"
+    msg = decode_fields({field: payload}) if payload else None
+    try:
+        dead_at = int(item["id"].split("-")[0]) / 1000
+    except ValueError:
+        dead_at = None
+    try:
+        deliveries = int(item.get("dc", 0))
+    except ValueError:
+        deliveries = None
+    return {"id": item["id"], "queue": item["queue"],
+            "task_id": msg.id if msg is not None else None, "task": msg.task if msg is not None else None,
+            "args": list(msg.args) if msg is not None else None, "kwargs": msg.kwargs if msg is not None else None,
+            "reason": item.get("reason"), "error": item.get("error"), "deliveries": deliveries,
+            "dead_lettered_at": dead_at, **({"group": item["g"]} if "g" in item else {})}
+
+
+def dead_letters(app, queues: list[str], limit: int = 100) -> list[dict]:
+    """Decoded dead letters (``dead_letter_row``) of these queues, oldest first, up to ``limit`` per queue."""
+    return [dead_letter_row(item) for q in queues for item in app.broker.dlq_list(q, limit)]
+
+
+def find_dead_letters(app, queues: list[str], wanted: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Look up dead letters by entry id or task id: ({queue: [entry id, ...]}, ids found nowhere)."""
+    want = set(wanted)
+    found: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for q in queues:
+        for item in app.broker.dlq_list(q, DLQ_SCAN_LIMIT):
+            match = item["id"] if item["id"] in want else None
+            if match is None:
+                row = dead_letter_row(item)
+                match = row["task_id"] if row["task_id"] in want else None
+            if match is not None:
+                found.setdefault(q, []).append(item["id"])
+                seen.add(match)
+    return found, [i for i in wanted if i not in seen]
+
+
+def locate_task(app, task_id: str, limit: int = 5000) -> dict | None:
+    """Find a task's message in the queues (waiting, in flight, delayed or dead),
+    looking at up to ``limit`` entries of each stream: {"state", "queue", "where",
+    "request", ...}, or None."""
+    broker = app.broker
+    c = broker.client
+    for q in broker.known_queues():
+        qk = broker.keys.queue(q)
+        for stream in qk.fetch_order:
+            for entry_id, fields in c.xrange(stream, count=limit):
+                msg = decode_fields(fields)
+                if msg is not None and msg.id == task_id:
+                    try:
+                        pending = c.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                    except ResponseError:  # no consumer group yet: no worker ever read this queue
+                        pending = []
+                    return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,
+                            "where": "in flight" if pending else "waiting", "request": request_info(msg, q)}
+        for member, score in c.zrange(qk.delayed, 0, limit - 1, withscores=True):
+            msg = decode_delayed(member)
+            if msg is not None and msg.id == task_id:
+                return {"state": "SCHEDULED", "queue": q, "where": "delayed", "eta": score / 1000.0,
+                        "request": request_info(msg, q)}
+        for item in broker.dlq_list(q, limit):
+            field = b"p" if item.get("serializer") == "msgpack" else b"j"
+            msg = decode_fields({field: item.get("payload", b"")})
+            if msg is not None and msg.id == task_id:
+                return {"state": "DEAD", "queue": q, "where": "dead-lettered", "reason": item.get("reason"),
+                        "error": item.get("error"), "dead_letter_id": item["id"], "request": request_info(msg, q)}
+    return None
+
+
+__all__ = ["QueueRates", "dead_letter_row", "dead_letters", "find_dead_letters", "locate_task", "queue_rows", "queue_totals",
+           "short_args", "workers"]

@@ -137,3 +137,12 @@ def span(key, item, seconds=0.0):
     if seconds:
         time.sleep(seconds)
     ledger().rpush(key, json.dumps([item, t0, time.time(), os.getpid()]))
+
+
+@app.task(name="tests.hold_once")
+def hold_once(key):
+    """Mark ``key`` started and hold the first delivery for ten minutes; a redelivery returns at once."""
+    if ledger().hsetnx(key, "started", os.getpid()):
+        time.sleep(600)
+    ledger().hincrby(key, "finished", 1)
+    return "done"

@@ -488,6 +488,29 @@ class RedisBroker:
                 total[1] += buried
         return total
 
+    def release_worker(self, name: str, worker: str, strike: bytes = b"*", client=None) -> list:
+        """Hand back everything the consumers of worker ``worker`` (named
+        ``<worker>/<pid>.<n>``) hold on queue ``name``: a dead predecessor whose name a
+        new worker took. ``strike`` as release_consumer's. Returns [moved, dead_lettered]."""
+        c = client or self.client
+        prefix = f"{worker}/".encode()
+        total = [0, 0]
+        for stream in self.keys.queue(name).fetch_order:
+            try:
+                consumers = c.xinfo_consumers(stream, GROUP)
+            except ResponseError:  # no stream or group yet: nothing is held
+                continue
+            for info in consumers:
+                consumer = info.get("name")
+                consumer = consumer if isinstance(consumer, bytes) else str(consumer).encode()
+                if consumer.startswith(prefix) and info.get("pending"):
+                    ids = self.pending_of(stream, consumer.decode(), c)
+                    if ids:
+                        moved, buried = self.release(stream, name, consumer.decode(), ids, strike, c)
+                        total[0] += moved
+                        total[1] += buried
+        return total
+
     def read_entry(self, name: str, entry_id: bytes, client=None) -> tuple[str, dict] | None:
         """Find a pending entry of queue ``name`` by id: (stream, fields)."""
         c = client or self.client
@@ -509,18 +532,16 @@ class RedisBroker:
         if limit <= 0:
             return []
         qk = self.keys.queue(physical)
-        out = []
-        for entry_id, fields in self.client.xrange(qk.dlq, count=limit):
-            item = {"id": entry_id.decode(), "queue": name}
-            for k, v in fields.items():
-                k = k.decode()
-                if k in ("p", "j"):
-                    item["payload"] = v
-                    item["serializer"] = "msgpack" if k == "p" else "json"
-                else:
-                    item[k] = v.decode(errors="replace")
-            out.append(item)
-        return out
+        return [_dlq_item(entry_id, fields, name) for entry_id, fields in self.client.xrange(qk.dlq, count=limit)]
+
+    def dlq_entries(self, physical: str, ids: list, client=None) -> list[dict]:
+        """The dead letters of queue (or shard) ``physical`` with these entry ids, shaped as dlq_list's."""
+        c = client or self.client
+        dlq = self.keys.queue(physical).dlq
+        pipe = c.pipeline(transaction=False)
+        for i in ids:
+            pipe.xrange(dlq, i, i)
+        return [_dlq_item(rows[0][0], rows[0][1], logical_queue(physical)) for rows in pipe.execute() if rows]
 
     def dlq_requeue(self, name: str, ids: list[str] | None = None) -> int:
         """Move dead letters (all when ``ids`` is None) back to the queue (each to its own shard)."""
@@ -539,13 +560,67 @@ class RedisBroker:
                 moved += SCRIPTS.requeue_dead(self.client, [qk.dlq, qk.streams[0]], ids[i : i + 1000])
         return moved
 
-    def dlq_purge(self, name: str) -> int:
+    def dlq_purge(self, name: str, ids: list[str] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None, else those entry ids); return how many."""
         n = 0
         for p in self.physical_queues(name):
             qk = self.keys.queue(p)
-            n += self.client.xlen(qk.dlq)
-            self.client.delete(qk.dlq)
+            if ids is None:
+                n += self.client.xlen(qk.dlq)
+                self.client.delete(qk.dlq)
+            elif ids:
+                n += self.client.xdel(qk.dlq, *ids)
         return n
+
+    # --- worker names ---------------------------------------------------------------
+
+    def read_worker(self, name: str) -> tuple[bytes | None, int]:
+        """Worker ``name``'s registry entry (its last heartbeat, raw) and the key's TTL in ms."""
+        key = self.keys.worker(name)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, ttl_ms = pipe.execute()
+        return raw, ttl_ms
+
+    def claim_worker(self, name: str, expected: bytes | None, value: str, ttl: int) -> bool:
+        """Write ``value`` as worker ``name``'s entry if it still is ``expected`` (None: absent)."""
+        return bool(SCRIPTS.claim_name(self.client, [self.keys.worker(name)], [expected or b"", value, ttl]))
+
+    # --- namespaces -----------------------------------------------------------------
+
+    def delete_prefixed(self, prefix: str) -> int:
+        """Delete every key whose name starts with ``prefix`` (SCAN, never FLUSHDB:
+        the database may hold other data). ``fastq bench`` drops its own run's keys
+        with it. Returns how many were deleted."""
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self._unlink(batch)
+                batch = []
+        return deleted + (self._unlink(batch) if batch else 0)
+
+    def _unlink(self, keys: list[bytes]) -> int:
+        pipe = self.client.pipeline(transaction=False)  # one key a command: fine on a cluster too
+        for key in keys:
+            pipe.unlink(key)
+        return sum(pipe.execute())
+
+
+def _dlq_item(entry_id: bytes, fields: dict, queue: str) -> dict:
+    """A dead-letter entry: id, queue, payload (bytes) and serializer, and its text fields (reason, error, dc, ...)."""
+    item = {"id": entry_id.decode(), "queue": queue}
+    for k, v in fields.items():
+        k = k.decode()
+        if k in ("p", "j"):
+            item["payload"] = v
+            item["serializer"] = "msgpack" if k == "p" else "json"
+        else:
+            item[k] = v.decode(errors="replace")
+    return item
 
 
 def _parse_shards(value) -> dict[str, int]:

@@ -29,11 +29,11 @@ import binascii
 import contextlib
 import hmac
 import secrets
+import socket
 import time
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -41,11 +41,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import states
-from ..broker.keys import GROUP, validate_queue_name
-from ..control import decode_delayed, decode_fields, request_info
+from ..broker.keys import validate_queue_name
+from ..control import decode_fields, request_info
 from ..exceptions import ImproperlyConfigured
 from ..metrics import exposition
-from ..monitor import queue_rows, workers
+from ..monitor import locate_task, queue_rows, workers
 from .state import DashboardState
 
 #: Most stream entries scanned to find a queued message by id.
@@ -257,8 +257,11 @@ class Dashboard:
     def tasks(self, request: Request) -> Response:
         q = request.query_params
         limit = max(1, min(int(q.get("limit", 100)), 1000))
-        items, total = self.state.recent(q.get("state") or None, q.get("name") or None, q.get("search") or None, limit)
-        return JSONResponse({"tasks": items, "total": total, "names": self.state.task_names()})
+        dead = self.state.dead_tasks()
+        items, total = self.state.recent(q.get("state") or None, q.get("name") or None, q.get("search") or None, limit,
+                                         dead=dead)
+        names = sorted(set(self.state.task_names()) | {t["name"] for t in dead if t["name"]})
+        return JSONResponse({"tasks": items, "total": total, "names": names})
 
     def task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -302,33 +305,7 @@ class Dashboard:
         return out
 
     def _locate(self, task_id: str) -> dict | None:
-        """Find a task's message in the queues (waiting, in flight, delayed or dead)."""
-        broker = self.app.broker
-        c = broker.client
-        for q in broker.known_queues():
-            qk = broker.keys.queue(q)
-            for stream in qk.fetch_order:
-                for entry_id, fields in c.xrange(stream, count=SCAN_LIMIT):
-                    msg = decode_fields(fields)
-                    if msg is not None and msg.id == task_id:
-                        try:
-                            pending = c.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-                        except ResponseError:  # no consumer group yet: no worker ever read this queue
-                            pending = []
-                        return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,
-                                "where": "in flight" if pending else "waiting", "request": request_info(msg, q)}
-            for member, score in c.zrange(qk.delayed, 0, SCAN_LIMIT - 1, withscores=True):
-                msg = decode_delayed(member)
-                if msg is not None and msg.id == task_id:
-                    return {"state": "SCHEDULED", "queue": q, "where": "delayed", "eta": score / 1000.0,
-                            "request": request_info(msg, q)}
-            for item in broker.dlq_list(q, SCAN_LIMIT):
-                field = b"p" if item.get("serializer") == "msgpack" else b"j"
-                msg = decode_fields({field: item.get("payload", b"")})
-                if msg is not None and msg.id == task_id:
-                    return {"state": "DEAD", "queue": q, "where": "dead-lettered", "reason": item.get("reason"),
-                            "error": item.get("error"), "dead_letter_id": item["id"], "request": request_info(msg, q)}
-        return None
+        return locate_task(self.app, task_id, SCAN_LIMIT)
 
     def _children(self, task_id: str) -> list[str]:
         """Children among recent tasks, from their extended results (``result_extended``)."""
@@ -428,12 +405,23 @@ def create_app(app, basic_auth: str | None = None, state: DashboardState | None 
 
 def serve(app, address: str = "127.0.0.1", port: int = 5555, basic_auth: str | None = None,
           log_level: str = "warning") -> None:
-    """Run the dashboard with uvicorn until interrupted."""
+    """Run the dashboard with uvicorn until interrupted. The socket is bound
+    first: a port in use raises OSError before anything says the dashboard runs."""
     import logging
 
     import uvicorn
 
+    family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        sock.bind((address, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    port = sock.getsockname()[1]
     logging.getLogger("fastq.dashboard").warning("fastq dashboard on http://%s:%d/ (broker %s)", address, port,
                                                  app.broker_safe_url)
-    uvicorn.run(create_app(app, basic_auth), host=address, port=port, log_level=log_level, access_log=False,
-                lifespan="on")
+    config = uvicorn.Config(create_app(app, basic_auth), log_level=log_level, access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])

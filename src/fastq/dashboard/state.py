@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from .. import events
 from ..broker.redis import CONNECTION_ERRORS
 from ..metrics import EventFeed, RedisCollector, TaskMetrics, new_registry
-from ..monitor import QueueRates
+from ..monitor import QueueRates, dead_letters
 
 log = logging.getLogger("fastq.dashboard")
 
@@ -29,6 +29,8 @@ BACKFILL_ENTRIES = 2_000
 HISTORY = 15 * 60
 #: Seconds between queue samples.
 SAMPLE_INTERVAL = 2.0
+#: Dead letters per queue the task list shows.
+DEAD_LISTED = 1_000
 
 _EVENT_STATES = {
     "task-started": "STARTED", "task-succeeded": "SUCCESS", "task-failed": "FAILURE",
@@ -128,10 +130,16 @@ class DashboardState:
     # --- queries ----------------------------------------------------------------------
 
     def recent(self, state: str | None = None, name: str | None = None, search: str | None = None,
-               limit: int = 100) -> tuple[list[dict], int]:
-        """Newest first, filtered; returns (page, total matching)."""
+               limit: int = 100, dead: list[dict] | None = None) -> tuple[list[dict], int]:
+        """Newest first, filtered; returns (page, total matching). ``dead``
+        (dead_tasks()) are listed too, as DEAD: no event says a task was
+        dead-lettered (the reaper's and a dying pool process's sends none)."""
         with self.lock:
             items = list(reversed(self.tasks.values()))
+        if dead:
+            ids = {t["id"] for t in dead}
+            merged = dead + [t for t in items if t["id"] not in ids]
+            items = sorted(merged, key=lambda t: t.get("timestamp") or 0, reverse=True)
         if state:
             items = [t for t in items if t["state"] == state]
         if name:
@@ -140,6 +148,16 @@ class DashboardState:
             s = search.strip().lower()
             items = [t for t in items if s in t["id"].lower() or s in (t.get("name") or "").lower()]
         return [dict(t) for t in items[:limit]], len(items)
+
+    def dead_tasks(self) -> list[dict]:
+        """The dead letters of every known queue, as task rows (state DEAD)."""
+        rows = []
+        for d in dead_letters(self.app, self.app.broker.known_queues(), DEAD_LISTED):
+            if d["task_id"]:  # an undecodable message names no task: the queue's dead-letter view shows it
+                rows.append({"id": d["task_id"], "name": d["task"], "state": "DEAD", "timestamp": d["dead_lettered_at"],
+                             "received": d["dead_lettered_at"], "queue": d["queue"], "reason": d["reason"],
+                             "exception": d["error"], "dead_letter_id": d["id"]})
+        return rows
 
     def task_names(self) -> list[str]:
         with self.lock:

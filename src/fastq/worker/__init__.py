@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import socket
 import sys
 import time
 
@@ -13,6 +13,10 @@ from .._speedups import COMPILED
 from ..broker import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.redis import CONNECTION_ERRORS
+from ..exceptions import ImproperlyConfigured
+from ..logs import set_hostname
+from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
+from .naming import NameTaken, default_names, expand, holder_alive, process_identity
 
 log = logging.getLogger("fastq.worker")
 
@@ -20,7 +24,9 @@ POOLS = ("process", "thread", "solo", "asyncio")
 
 
 def default_hostname() -> str:
-    return f"fastq@{socket.gethostname()}"
+    """The first default name; a worker started without a name takes the first
+    of fastq@<host>, fastq-2@<host>, ... that no live worker holds (naming.py)."""
+    return next(default_names())
 
 
 class Worker:
@@ -58,7 +64,13 @@ class Worker:
         if self.async_concurrency and pool != "process":
             raise ValueError(f"--async-concurrency runs an event loop in each child of the process pool (-P process), "
                              f"not the {pool} pool; for one process use -P asyncio -c N")
-        self.hostname = hostname or default_hostname()
+        #: An explicit name (expanded: -n worker1@%h); None: the first free default name, chosen at start.
+        self.requested_name = expand(hostname) if hostname else None
+        self.hostname = self.requested_name or default_hostname()
+        #: Why the worker has its name, for the banner (default names).
+        self.name_note = ""
+        #: "json": the banner is a JSON log line (fastq worker --log-format json), not text on stdout.
+        self.log_format = "text"
         self.prefetch = int(prefetch or app.conf.worker_prefetch)
         self.autoscale = autoscale
         if autoscale is not None:
@@ -75,11 +87,20 @@ class Worker:
             base.update(self.pool.info())
         return base
 
+    def banner_fields(self) -> dict:
+        """The banner's facts, for a JSON log line."""
+        return {"worker": self.hostname, "name_note": self.name_note.strip(" ()") or None, "version": __version__,
+                "core": "compiled" if COMPILED else "pure Python", "broker": safe_url(self.app.broker_url),
+                "results": safe_url(self.app.backend_url), "queues": self.queues, "weights": self.weights,
+                "pool": self.pool_name, "concurrency": self.concurrency, "async_concurrency": self.async_concurrency,
+                "prefetch": self.prefetch, "lease": self.app.conf.worker_lease_timeout,
+                "max_deliveries": self.app.conf.worker_max_deliveries, "tasks": sorted(self.app.tasks)}
+
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
         core = "compiled" if COMPILED else "pure Python"
         return (
-            f"fastq {__version__} ({core} core) worker {self.hostname}\n"
+            f"fastq {__version__} ({core} core) worker {self.hostname}{self.name_note}\n"
             f"- broker:      {safe_url(self.app.broker_url)}\n"
             f"- results:     {safe_url(self.app.backend_url)}\n"
             f"- queues:      {', '.join(f'{q}:{self.weights[q]}' if q in self.weights else q for q in self.queues)}\n"
@@ -89,33 +110,79 @@ class Worker:
             f"[tasks]\n{tasks}\n"
         )
 
-    def check_unique_name(self) -> None:
-        """Two live workers must not share a name: their consumers, leases and
-        control replies would mix. A heartbeat written less than 2.5 intervals ago
-        by another process means the name is taken. "Another process" is told by
-        the random instance id in the heartbeat, not the pid (workers on different
-        hosts may have the same pid), and the heartbeat's age by its key's TTL, on
-        Redis's clock (the hosts' clocks may differ)."""
-        import json
-
-        from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
-
-        key = self.app.broker.keys.worker(self.hostname)
-        pipe = self.app.broker.client.pipeline(transaction=False)
-        pipe.get(key)
-        pipe.pttl(key)
-        raw, ttl_ms = pipe.execute()
-        if raw is None:
+    def claim_name(self) -> None:
+        """Take this worker's name (naming.py says how a holder is judged): the
+        requested one, or the first default name no live worker holds. A name
+        held by a live worker raises NameTaken. Taking a dead predecessor's name
+        hands back what it held at once."""
+        if self.requested_name:
+            self._claim(self.requested_name)
             return
-        info = json.loads(raw)
-        if ("instance" in info and info["instance"] == instance_id()) or \
-                ("instance" not in info and info.get("pid") == os.getpid()):  # this very process
+        taken = []
+        for name in default_names():
+            try:
+                self._claim(name)
+            except NameTaken as exc:
+                taken.append(exc)
+                continue
+            self.hostname = name
+            held = "".join(f"; {t.name} is held by a live worker ({t.who})" for t in taken[:3])
+            self.name_note = f" (default name{held}{'; ...' if len(taken) > 3 else ''}; -n NAME chooses one)"
             return
-        age = HEARTBEAT_TTL - ttl_ms / 1000 if ttl_ms >= 0 else time.time() - float(info.get("ts", 0))
-        if age < 2.5 * HEARTBEAT_INTERVAL:
-            raise ValueError(f"another live worker is already named {self.hostname!r} (pid {info.get('pid')}); "
-                             "give this one a different --hostname (if that worker just died, its name is free "
-                             "a few seconds later)")
+        raise NameTaken(taken[-1].name, f"and every default name before it; {taken[-1].who}")
+
+    def _claim(self, name: str) -> None:
+        broker = self.app.broker
+        mine = json.dumps({"hostname": name, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
+                           "ts": time.time(), "proc": process_identity(), **self.info()})
+        stale_after = 2.5 * HEARTBEAT_INTERVAL
+        while True:
+            raw, ttl_ms = broker.read_worker(name)
+            info = _heartbeat(raw)
+            if raw is not None and info.get("instance") == instance_id():
+                return  # this very process (fastq.testing runs workers in the caller's process)
+            age = HEARTBEAT_TTL - ttl_ms / 1000 if ttl_ms >= 0 else stale_after
+            alive = holder_alive(info) if raw is not None else False
+            if alive:
+                raise NameTaken(name, _who(info))
+            if raw is not None and alive is None and age < stale_after:
+                # A holder this host cannot see: alive if it heartbeats again, gone if it stays silent.
+                log.info("Name %r is held by %s; waiting up to %.1fs to see whether it still heartbeats",
+                         name, _who(info), stale_after - age)
+                if self._heartbeats_again(name, raw, stale_after - age):
+                    raise NameTaken(name, _who(info))
+            if broker.claim_worker(name, raw, mine, HEARTBEAT_TTL):
+                break
+        if raw is not None and alive is False:  # known dead: hand back its messages now, not after the lease
+            self._take_over(name, info)
+
+    def _heartbeats_again(self, name: str, raw: bytes, wait: float) -> bool:
+        deadline = time.monotonic() + wait + 0.25
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            if self.app.broker.read_worker(name)[0] != raw:
+                return True
+        return False
+
+    def _take_over(self, name: str, info: dict) -> None:
+        queues = set(self.queues)
+        if isinstance(info.get("queues"), list):
+            queues.update(q for q in info["queues"] if isinstance(q, str))
+        moved = buried = 0
+        broker = self.app.broker
+        for q in sorted(queues):
+            try:
+                for physical in broker.expand_queues([validate_queue_name(q)]):
+                    m, b = broker.release_worker(physical, name)
+                    moved += m
+                    buried += b
+            except ImproperlyConfigured:  # a malformed queue name in the heartbeat: skip it
+                continue
+            except CONNECTION_ERRORS as exc:  # the lease returns them if Redis stays away
+                log.warning("Could not hand back the messages of the dead worker %r on %r now (%s); "
+                            "they come back after the lease", name, q, exc)
+        log.warning("Took over the name %r from a dead worker (%s): handed back %d message(s) it held "
+                    "(%d dead-lettered)", name, _who(info), moved, buried)
 
     def wait_for_broker(self) -> None:
         """Retry the first connection with backoff; one line per attempt, no traceback."""
@@ -146,14 +213,19 @@ class Worker:
     def start(self) -> int:
         from .pool import ProcessPool, SoloPool
 
-        sys.stdout.write(self.banner())
-        sys.stdout.flush()
         self.warn_about_limits()
         from .aio import startup_checks
 
         startup_checks(self)
         self.wait_for_broker()
-        self.check_unique_name()
+        self.claim_name()  # before the banner: a refused worker prints one line only
+        set_hostname(self.hostname)
+        if self.log_format == "json":  # JSON logs are JSON lines only: the banner is one of them
+            log.warning("fastq %s worker %s starting", __version__, self.hostname,
+                        extra={"fields": {"event": "worker-banner", **self.banner_fields()}})
+        else:
+            sys.stdout.write(self.banner())
+            sys.stdout.flush()
         from ..fairness import warn_unconfigured
 
         warn_unconfigured(self.app, self.queues)
@@ -194,3 +266,20 @@ class Worker:
         for part in (getattr(self, "control", None), getattr(self, "metrics", None)):
             if part is not None:
                 part.stop()
+
+
+def _heartbeat(raw: bytes | None) -> dict:
+    """A registry entry, parsed; {} when absent or malformed (it is read from Redis)."""
+    if raw is None:
+        return {}
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _who(info: dict) -> str:
+    proc = info.get("proc") if isinstance(info.get("proc"), dict) else {}
+    host = proc.get("host")
+    return f"pid {info.get('pid', '?')}" + (f" on {host}" if host else "")

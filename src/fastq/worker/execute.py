@@ -113,9 +113,10 @@ class Executor:
         out.add_command(pack_command(cmd), 1)
 
     def undecodable(self, d, out, error: str) -> None:
-        log.error("Dead-lettered undecodable message %s on %s: %s", d.entry_id.decode(), d.stream, error)
-        self._bury(d, out, "undecodable", error)
         task_id = _salvage_id(d)
+        log.error("Dead-lettered undecodable message %s (task id %s) on %s: %s", d.entry_id.decode(), task_id or "?",
+                  d.stream, error)
+        self._bury(d, out, "undecodable", error)
         if self.events:
             out.event("task-rejected", task_id, None, None, {"reason": "undecodable"})
         if task_id:
@@ -130,7 +131,8 @@ class Executor:
 
     def unknown_task(self, d, msg, out) -> None:
         error = f"task {msg.task!r} is not registered in this worker"
-        log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(), msg.id, error)
+        log.error("Dead-lettered task %s[%s] (entry %s): %s", msg.task, msg.id, d.entry_id.decode(), error,
+                  extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
         if msg.options:  # a workflow step: its chain, chord and errbacks fail now, not hang
             workflow.on_failure(self, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
@@ -266,7 +268,7 @@ class Executor:
             self._retry(task, d, msg, exc, time.time() + task._autoretry_delay(msg.retries), out)
             return
         if isinstance(exc, Reject):
-            log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, exc.reason)
+            log.warning("Task %s[%s] rejected, dead-lettered: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
                 workflow.on_failure(self, msg, exc, None, out)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from .. import events
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..exceptions import BrokerError
+from ..monitor import dead_letter_row
+from .naming import process_identity
 
 log = logging.getLogger("fastq.worker")
 
@@ -45,6 +47,15 @@ def instance_id() -> str:
     if _instance is None or _instance[0] != os.getpid():
         _instance = (os.getpid(), uuid.uuid4().hex)
     return _instance[1]
+
+
+def log_dead_letters(broker, physical: str, ids: list, client=None) -> None:
+    """One line per dead letter naming its task and id, so a log search for the task finds why it stopped."""
+    for item in broker.dlq_entries(physical, ids, client):
+        row = dead_letter_row(item)
+        log.error("Dead-lettered task %s[%s] on %r (entry %s): %s: %s", row["task"] or "?", row["task_id"] or "?",
+                  row["queue"], row["id"], row["reason"], row["error"],
+                  extra={"task_name": row["task"], "task_id": row["task_id"], "state": "DEAD"})
 
 
 def tree_rss() -> int:
@@ -136,6 +147,8 @@ class Maintenance:
                                  int(self.reap_interval * 1000), client=self.client)
             if isinstance(r, list) and (r[0] or r[1]):
                 log.warning("Recovered %d message(s) of lost workers on %r (%d dead-lettered)", r[0], q, r[1])
+                if len(r) > 2 and r[2]:
+                    log_dead_letters(self.broker, q, r[2], self.client)
 
     def promote(self) -> None:
         # Packed EVALSHAs in one write (routed per slot on a cluster, where
@@ -172,7 +185,7 @@ class Maintenance:
     def heartbeat(self) -> None:
         keys = self.broker.keys
         info = {"hostname": self.hostname, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
-                "ts": time.time(),
+                "ts": time.time(), "proc": process_identity(),  # lets a successor tell whether we died (naming.py)
                 **_process_stats(), **self.info()}
         now = self.broker.clock(keys.workers, self.client)  # readers age it on the same clock
         pipe = self.client.pipeline(transaction=False)

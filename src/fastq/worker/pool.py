@@ -562,4 +562,8 @@ class ProcessPool:
                               "fastq.exceptions", str(exc), None, time.time(), None, self.worker.hostname,
                               msg.retries, msg.task, {"reason": "worker_lost", "deliveries": dc})
             app.backend.store(msg.id, meta)
+            if final:
+                log.error("Dead-lettered task %s[%s]: its pool process died running it, delivery %d of "
+                          "max_deliveries %d", msg.task, msg.id, dc, int(app.conf.worker_max_deliveries),
+                          extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
             return

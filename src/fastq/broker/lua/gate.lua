@@ -220,13 +220,16 @@ end
 
 -- Dead-letter a message (stream fields f) into dlq with why it died; a gated
 -- message keeps its group ('g') and, when release is set, frees its place.
+-- Returns the dead letter's entry id.
 local function g_bury(dlq, f, reason, err, queue, dc, grp, release)
+  local id
   if grp then
-    redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc, 'g', grp)
+    id = redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc, 'g', grp)
     if release then g_leave(grp, 1) end
   else
-    redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc)
+    id = redis.call('XADD', dlq, '*', f[1], f[2], 'reason', reason, 'error', err, 'queue', queue, 'dc', dc)
   end
+  return id
 end
 
 -- A delayed-set member of a gated message: 'g', field, priority digit,

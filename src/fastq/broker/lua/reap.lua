@@ -9,7 +9,8 @@
 -- KEYS[1]: lock   KEYS[2]: dead-letter stream   KEYS[3..]: the queue's streams
 -- ARGV: group, lease_ms, max_deliveries, max_entries, reaper, lock_ms, queue,
 --       and for a fair queue: base, window, cap, rate, burst
--- Returns {requeued, dead_lettered}, or -1 when another worker holds the lock.
+-- Returns {requeued, dead_lettered, {dead-letter entry id...}} (the ids let the
+-- reaper log which tasks it dead-lettered), or -1 when another worker holds the lock.
 local group, lease = ARGV[1], tonumber(ARGV[2])
 local max_dc, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
 local reaper, queue = ARGV[5], ARGV[7]
@@ -17,6 +18,7 @@ if not redis.call('SET', KEYS[1], reaper, 'NX', 'PX', ARGV[6]) then return -1 en
 local gated = ARGV[8] ~= nil
 if gated then gate_init(ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) end
 local requeued, buried = 0, 0
+local dead_ids = {}
 for k = 3, #KEYS do
   local key = KEYS[k]
   if redis.call('EXISTS', key) == 1 then
@@ -38,7 +40,7 @@ for k = 3, #KEYS do
           end
           if dc >= max_dc then
             local err = 'delivered ' .. dc .. ' times without finishing (worker lost)'
-            g_bury(KEYS[2], f, 'max_deliveries', err, queue, dc, grp, gated)
+            dead_ids[#dead_ids + 1] = g_bury(KEYS[2], f, 'max_deliveries', err, queue, dc, grp, gated)
             buried = buried + 1
           else
             local target = key
@@ -73,4 +75,4 @@ for k = 3, #KEYS do
   end
 end
 if gated and buried > 0 then g_admit() end
-return {requeued, buried}
+return {requeued, buried, dead_ids}

@@ -264,7 +264,7 @@ async function viewTasks(view, rebuild) {
     viewTasks(view, false).catch((e) => toast(e.message, true));
   };
   const stateSel = h("select", { id: "filter-state", onchange: onFilter },
-    ["", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"].map((s) => h("option", { value: s }, s || "any state")));
+    ["", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED", "DEAD"].map((s) => h("option", { value: s }, s || "any state")));
   stateSel.value = taskFilters.state;
   const nameSel = h("select", { id: "filter-name", onchange: onFilter },
     h("option", { value: "" }, "any task"), data.names.map((n) => h("option", { value: n }, n)));
