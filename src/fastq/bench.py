@@ -35,8 +35,10 @@ from collections.abc import Iterator
 import click
 
 from . import FastQ, ResultSet, __version__
+from . import bench_realistic as realistic
 from ._speedups import COMPILED
 from .canvas import Signature
+from .exceptions import TimeoutError as ResultTimeout
 
 #: The environment variable that hands the run's key prefix to its worker subprocesses.
 PREFIX_ENV = "FASTQ_BENCH_KEY_PREFIX"
@@ -54,9 +56,25 @@ def echo(x):
     return x
 
 
-SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency", "memory")
+@app.task(name="bench.sleep")
+def sleep_task(seconds: float) -> tuple[float, float]:
+    """An I/O-bound task (the realistic scenario): waits; returns its (start, end) wall times."""
+    t0 = time.time()
+    time.sleep(seconds)
+    return t0, time.time()
+
+
+@app.task(name="bench.cpu")
+def cpu_task(seconds: float) -> tuple[float, float]:
+    """A CPU-bound task (the realistic scenario): spins for ``seconds`` of CPU time."""
+    t0 = time.time()
+    realistic.spin(seconds)
+    return t0, time.time()
+
+
+SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency", "memory", "realistic")
 DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 100_000, "drain": 200_000, "e2e": 100_000, "latency": 2_000,
-                 "memory": 1_000_000}
+                 "memory": 1_000_000, "realistic": len(realistic.ROWS)}
 #: Scenarios "all" runs (memory takes a while: ask for it by name).
 DEFAULT_SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
 
@@ -179,7 +197,8 @@ def _check_broker(url: str) -> None:
 class _Worker:
     """A ``fastq worker`` subprocess running this module's app."""
 
-    def __init__(self, url: str, prefix: str, processes: int, extra: list[str] | None = None) -> None:
+    def __init__(self, url: str, prefix: str, processes: int, extra: list[str] | None = None,
+                 pool: str = "process", name: str | None = None) -> None:
         env = {**os.environ, "FASTQ_BROKER_URL": url, PREFIX_ENV: prefix}
         env.pop("FASTQ_RESULT_BACKEND", None)  # results go to the benchmark's broker, under its prefix
         exe = os.path.join(os.path.dirname(sys.executable), "fastq")
@@ -188,8 +207,8 @@ class _Worker:
         # Its output goes to a file, so that an early exit can be explained (check()).
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [*cmd, "worker", "-A", "fastq.bench:app", "-P", "process", "-c", str(processes), "--loglevel", "ERROR",
-             *(extra or [])],
+            [*cmd, "worker", "-A", "fastq.bench:app", "-P", pool, "-c", str(processes), "--loglevel", "ERROR",
+             *(["-n", name] if name else []), *(extra or [])],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -326,6 +345,50 @@ def _wait_for_worker(bapp: FastQ, w: _Worker) -> None:
     r.forget()
 
 
+def run_realistic(bapp: FastQ, url: str, row: tuple, extra: list[str]) -> dict:
+    """One row of the realistic scenario (bench_realistic.py): its tasks, one
+    ``delay()`` each, queued before the workers start or sent to running ones."""
+    name, pool, concurrency, when, count = row
+    kind, durations = realistic.WORKLOADS[name]
+    task = bapp.tasks["bench.sleep" if kind == "sleep" else "bench.cpu"]
+    names = [f"bench-realistic-{i}@{socket.gethostname()}" for i in range(count)]
+    workers: list[_Worker] = []
+
+    def start() -> None:
+        workers.extend(_Worker(url, bapp.conf.key_prefix, concurrency, extra, pool=pool, name=n) for n in names)
+
+    try:
+        if when == "running":
+            start()
+            client, key = bapp.broker.client, bapp.broker.keys.workers
+            deadline = time.monotonic() + 60
+            while not all(client.zscore(key, n) is not None for n in names):
+                for w in workers:
+                    w.check()
+                if time.monotonic() > deadline:
+                    raise click.ClickException("the benchmark's workers did not register within 60s")
+                time.sleep(0.05)
+            _wait_for_worker(bapp, workers[0])
+        sent, results = [], []
+        for d in durations:
+            sent.append(time.time())
+            results.append(task.delay(d))
+        if not workers:
+            start()
+        rs = ResultSet(results, app=bapp)
+        while True:
+            try:
+                spans = [tuple(x) for x in rs.get(timeout=1.0)]
+                break
+            except ResultTimeout:
+                for w in workers:
+                    w.check()
+    finally:
+        for w in workers:
+            w.stop()
+    return realistic.summarize(row, sent, spans)
+
+
 def _wait_until_drained(bapp: FastQ, w: _Worker) -> None:
     """Until the queue is empty (every message acked, so every result stored), or the worker is gone."""
     while _queue_backlog(bapp)[0]:
@@ -448,7 +511,11 @@ def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | Non
             label = f"{sc} ({p} proc)" if sc in ("drain", "e2e") else sc
             with click.progressbar(length=n, label=f"{label:<16}", file=sys.stderr,
                                    hidden=not show_progress) as bar:
-                if sc == "enqueue":
+                if sc == "realistic":  # its rows, not n tasks
+                    for row in realistic.ROWS[:n]:
+                        results.append(run_realistic(bapp, url, row, extra))
+                        bar.update(1)
+                elif sc == "enqueue":
                     results.append(run_enqueue(bapp, n, bar.update))
                 elif sc == "bulk":
                     results.append(run_bulk(bapp, n, bar.update))
@@ -497,4 +564,10 @@ def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> No
     else:
         core = "compiled" if COMPILED else "pure-Python"
         click.echo(f"fastq {__version__} ({core} core), broker {safe_url(url)}")
-        click.echo(format_table(results))
+        plain = [r for r in results if r["scenario"] != "realistic"]
+        if plain:
+            click.echo(format_table(plain))
+        rows = [r for r in results if r["scenario"] == "realistic"]
+        if rows:
+            click.echo("realistic: makespan against a work-conserving schedule of the same tasks on the same slots")
+            click.echo(realistic.format_table(rows))
