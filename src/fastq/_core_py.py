@@ -9,6 +9,7 @@ token bucket, and the loop that runs a batch and collects acks and results.
 from __future__ import annotations
 
 import binascii
+import threading
 import time
 import uuid
 from contextvars import ContextVar
@@ -235,11 +236,16 @@ class TokenBucket:
 
 
 class Output:
-    """What a consumer must still send: acks per stream and packed result writes."""
+    """What a consumer must still send: acks per stream and packed result writes.
 
-    __slots__ = ("acks", "commands", "count", "events", "replies", "result_replies", "results")
+    The hold watch (another thread) may ``take()`` while the runner adds: each
+    method is one step under a lock here (the compiled twin's methods hold the
+    GIL throughout), so an add lands wholly in the taken output or the new one."""
+
+    __slots__ = ("_lock", "acks", "commands", "count", "events", "replies", "result_replies", "results")
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.acks = {}  #: stream -> [entry_id, ...]
         self.commands = []  #: packed broker commands (bytes)
         self.replies = 0  #: replies the packed commands will produce
@@ -249,24 +255,28 @@ class Output:
         self.events = []  #: task events, sent as one stream entry per flush
 
     def ack(self, stream, entry_id) -> None:
-        ids = self.acks.get(stream)
-        if ids is None:
-            self.acks[stream] = [entry_id]
-        else:
-            ids.append(entry_id)
-        self.count += 1
+        with self._lock:
+            ids = self.acks.get(stream)
+            if ids is None:
+                self.acks[stream] = [entry_id]
+            else:
+                ids.append(entry_id)
+            self.count += 1
 
     def add_command(self, packed: bytes, replies: int = 1) -> None:
-        self.commands.append(packed)
-        self.replies += replies
+        with self._lock:
+            self.commands.append(packed)
+            self.replies += replies
 
     def add_result(self, packed: bytes, replies: int = 1) -> None:
-        self.results.append(packed)
-        self.result_replies += replies
+        with self._lock:
+            self.results.append(packed)
+            self.result_replies += replies
 
     def event(self, kind: str, task_id: str, name: str, runtime, info) -> None:
         """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
-        self.events.append((kind, task_id, name, time.time(), runtime, info))
+        with self._lock:
+            self.events.append((kind, task_id, name, time.time(), runtime, info))
 
     def __bool__(self) -> bool:
         return bool(self.acks) or bool(self.commands) or bool(self.events) or bool(self.results)
@@ -274,10 +284,11 @@ class Output:
     def take(self) -> Output:
         """Hand over the contents and start empty."""
         o = Output()
-        o.acks, o.commands, o.replies, o.count, o.events = self.acks, self.commands, self.replies, self.count, self.events
-        o.results, o.result_replies = self.results, self.result_replies
-        self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
-        self.results, self.result_replies = [], 0
+        with self._lock:
+            o.acks, o.commands, o.replies, o.count = self.acks, self.commands, self.replies, self.count
+            o.events, o.results, o.result_replies = self.events, self.results, self.result_replies
+            self.acks, self.commands, self.replies, self.count, self.events = {}, [], 0, 0, []
+            self.results, self.result_replies = [], 0
         return o
 
 

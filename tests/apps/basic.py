@@ -16,6 +16,8 @@ from fastq.exceptions import Reject
 
 app = FastQ("tests")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
+# A test that needs a worker to hold a batch behind a slow task turns the hold watch off.
+app.conf.worker_hold_time = float(os.environ.get("FASTQ_TEST_HOLD_TIME", "0.02"))
 # The scale-out tests shard queues and ask for replica acknowledgements.
 app.conf.queue_shards = json.loads(os.environ.get("FASTQ_TEST_SHARDS", "null"))
 app.conf.broker_wait_replicas = int(os.environ.get("FASTQ_TEST_WAIT_REPLICAS", "0"))

@@ -123,6 +123,8 @@ class Consumer:
         # The hold watch (another thread) hands back what waits behind a long task;
         # the loop takes this lock after a batch, so it never runs what was handed back.
         self._hold_lock = threading.Lock()
+        #: Writes during a batch come from the runner's thread or, behind a long task, the watch's.
+        self._send_lock = threading.Lock()
         self._handed: set = set()  #: entry ids the watch handed back, not to be run or released here
         self._watched = None  #: (delivery, since) the watch saw running
         self._watch: HoldWatch | None = None
@@ -234,13 +236,15 @@ class Consumer:
             self._send_output(self.out.take())
 
     def _flush_mid_batch(self, out: Output) -> None:
-        """Send what is finished so far; a dead connection is dealt with after the batch."""
-        if self._broken or not out:
-            return
-        try:
-            self._send_output(out.take())
-        except CONNECTION_ERRORS:
-            self._broken = True
+        """Send what is finished so far; a dead connection is dealt with after the batch.
+        The replies are read by the loop, in order, like any write's."""
+        with self._send_lock:
+            if self._broken or not out:
+                return
+            try:
+                self._send_output(out.take())
+            except CONNECTION_ERRORS:
+                self._broken = True
 
     def _ack_now(self, d) -> None:
         o = Output()
@@ -385,11 +389,18 @@ class Consumer:
         self._watched = (cur, None)
         batch = self._batch
         fetching = any(item[0] == "fetch" for item in list(self._outstanding))
-        if (not batch or batch[-1] is cur) and not fetching:
-            return  # holds nothing else
+        holds = (batch and batch[-1] is not cur) or fetching
+        if not holds and not self.out:
+            return  # holds nothing else, and what finished before it was sent
         with self._hold_lock:
             if self.runner.current is not cur:
                 return  # it moved on meanwhile: the loop deals with the rest
+            # What finished before this task is sent now (results visible, acks
+            # done), not when it ends: on the consumer's connection, whose
+            # replies the loop reads in order once the batch is over.
+            self._flush_mid_batch(self.out)
+            if not holds:
+                return
             # From here the runner starts no message after the one it shows as
             # current (it publishes current, then checks stopping); the loop puts
             # stopping back after the batch, under the lock.
