@@ -656,7 +656,8 @@ def control_rate_limit(state: _AppState, task_name: str, rate: str) -> None:
 
 @main.command()
 @_app_option
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=5555, show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=5555, show_default=True,
+              envvar="FASTQ_DASHBOARD_PORT", help="Port (or FASTQ_DASHBOARD_PORT).")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--basic-auth", envvar="FASTQ_DASHBOARD_BASIC_AUTH",
               help="user:password required for every page and API call (or FASTQ_DASHBOARD_BASIC_AUTH).")
