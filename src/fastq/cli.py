@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from ._speedups import COMPILED
+from .broker.connect import describe_error
 from .exceptions import FastQError
 
 
@@ -75,10 +76,13 @@ class _AppState:
         return app
 
 
+#: Optional modules -> the extra that installs them.
+_EXTRAS = {"prometheus_client": "metrics", "starlette": "dashboard", "uvicorn": "dashboard",
+           "sentry_sdk": "sentry", "opentelemetry": "otel"}
+
+
 def _one_line(exc: BaseException, state: _AppState | None) -> str | None:
     """The one-line message for an error the user caused (no traceback), or None."""
-    from .broker.connect import describe_error
-
     app = state.loaded if state is not None else None
     url = app.broker_url if app is not None else (state.broker if state and state.broker else "")
     if url and (message := describe_error(exc, url)):
@@ -89,11 +93,6 @@ def _one_line(exc: BaseException, state: _AppState | None) -> str | None:
     if missing in _EXTRAS:
         return f"this needs {missing}, which is not installed: pip install 'fastq[{_EXTRAS[missing]}]'"
     return describe_error(exc, "the broker") if not url else None
-
-
-#: Optional modules -> the extra that installs them.
-_EXTRAS = {"prometheus_client": "metrics", "starlette": "dashboard", "uvicorn": "dashboard",
-           "sentry_sdk": "sentry", "opentelemetry": "otel"}
 
 
 class _Main(click.Group):
