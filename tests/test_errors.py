@@ -223,6 +223,14 @@ def test_a_config_module_warns_about_unknown_names_and_refuses_celery3_names(cap
         app.config_from_object(conf)
 
 
+def test_every_setting_has_a_type_check():
+    from fastq.settings import _CHECKS, DEFAULTS
+
+    assert set(_CHECKS) == set(DEFAULTS)
+    for name, default in DEFAULTS.items():  # and the defaults pass their own checks
+        assert _CHECKS[name](default) is None, name
+
+
 def test_check_config_builds_what_settings_describe():
     for settings, message in [
         ({"task_routes": {"a": 5}}, "task_routes['a']"),
