@@ -263,3 +263,13 @@ def test_markers_are_used_as_documented():
         total += sum(1 for b in blocks if b.lang)
         skipped += sum(1 for b in blocks if b.lang and b.skip)
     assert total > 40 and skipped <= total // 3, (total, skipped)
+
+
+def test_commands_are_in_shell_blocks():
+    """A command line in an unlabelled or text block would never be run: label it ```sh
+    (output that shows a prompt, ``$ fastq ...``, is fine)."""
+    for path in DOCS:
+        for b in parse(path)[0]:
+            if b.lang != "sh":
+                bad = [ln for ln in b.code.splitlines() if re.match(r"(fastq|pip|python|pytest) ", ln)]
+                assert not bad, f"{b.where}: commands outside a ```sh block: {bad}"
