@@ -58,11 +58,12 @@ class _AppState:
         self.broker: str | None = None
         self.loaded = None  # the app, once loaded: its URL names the server in errors
 
-    def app(self, check_broker: bool = False):
+    def app(self, check_broker: bool = False, wait: bool = False):
         """The app; ``check_broker`` (long-running commands: worker, beat,
-        dashboard) also pings Redis, so a wrong URL or password fails at once
-        with one line instead of retrying for ever. Once running, they ride out
-        outages."""
+        dashboard) also pings Redis, so a wrong password fails at once with one
+        line, and an unreachable server after ``broker_startup_wait`` seconds
+        (``wait``: worker and beat, which may start before their Redis) or at
+        once. Once running, they ride out outages."""
         if not self.spec:
             raise click.UsageError("no app given: use -A proj.tasks:app (before or after the command)")
         app = load_app(self.spec)
@@ -72,7 +73,7 @@ class _AppState:
         self.loaded = app
         app.check_config()  # a malformed setting fails here, at start-up, naming itself
         if check_broker:
-            app.broker.check_connection()
+            app.broker.check_connection(app.conf.broker_startup_wait if wait else 0.0)
         return app
 
 
@@ -205,7 +206,7 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
            max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
-    app = state.app(check_broker=True)
+    app = state.app(check_broker=True, wait=True)
     _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child)
     if without_events:
         app.conf.worker_send_task_events = False
@@ -706,7 +707,7 @@ def _make_beat(app, lease: float | None = None):
 def beat(state: _AppState, list_only: bool, lease: float | None, loglevel: str, log_format: str) -> None:
     """Send periodic tasks (app.conf.beat_schedule). Run several for high availability: one leads."""
     _setup_logging(loglevel, log_format)
-    app = state.app(check_broker=True)
+    app = state.app(check_broker=True, wait=True)
     service = _make_beat(app, lease)
     if list_only:
         from .exceptions import ImproperlyConfigured

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "broker_connection_retries": 3,  # producer retries before BrokerError
     "broker_connection_timeout": 5.0,  # seconds to connect
     "broker_socket_timeout": 10.0,  # seconds to wait for a reply
+    # seconds `fastq worker` and `fastq beat` wait for an unreachable Redis at start, then exit 1
+    "broker_startup_wait": 30.0,
     # durability: a send returns once this many replicas have the message (WAIT)
     "broker_wait_replicas": 0,
     "broker_wait_timeout": 1.0,  # seconds WAIT may take before the send raises BrokerError
@@ -105,7 +107,7 @@ _CELERY = {
     "task_default_rate_limit": "use task_annotations={'*': {'rate_limit': ...}} or queue_rate_limits",
     "worker_hijack_root_logger": "the fastq CLI sets up logging (-l, --log-format)",
     "task_reject_on_worker_lost": "fastq redelivers a lost worker's messages after worker_lease_timeout",
-    "broker_connection_retry_on_startup": "fastq retries broker_connection_retries times",
+    "broker_connection_retry_on_startup": "fastq's worker and beat wait broker_startup_wait seconds at start",
     "task_default_exchange": "fastq has no exchanges: use task_default_queue and task_routes",
     "result_backend_transport_options": "use the result_backend URL",
 }
@@ -172,6 +174,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "broker_url": _OPT_STR, "result_backend": _OPT_STR, "key_prefix": _STR,
     "broker_connection_retries": _number(integer=True), "broker_connection_timeout": _number(strict=True),
     "broker_socket_timeout": _number(strict=True), "broker_wait_replicas": _number(integer=True),
+    "broker_startup_wait": _number(),
     "broker_wait_timeout": _number(strict=True), "queue_shards": _OPT_DICT, "task_serializer": _STR,
     "max_message_size": _number(1, integer=True), "task_default_queue": _STR,
     "task_default_priority": _number(integer=True), "task_routes": _routes, "task_queues": _OPT_DICT,

@@ -129,18 +129,28 @@ class RedisBroker:
         (password hidden), and saying so when the server refused the login."""
         return BrokerError(describe_error(exc, self.url) or f"Redis at {safe_url(self.url)} is unreachable: {exc}")
 
-    def check_connection(self) -> None:
-        """Ping the server, retrying with backoff ``broker_connection_retries`` times;
-        raises BrokerError when it cannot be reached or refuses the login (the CLI's
-        start-up check)."""
-        for attempt in range(self.retries + 1):
+    def check_connection(self, wait: float = 0.0) -> None:
+        """Ping the server (the CLI's start-up check). An unreachable server is
+        tried ``broker_connection_retries`` times and, for up to ``wait`` seconds,
+        again with one log line per attempt (a worker may start before its Redis);
+        then, or at once when the server refuses the login, BrokerError."""
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        for attempt in itertools.count():
             try:
                 self.client.ping()
                 return
             except CONNECTION_ERRORS as exc:
-                if attempt == self.retries or isinstance(exc, AuthenticationError):  # a retry cannot fix a password
+                if isinstance(exc, AuthenticationError):  # a retry cannot fix a password
                     raise self.unreachable(exc) from exc
-                self._backoff(attempt)
+                if attempt < self.retries:
+                    self._backoff(attempt)
+                    continue
+                if time.monotonic() + delay > deadline:
+                    raise self.unreachable(exc) from exc
+                log.error("Cannot connect to %s: %s. Trying again in %.1fs.", safe_url(self.url), exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _channel(self) -> Channel:
         """This thread's raw channel for the producer fast path."""
