@@ -45,8 +45,9 @@ def test_passwords_are_masked_in_every_url_form(url):
     (["default"], "must be a dict"),
 ])
 def test_bad_queue_shards_are_refused_when_the_app_connects(redis_url, shards, message):
-    app = FastQ("shards", broker=redis_url, queue_shards=shards)
+    # a value of the wrong type fails when set; bad contents when the broker is built
     with pytest.raises(ImproperlyConfigured, match=message):
+        app = FastQ("shards", broker=redis_url, queue_shards=shards)
         app.broker  # noqa: B018 - the broker is built (and the setting checked) on first use
 
 

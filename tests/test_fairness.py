@@ -261,8 +261,9 @@ def test_group_key_must_be_a_non_empty_string(redis_url, r, value):
     (["q"], r"task_queues must be a dict"),
 ])
 def test_bad_queue_settings_fail_when_read(redis_url, queues, error):
-    app = FastQ("bad", broker=redis_url, task_queues=queues)
+    # a value of the wrong type fails when set; bad contents when the broker is built
     with pytest.raises(ImproperlyConfigured, match=error):
+        app = FastQ("bad", broker=redis_url, task_queues=queues)
         app.broker  # noqa: B018
 
 

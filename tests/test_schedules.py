@@ -199,6 +199,12 @@ def test_interval_schedule_runs_on_a_grid():
     ({"hour": []}, "crontab hour: empty"),
     ({"day_of_month": 31, "month_of_year": "feb"}, "crontab never matches"),
     ({"tz": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+    # the field is named and the input quoted, also when a range half is empty
+    ({"minute": "1.5"}, "crontab minute: '1.5' is not a whole number 0-59"),
+    ({"minute": "-5"}, "crontab minute: '-5' is not a whole number 0-59"),
+    ({"minute": "1-"}, "crontab minute: '1-' is not a whole number 0-59"),
+    ({"hour": "1-x"}, "crontab hour: 'x' in '1-x' is not a whole number 0-23"),
+    ({"day_of_week": "8"}, "crontab day_of_week: 8 is out of range 0-7"),
 ])
 def test_invalid_crontab_fails_when_built(kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
@@ -211,6 +217,26 @@ def test_unparseable_schedules(value):
         to_schedule(value)
 
 
+@pytest.mark.parametrize(("dow", "days"), [
+    ("7", {0}), ("7-7", {0}), ("7/2", {0}), ("7-7/2", {0}), ("5-7", {5, 6, 0}), ("6-7", {6, 0}),
+    ("7-1", {0, 1}), ("0-7", set(range(7))), ("fri-mon", {5, 6, 0, 1}), ("*/2", {0, 2, 4, 6}),
+    ("1/2", {1, 3, 5}), ([7, 1], {0, 1}),
+])
+def test_day_of_week_seven_is_sunday_also_at_the_start_of_a_range(dow, days):
+    assert crontab(day_of_week=dow).day_of_week == days
+    if isinstance(dow, str):
+        assert crontab.from_string(f"0 0 * * {dow}").day_of_week == days
+    # and the next run is on such a day: 2024-06-05 is a Wednesday
+    got = crontab(minute=0, hour=0, day_of_week=dow).next_run(dt.datetime(2024, 6, 5), UTC)
+    assert (got.weekday() + 1) % 7 in days
+
+
+def test_cron_string_errors_quote_the_expression():
+    with pytest.raises(ValueError, match=re.escape("crontab minute: '1.5' is not a whole number 0-59 "
+                                                   "(in cron expression '1.5 * * * *')")):
+        crontab.from_string("1.5 * * * *")
+
+
 def test_cron_strings():
     c = crontab.from_string("30 7 * * mon-fri")
     assert c == crontab(minute=30, hour=7, day_of_week="mon-fri")
@@ -219,3 +245,142 @@ def test_cron_strings():
         crontab.from_string("* * * *")
     with pytest.raises(ValueError, match="minute: 61"):
         to_schedule("61 * * * *")
+
+
+# --- reference: brute force over every minute, in the zone ---------------------------------------
+#
+# An independent model of the documented rules (docs/scheduling.md): step through real time a
+# minute at a time and look at the wall clock. An every-hour entry fires at each minute whose wall
+# time matches. A fixed-hours entry fires at the first minute whose wall time reaches a matching
+# wall time not shown before: a skipped wall time fires at the change, a repeated one on its
+# first pass only.
+
+REFERENCE_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago"]
+MINUTE = 60_000
+
+
+def _transitions(tz, years):
+    """UTC ms of the offset changes of ``tz`` in ``years``."""
+    out = []
+    t = int(dt.datetime(years[0], 1, 1, tzinfo=UTC).timestamp()) * 1000
+    end = int(dt.datetime(years[-1] + 1, 1, 1, tzinfo=UTC).timestamp()) * 1000
+    off = dt.datetime.fromtimestamp(t / 1000, tz).utcoffset()
+    while t < end:
+        nxt = t + 3_600_000
+        if dt.datetime.fromtimestamp(nxt / 1000, tz).utcoffset() != off:
+            lo, hi = t, nxt  # off at lo, changed at hi: bisect to the minute
+            while hi - lo > MINUTE:
+                mid = (lo + hi) // 2 // MINUTE * MINUTE
+                if dt.datetime.fromtimestamp(mid / 1000, tz).utcoffset() == off:
+                    lo = mid
+                else:
+                    hi = mid
+            out.append(hi)
+            off = dt.datetime.fromtimestamp(nxt / 1000, tz).utcoffset()
+        t = nxt
+    return out
+
+
+class _Window:
+    """Every minute from ``start_ms`` for ``minutes``: its wall time, and the wall times it
+    reaches first (those after the latest wall time shown before it, up to its own)."""
+
+    def __init__(self, tz, start_ms, minutes):
+        self.start_ms = start_ms
+        self.walls = []
+        self.first_reached = []
+        latest = None
+        for i in range(minutes):
+            w = dt.datetime.fromtimestamp((start_ms + i * MINUTE) / 1000, tz).replace(tzinfo=None)
+            fresh = []
+            if latest is None or w > latest:
+                v = w if latest is None else latest + dt.timedelta(minutes=1)
+                while v <= w:
+                    fresh.append(v)
+                    v += dt.timedelta(minutes=1)
+                latest = w
+            self.walls.append(w)
+            self.first_reached.append(fresh)
+
+    def next_fire(self, c, after_ms, horizon_ms):
+        def match(w):
+            return (w.minute in c.minute and w.hour in c.hour and w.day in c.day_of_month
+                    and w.month in c.month_of_year and (w.weekday() + 1) % 7 in c.day_of_week)
+
+        i = max(0, -(-(after_ms + 1 - self.start_ms) // MINUTE))  # first minute > after_ms
+        last = (horizon_ms - self.start_ms) // MINUTE
+        assert i > 180 and last < len(self.walls), "the window must cover the search"
+        every_hour = len(c.hour) == 24  # the documented rule, not the code's flag
+        for j in range(i, last + 1):
+            if every_hour:
+                if match(self.walls[j]):
+                    return self.start_ms + j * MINUTE
+            elif any(match(w) for w in self.first_reached[j]):
+                return self.start_ms + j * MINUTE
+        return None
+
+
+def _random_field(rnd, field):
+    low, high = {"minute": (0, 59), "hour": (0, 23), "day_of_week": (0, 7),
+                 "day_of_month": (1, 31), "month_of_year": (1, 12)}[field]
+    if field == "hour":  # transitions happen between 22:00 and 04:00 in these zones: dwell there
+        pick = lambda: rnd.choice([0, 1, 2, 3, 23, 22, rnd.randint(0, 23)])  # noqa: E731
+    elif field == "minute":
+        pick = lambda: rnd.choice([0, 30, 59, 15, 45, rnd.randint(0, 59)])  # noqa: E731
+    else:
+        pick = lambda: rnd.randint(low, high)  # noqa: E731
+    kind = rnd.choice(["*", "*", "n", "range", "step", "list", "nstep"] if field in ("minute", "hour")
+                      else ["*"] * 8 + ["n", "range", "step", "nstep"])
+    if kind == "*":
+        return "*"
+    if kind == "n":
+        return str(pick())
+    if kind == "range":
+        a, b = sorted((pick(), pick())) if field != "day_of_week" else (pick(), pick())
+        return f"{a}-{b}"
+    if kind == "step":
+        return f"*/{rnd.randint(1, 20 if field == 'minute' else 5)}"
+    if kind == "nstep":
+        return f"{pick()}/{rnd.randint(1, 20 if field == 'minute' else 5)}"
+    return ",".join(str(pick()) for _ in range(rnd.randint(2, 4)))
+
+
+def test_fast_path_matches_minute_by_minute_reference():
+    import random
+
+    rnd = random.Random(20261203)
+    horizon = 2 * 86_400_000  # look two days ahead of each start
+    checked = fired = hourly = 0
+    for name in REFERENCE_ZONES:
+        tz = ZoneInfo(name)
+        for change in _transitions(tz, [2025, 2026]):
+            window = _Window(tz, change - 40 * 3_600_000, (40 + 36 + 50) * 60)
+            for _ in range(200):
+                # starts around the change: whole minutes and odd milliseconds, often right at it
+                if rnd.random() < 0.3:
+                    after = change + rnd.randint(-90, 90) * MINUTE
+                else:
+                    after = change + rnd.randint(-36 * 3_600_000, 36 * 3_600_000)
+                while True:
+                    fields = {f: _random_field(rnd, f) for f in _FIELD_ORDER}
+                    try:
+                        c = crontab(**fields, tz=name)
+                    except ValueError:  # e.g. day 31 of February only
+                        continue
+                    break
+                expected = window.next_fire(c, after, after + horizon)
+                got = c.next_after_ms(after, tz)
+                where = f"{c!r} after {dt.datetime.fromtimestamp(after / 1000, tz)} ({after} ms)"
+                if expected is None:
+                    assert got > after + horizon, where
+                else:
+                    assert got == expected, (where, dt.datetime.fromtimestamp(got / 1000, tz),
+                                             dt.datetime.fromtimestamp(expected / 1000, tz))
+                    fired += 1
+                checked += 1
+                hourly += len(c.hour) == 24
+    # the comparison must have been about real fire times, of both kinds of entry
+    assert checked >= 3000 and fired >= checked // 2 and 100 < hourly < checked - 100, (checked, fired, hourly)
+
+
+_FIELD_ORDER = ["minute", "hour", "day_of_week", "day_of_month", "month_of_year"]

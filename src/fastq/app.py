@@ -12,8 +12,10 @@ from ._speedups import current_request, new_task_id
 from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
+from .schedules import zone
 from .settings import Settings
 from .signals import before_task_publish
+from .task import parse_rate
 from .unique import OPTIONS as _SPECIAL_OPTIONS  # apply_async options of unique and debounced sends
 from .workflow import note_child
 
@@ -68,9 +70,30 @@ class FastQ:
         self.conf.from_object(obj, namespace)
         self._reset()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Forget connections and what was built from the settings, after changing
+        ``broker_url``, ``result_backend`` or other settings of a running app (tests
+        do this); the next use connects again with the new settings."""
         for name in ("broker", "backend", "serializer", "router"):
             self.__dict__.pop(name, None)
+
+    _reset = reset  # the old private name, still used by integrations
+
+    def check_config(self) -> None:
+        """Build what the settings describe (routes, serializer, broker URL, shards,
+        fair queues, zone, rate limits), so a malformed setting fails now with
+        ImproperlyConfigured naming it, not at the first send. Connects to nothing
+        except a Redis Cluster (whose client learns the slots at once). The CLI
+        calls this at start-up."""
+        self.router, self.serializer, self.broker  # noqa: B018 - built for their checks
+        try:
+            zone(self.conf.timezone)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"timezone: {exc}") from None
+        if self.conf.rate_limit_scope not in ("cluster", "worker"):
+            raise ImproperlyConfigured(f"rate_limit_scope must be 'cluster' or 'worker', not {self.conf.rate_limit_scope!r}")
+        for queue, rate in (self.conf.queue_rate_limits or {}).items():
+            parse_rate(rate, f"queue_rate_limits[{queue!r}]")
 
     @cached_property
     def broker(self):

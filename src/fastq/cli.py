@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from ._speedups import COMPILED
+from .broker.connect import describe_error
 from .exceptions import FastQError
 
 
@@ -55,15 +56,62 @@ class _AppState:
     def __init__(self) -> None:
         self.spec: str | None = None
         self.broker: str | None = None
+        self.loaded = None  # the app, once loaded: its URL names the server in errors
 
-    def app(self):
+    def app(self, check_broker: bool = False, wait: bool = False):
+        """The app; ``check_broker`` (long-running commands: worker, beat,
+        dashboard) also pings Redis, so a wrong password fails at once with one
+        line, and an unreachable server after ``broker_startup_wait`` seconds
+        (``wait``: worker and beat, which may start before their Redis) or at
+        once. Once running, they ride out outages."""
         if not self.spec:
             raise click.UsageError("no app given: use -A proj.tasks:app (before or after the command)")
         app = load_app(self.spec)
         if self.broker:
             app.conf.broker_url = self.broker
-            app._reset()
+            app.reset()
+        self.loaded = app
+        app.check_config()  # a malformed setting fails here, at start-up, naming itself
+        if check_broker:
+            app.broker.check_connection(app.conf.broker_startup_wait if wait else 0.0)
         return app
+
+
+#: Optional modules -> the extra that installs them.
+_EXTRAS = {"prometheus_client": "metrics", "starlette": "dashboard", "uvicorn": "dashboard",
+           "sentry_sdk": "sentry", "opentelemetry": "otel"}
+
+
+def _one_line(exc: BaseException, state: _AppState | None) -> str | None:
+    """The one-line message for an error the user caused (no traceback), or None."""
+    app = state.loaded if state is not None else None
+    url = app.broker_url if app is not None else (state.broker if state and state.broker else "")
+    if url and (message := describe_error(exc, url)):
+        return message
+    if isinstance(exc, FastQError):
+        return " ".join(str(exc).split())
+    missing = exc.name.partition(".")[0] if isinstance(exc, ImportError) and exc.name else None
+    if missing in _EXTRAS:
+        return f"this needs {missing}, which is not installed: pip install 'fastq[{_EXTRAS[missing]}]'"
+    return describe_error(exc, "the broker") if not url else None
+
+
+class _Main(click.Group):
+    """Every command's errors pass here: an unreachable Redis, a refused password,
+    a bad setting or a missing optional extra ends the command with one line on
+    stderr and exit status 1, never a traceback. Other exceptions are bugs, and
+    keep theirs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            message = _one_line(exc, ctx.find_object(_AppState))
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 def _app_option(f):
@@ -89,7 +137,7 @@ def _version(ctx: click.Context, param: Any, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Print the version and which core is in use.")
 @click.option("-A", "--app", "app_spec", help="The app: module:attribute, or a module with an `app`.")
@@ -166,11 +214,12 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
            max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
-    app = state.app()
+    app = state.app(check_broker=True, wait=True)
     _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child)
     if without_events:
         app.conf.worker_send_task_events = False
     if metrics_port:
+        import prometheus_client  # noqa: F401 - optional (fastq[metrics]): fail here, before the banner
         app.conf.worker_metrics_port = metrics_port
         app.conf.worker_metrics_address = metrics_address
     if lease_timeout is not None:
@@ -679,7 +728,8 @@ def control_rate_limit(state: _AppState, task_name: str, rate: str) -> None:
 
 @main.command()
 @_app_option
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=5555, show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=5555, show_default=True,
+              envvar="FASTQ_DASHBOARD_PORT", help="Port (or FASTQ_DASHBOARD_PORT).")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--basic-auth", envvar="FASTQ_DASHBOARD_BASIC_AUTH",
               help="user:password required for every page and API call (or FASTQ_DASHBOARD_BASIC_AUTH).")
@@ -691,8 +741,10 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
     _setup_logging(loglevel)
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("use user:password", param_hint="--basic-auth")
-    app = state.app()
+    app = state.app(check_broker=True)
     try:
+        import uvicorn  # noqa: F401 - optional (fastq[dashboard]): serve() imports it, too late to say so plainly
+
         from .dashboard import serve
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
@@ -745,7 +797,7 @@ def _make_beat(app, lease: float | None = None):
 def beat(state: _AppState, list_only: bool, lease: float | None, loglevel: str, log_format: str) -> None:
     """Send periodic tasks (app.conf.beat_schedule). Run several for high availability: one leads."""
     _setup_logging(loglevel, log_format)
-    app = state.app()
+    app = state.app(check_broker=True, wait=True)
     service = _make_beat(app, lease)
     if list_only:
         from .exceptions import ImproperlyConfigured

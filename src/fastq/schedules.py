@@ -9,7 +9,9 @@ Both answer two questions in epoch milliseconds, which is all beat needs:
 
 Crontab fields are matched against the wall clock of a time zone
 (``app.conf.timezone``, default UTC). Daylight-saving rules, so that a change
-neither skips nor doubles a run (the Vixie/Debian cron rules):
+neither skips nor doubles a run (close to Vixie/Debian cron, which decides by
+whether the minute or hour field *starts with* ``*``; docs/scheduling.md lists
+where the two differ):
 
 - An entry for fixed hours (``hour`` is not ``*``) runs once per matching wall
   time, *the first moment the clock shows that time or later*: in the repeated
@@ -126,7 +128,7 @@ _DAY_NAMES.update({name.lower(): i for i, name in enumerate(
 _MONTH_NAMES = {calendar.month_abbr[i].lower(): i for i in range(1, 13)}
 _MONTH_NAMES.update({calendar.month_name[i].lower(): i for i in range(1, 13)})
 
-#: field -> (low, high, names). day_of_week also takes 7 for Sunday.
+#: field -> (low, high, names). day_of_week also takes 7 for Sunday (see _parse_part).
 _FIELDS = {
     "minute": (0, 59, None),
     "hour": (0, 23, None),
@@ -136,17 +138,22 @@ _FIELDS = {
 }
 
 
-def _value(field: str, text: str) -> int:
+def _value(field: str, text: str, part: str) -> int:
+    """One number or name of a field; ``part`` (the list item it came from) is
+    quoted in errors, so ``-5`` or ``1-`` do not produce empty quotes."""
     low, high, names = _FIELDS[field]
+    if field == "day_of_week":
+        high = 7
     t = text.strip().lower()
     if names and t in names:
         return names[t]
     if not t.isdigit():
-        what = "a day name" if field == "day_of_week" else "a month name" if names else "a number"
-        raise ValueError(f"crontab {field}: {text!r} is not {what} or a number {low}-{high}")
+        what = ("a day name or " if field == "day_of_week" else "a month name or " if names else "") + \
+            f"a whole number {low}-{high}"
+        where = f"{text!r} in {part!r}" if text.strip() and text != part else repr(part)
+        raise ValueError(f"crontab {field}: {where} is not {what}")
     n = int(t)
-    if field == "day_of_week" and n == 7:  # cron's other Sunday
-        return 0
+    # 7 stays 7 (cron's other Sunday) until the range is built: "7-7" and "7/2" start on Sunday
     if not low <= n <= high:
         raise ValueError(f"crontab {field}: {n} is out of range {low}-{high}")
     return n
@@ -161,7 +168,7 @@ def _parse_field(field: str, spec: Any) -> frozenset[int]:
     if isinstance(spec, int):
         if spec < 0:
             raise ValueError(f"crontab {field}: {spec} is out of range {low}-{high}")
-        return frozenset([_value(field, str(spec))])
+        return frozenset(_parse_part(field, str(spec)))
     if isinstance(spec, str):
         parts = spec.replace(" ", "").split(",")
         if not spec.strip() or any(not p for p in parts):
@@ -194,20 +201,18 @@ def _parse_part(field: str, part: str) -> set[int]:
         start, end = low, high
     elif "-" in base:
         a, _, b = base.partition("-")
-        start, end = _value(field, a), _value(field, b)
-        if field == "day_of_week" and b.strip() == "7":
-            end = 7  # "5-7": Friday to Sunday
+        start, end = _value(field, a, part), _value(field, b, part)
         if end < start:
             if field != "day_of_week":
                 raise ValueError(f"crontab {field}: range {part!r} runs backwards")
             end += 7  # "fri-mon" wraps around the week
     else:
-        start = _value(field, base)
-        # "5/15" means from 5 to the end, every 15 (as in Vixie cron)
-        end = (6 if field == "day_of_week" else high) if slash else start
+        start = _value(field, base, part)
+        # "5/15" means from 5 to the end, every 15 (as in Vixie cron); "7/2" is Sunday alone
+        end = max(start, high) if slash else start
     values = range(start, end + 1, step)
     if field == "day_of_week":
-        return {v % 7 for v in values}
+        return {v % 7 for v in values}  # 7 (and 8.. of a wrapped range) back to 0..6
     return set(values)
 
 
@@ -255,11 +260,14 @@ class crontab(BaseSchedule):  # noqa: N801 - Celery's name
     def from_string(cls, expr: str, tz: str | dt.tzinfo | None = None) -> crontab:
         """``crontab.from_string("30 7 * * mon-fri")``: the five classic fields
         (minute hour day-of-month month day-of-week)."""
-        fields = expr.split()
+        fields = expr.split() if isinstance(expr, str) else []
         if len(fields) != 5:
             raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), not {expr!r}")
         m, h, dom, mon, dow = fields
-        return cls(minute=m, hour=h, day_of_week=dow, day_of_month=dom, month_of_year=mon, tz=tz)
+        try:
+            return cls(minute=m, hour=h, day_of_week=dow, day_of_month=dom, month_of_year=mon, tz=tz)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in cron expression {expr!r})") from None
 
     # --- matching wall times -------------------------------------------------------------
 

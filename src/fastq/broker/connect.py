@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 from ..exceptions import ImproperlyConfigured
@@ -34,6 +35,20 @@ _FASTQ_OPTIONS = {"master", "sentinel_password", "sentinel_username"}
 def safe_url(url: str) -> str:
     """The URL with every password replaced by ``***`` (for logs and banners)."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def describe_error(exc: BaseException, url: str) -> str | None:
+    """One line for a Redis error a user can cause (server down, wrong password,
+    no password), naming the server (password hidden); None for other errors."""
+    cause = exc.__cause__ if isinstance(exc, ConnectionError) and exc.__cause__ else exc
+    text = " ".join(str(cause).split())
+    where = safe_url(url)
+    if isinstance(cause, redis.AuthenticationError) or (
+            isinstance(cause, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))):
+        return f"Redis at {where} refused the login ({text}): check the password in the URL"
+    if isinstance(cause, (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError)):
+        return f"Redis at {where} is unreachable: {text}"
+    return None
 
 
 @dataclass

@@ -19,15 +19,15 @@ import threading
 import time
 from collections.abc import Iterator
 
+from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
 from ..exceptions import BrokerError, ImproperlyConfigured
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
-from .connect import make_client, parse_url, safe_url
+from .connect import describe_error, make_client, parse_url, safe_url
 from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
@@ -116,15 +116,42 @@ class RedisBroker:
 
     @contextlib.contextmanager
     def retrying(self) -> Iterator[None]:
-        """Retry the block on connection errors with backoff, then raise BrokerError."""
-        for attempt in range(self.retries + 1):
+        """Turn a connection error in the block into BrokerError (naming the server,
+        password hidden). A context manager cannot run its block a second time, so
+        this does not retry: it used to try, and raised RuntimeError ("generator
+        didn't stop after throw()") instead. Sends retry in ``execute_packed``."""
+        try:
+            yield
+        except CONNECTION_ERRORS as exc:
+            raise self.unreachable(exc) from exc
+
+    def unreachable(self, exc: BaseException) -> BrokerError:
+        """The BrokerError for a connection error: one line naming the server
+        (password hidden), and saying so when the server refused the login."""
+        return BrokerError(describe_error(exc, self.url) or f"Redis at {safe_url(self.url)} is unreachable: {exc}")
+
+    def check_connection(self, wait: float = 0.0) -> None:
+        """Ping the server (the CLI's start-up check). An unreachable server is
+        tried ``broker_connection_retries`` times and, for up to ``wait`` seconds,
+        again with one log line per attempt (a worker may start before its Redis);
+        then, or at once when the server refuses the login, BrokerError."""
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        for attempt in itertools.count():
             try:
-                yield
+                self.client.ping()
                 return
             except CONNECTION_ERRORS as exc:
-                if attempt == self.retries:
-                    raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+                if isinstance(exc, AuthenticationError):  # a retry cannot fix a password
+                    raise self.unreachable(exc) from exc
+                if attempt < self.retries:
+                    self._backoff(attempt)
+                    continue
+                if time.monotonic() + delay > deadline:
+                    raise self.unreachable(exc) from exc
+                log.error("Cannot connect to %s: %s. Trying again in %.1fs.", safe_url(self.url), exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _channel(self) -> Channel:
         """This thread's raw channel for the producer fast path."""
@@ -153,7 +180,7 @@ class RedisBroker:
             except CONNECTION_ERRORS as exc:
                 self._drop_channel(ch)
                 if attempt >= self.retries:
-                    raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
+                    raise self.unreachable(exc) from exc
                 self._backoff(attempt)
                 continue
             redo = []

@@ -41,9 +41,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import states
+from ..broker.connect import describe_error
 from ..broker.keys import validate_queue_name
+from ..broker.redis import CONNECTION_ERRORS
 from ..control import decode_fields, request_info
-from ..exceptions import ImproperlyConfigured
+from ..exceptions import BrokerError, ImproperlyConfigured
 from ..metrics import exposition
 from ..monitor import locate_task, queue_rows, workers
 from .state import DashboardState
@@ -103,6 +105,21 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class BadRequest(Exception):
+    """A query parameter or body field the API cannot use: answered with 400."""
+
+
+def _int_param(value: Any, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number parameter, clamped to [low, high]; anything else is a 400."""
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a whole number, not {str(value)[:50]!r}") from None
+    return max(low, min(n, high))
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -197,9 +214,11 @@ class Dashboard:
         body = await self._body(request)
         control = self.app.control
         if action == "pool_grow":
-            call = lambda: control.pool_grow(int(body.get("n", 1)), [host], reply=True, timeout=2.0)  # noqa: E731
+            n = _int_param(body.get("n"), "n", 1, 1, 1000)
+            call = lambda: control.pool_grow(n, [host], reply=True, timeout=2.0)  # noqa: E731
         elif action == "pool_shrink":
-            call = lambda: control.pool_shrink(int(body.get("n", 1)), [host], reply=True, timeout=2.0)  # noqa: E731
+            n = _int_param(body.get("n"), "n", 1, 1, 1000)
+            call = lambda: control.pool_shrink(n, [host], reply=True, timeout=2.0)  # noqa: E731
         elif action == "shutdown":
             call = lambda: control.shutdown([host], reply=True, timeout=2.0)  # noqa: E731
         else:
@@ -223,7 +242,7 @@ class Dashboard:
             validate_queue_name(queue)
         except ImproperlyConfigured as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        limit = min(int(request.query_params.get("limit", 100)), 1000)
+        limit = _int_param(request.query_params.get("limit"), "limit", 100, 1, 1000)
         rows = []
         for item in self.app.broker.dlq_list(queue, limit):
             payload = item.pop("payload", b"")
@@ -256,7 +275,7 @@ class Dashboard:
 
     def tasks(self, request: Request) -> Response:
         q = request.query_params
-        limit = max(1, min(int(q.get("limit", 100)), 1000))
+        limit = _int_param(q.get("limit"), "limit", 100, 1, 1000)
         dead = self.state.dead_tasks()
         items, total = self.state.recent(q.get("state") or None, q.get("name") or None, q.get("search") or None, limit,
                                          dead=dead)
@@ -353,7 +372,7 @@ class Dashboard:
     # --- charts ------------------------------------------------------------------------
 
     def stats(self, request: Request) -> Response:
-        minutes = max(1, min(int(request.query_params.get("minutes", 10)), 15))
+        minutes = _int_param(request.query_params.get("minutes"), "minutes", 10, 1, 15)
         return JSONResponse({"tasks": self.state.task_series(minutes * 60),
                              "queues": self.state.queue_series(minutes * 60)})
 
@@ -395,7 +414,17 @@ def create_app(app, basic_auth: str | None = None, state: DashboardState | None 
         finally:
             state.stop()
 
-    asgi = Starlette(routes=dash.routes(), lifespan=lifespan)
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        # Redis went away (or refuses us) after start-up: say so, and let the page retry
+        message = describe_error(exc, app.broker_url) or " ".join(str(exc).split())
+        return JSONResponse({"error": message}, status_code=503)
+
+    handlers: dict[Any, Any] = {BadRequest: bad_request, BrokerError: redis_down}
+    handlers.update({cls: redis_down for cls in CONNECTION_ERRORS})
+    asgi = Starlette(routes=dash.routes(), lifespan=lifespan, exception_handlers=handlers)
     asgi.state.dashboard = dash
     wrapped: Any = SecurityHeaders(asgi)
     if basic_auth:
