@@ -99,9 +99,10 @@ _CELERY3 = {
     "CELERY_SEND_TASK_ERROR_EMAILS": "task_send_error_emails", "ADMINS": "error_email_to",
     "SERVER_EMAIL": "error_email_from",
 }
+_PREFETCH = "fastq's is worker_prefetch: the most messages per fetch, not a multiplier (fetches adapt to task length)"
 _CELERY = {
-    "worker_prefetch_multiplier": "fastq's is worker_prefetch: the most messages per fetch, not a multiplier (fetches adapt to task length)",
-    "CELERYD_PREFETCH_MULTIPLIER": "fastq's is worker_prefetch: the most messages per fetch, not a multiplier (fetches adapt to task length)",
+    "worker_prefetch_multiplier": _PREFETCH,
+    "CELERYD_PREFETCH_MULTIPLIER": _PREFETCH,
     "result_serializer": "fastq stores results with task_serializer",
     "accept_content": "fastq accepts msgpack and json only (task_serializer), never pickle",
     "task_create_missing_queues": "fastq creates queues when first used",
