@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -12,6 +13,7 @@ from ._speedups import current_request, new_task_id
 from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
+from .options import check_option
 from .settings import Settings
 from .signals import before_task_publish
 from .unique import OPTIONS as _SPECIAL_OPTIONS  # apply_async options of unique and debounced sends
@@ -304,6 +306,7 @@ class FastQ:
         )
         retries = options.pop("retries", 0)
         headers = options.pop("headers", None)
+        _check_envelope(task_id, parent_id, root_id, retries, headers)
         group_key = options.pop("group_key", None)
         if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
             from .fairness import with_group
@@ -388,6 +391,8 @@ def _message_options(options: dict) -> dict | None:
                     from .workflow import callbacks
 
                     value = callbacks(value)
+                else:
+                    check_option(key, value)  # a bad time_limit must fail here, not wedge a worker
                 out[key] = value
     options.pop("serializer", None)
     if options:
@@ -408,8 +413,10 @@ def _due_time(eta, countdown, t: float) -> float | None:
     import datetime as dt
 
     if countdown is not None:
-        if not isinstance(countdown, (int, float)):
+        if not isinstance(countdown, (int, float)) or isinstance(countdown, bool):
             raise TypeError(f"countdown must be a number of seconds, not {type(countdown).__name__}")
+        if not math.isfinite(countdown):
+            raise ValueError(f"countdown must be a finite number of seconds, not {countdown!r}")
         return t + countdown if countdown > 0 else None
     if eta is None:
         return None
@@ -433,6 +440,17 @@ def _expiry_time(expires, t: float) -> float:
             expires = expires.replace(tzinfo=dt.timezone.utc)
         return expires.timestamp()
     raise TypeError(f"expires must be seconds, a timedelta or a datetime, not {type(expires).__name__}")
+
+
+def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:
+    """The envelope fields a caller may set: wrong types would only fail in the worker."""
+    for name, value in (("task_id", task_id), ("parent_id", parent_id), ("root_id", root_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    if headers is not None and not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
 
 
 def _check_priority(priority) -> int:

@@ -241,7 +241,8 @@ def ack_gates(broker, queue_keys: list) -> dict:
 def promote_command(fq: FairQueue, limit: int = 1000) -> bytes:
     """fair_promote.lua, packed (due delayed messages through the gate, wake rate-limited
     groups, fill the window)."""
-    return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 1, fq.key("delayed"), *fq.gate_args, limit))
+    return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 2, fq.key("delayed"), fq.key("dlq"),
+                         *fq.gate_args, limit, fq.name))
 
 
 def heal(client, fq: FairQueue, holder: str, lock_ms: int) -> int:

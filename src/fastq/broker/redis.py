@@ -435,8 +435,8 @@ class RedisBroker:
         qk = self.keys.queue(name)
         fq = self.fair.get(name) if self.fair else None
         if fq is not None:
-            return SCRIPTS.fair_promote(client or self.client, [qk.delayed], [*fq.gate_args, limit])
-        return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams], [limit])
+            return SCRIPTS.fair_promote(client or self.client, [qk.delayed, qk.dlq], [*fq.gate_args, limit, name])
+        return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams, qk.dlq], [limit, name])
 
     def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"", client=None) -> list:
         """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""

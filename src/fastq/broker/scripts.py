@@ -39,7 +39,7 @@ class Scripts:
              "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce",
              "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal")
     #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness).
-    PRELUDES = {"release": "gate", "reap": "gate", "bury": "gate", "retry": "gate", "fair_publish": "gate",
+    PRELUDES = {"promote": "gate", "release": "gate", "reap": "gate", "bury": "gate", "retry": "gate", "fair_publish": "gate",
                 "fair_ack": "gate", "fair_promote": "gate", "fair_requeue": "gate", "fair_heal": "gate"}
 
     def __init__(self) -> None:

@@ -427,6 +427,9 @@ class AsyncConsumer:
         out = self.out
         handed_back = False
         try:
+            if d.error is not None:
+                ex.malformed(d, out, d.error)
+                return
             if len(d.payload) > self.max_size:
                 ex.too_large(d, out, self.max_size)
                 return
@@ -447,8 +450,11 @@ class AsyncConsumer:
             await self._execute(task, d, msg, run)
         except asyncio.CancelledError:
             raise  # the loop is going away: not acked, the lease returns it
-        except Exception:
-            # Not the task's failure (e.g. Redis went away during a rate-limit claim):
+        except Exception as exc:
+            if not isinstance(exc, CONNECTION_ERRORS):  # the message itself: dead-letter it, never loop on it
+                ex.crashed(d, exc, out)
+                return
+            # Not the task's failure (Redis went away during a rate-limit claim):
             # hand the message back; if that fails too, the next recovery runs it again.
             log.exception("Running message %s failed; handing it back", d.entry_id.decode())
             handed_back = True

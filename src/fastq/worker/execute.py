@@ -17,9 +17,11 @@ import msgspec
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
 from ..broker.keys import GROUP
+from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
 from ..exceptions import NotRegistered, Reject, Retry, ValidationError
 from ..messages import ResultMeta, encode_result, message_decoder_for
+from ..options import options_error
 from ..result import pack_store
 from ..task import format_exception
 from ..workflow import CHILDREN
@@ -121,6 +123,37 @@ class Executor:
         if task_id:
             self._store(out, task_id, self._meta(states.FAILURE, None, ValueError(f"undecodable message: {error}")))
 
+    def malformed(self, d, out, error: str) -> None:
+        """An entry whose fields fastq cannot read (e.g. a delivery count that is not a number)."""
+        log.error("Dead-lettered malformed entry %s on %s: %s", d.entry_id.decode(errors="replace"), d.stream, error)
+        self._bury(d, out, "malformed", error)
+        if self.events:
+            out.event("task-rejected", None, None, None, {"reason": "malformed"})
+
+    def bad_options(self, d, msg, out, error: str) -> None:
+        """A message whose options would break the worker (a time_limit that is not a number)."""
+        log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(errors="replace"), msg.id, error)
+        self._bury(d, out, "bad_option", error)
+        self._store(out, msg.id, self._meta(states.FAILURE, msg, ValueError(f"bad message option: {error}")))
+        if self.events:
+            out.event("task-rejected", msg.id, msg.task, None, {"reason": "bad_option"})
+
+    def crashed(self, d, exc: Exception, out) -> None:
+        """The worker itself failed on this message (not the task: its exceptions are
+        handled in ``failed``). Dead-letter it, so one message cannot stop the
+        consumer; a lost connection is the consumer's business and goes on up."""
+        if isinstance(exc, CONNECTION_ERRORS):
+            raise exc
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("Dead-lettered message %s on %s: the worker failed on it: %s\n%s",
+                  d.entry_id.decode(errors="replace"), d.stream, error, format_exception(exc))
+        if d.entry_id in out.acks.get(d.stream, ()):  # finished already: nothing to dead-letter
+            return
+        self._bury(d, out, "worker_error", error)
+        msg = d.message
+        if msg is not None and isinstance(getattr(msg, "id", None), str):
+            self._store(out, msg.id, self._meta(states.FAILURE, msg, RuntimeError(f"the worker failed on it: {error}")))
+
     def too_large(self, d, out, limit: int) -> None:
         error = f"message is {len(d.payload)} bytes, more than max_message_size={limit}"
         log.error("Dead-lettered message %s on %s: %s", d.entry_id.decode(), d.stream, error)
@@ -172,6 +205,10 @@ class Executor:
         soft limit, hard limit, args, kwargs - converted for a typed task), or None when the message was dealt with instead
         (expired, revoked, deferred). The asyncio pool calls this and ``end_run``
         around its own call of the task."""
+        bad = options_error(msg.options)
+        if bad is not None:  # checked at the call too; this message may come from elsewhere
+            self.bad_options(d, msg, out, bad)
+            return None
         if msg.expires is not None and time.time() > msg.expires:
             self._revoked(d, msg, out, "expired")
             return None
