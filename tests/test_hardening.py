@@ -141,7 +141,7 @@ def test_hand_back_and_reaper_dead_letter_a_malformed_delivery_count(on, redis_s
     broker.delete(DLQ)
     bad = broker.xadd(STREAM, {"p": raw_message("tests.add", [1, 2], task_id="b3"), "dc": b"x1"})
     broker.xreadgroup("fastq", "c2", {STREAM: ">"})
-    requeued, buried = app.broker.reap("default", "reaper", 0, 5, 1000)
+    _, buried = app.broker.reap("default", "reaper", 0, 5, 1000)
     assert buried == 1 and dead_letters(broker)[0]["reason"] == b"malformed"
     assert broker.xrange(STREAM, bad, bad) == []
 
@@ -183,3 +183,75 @@ def test_fair_promote_dead_letters_a_garbage_member(redis_server):
     reasons = [f[b"reason"] for _, f in broker.xrange("fastq:{fair}:dlq")]
     assert reasons == [b"malformed", b"malformed"]
     assert broker.xlen("fastq:{fair}:s") == 1
+
+
+# --- 4. the eviction policy ---------------------------------------------------------------------
+
+
+def test_a_worker_refuses_an_evicting_redis_unless_allowed(worker, redis_server):
+    # Given a Redis that evicts any key when full (queued tasks included)
+    server = redis_server("--maxmemory", "20mb", "--maxmemory-policy", "allkeys-lru")
+    # When a worker starts on it, then it refuses in one line naming the fix and the override
+    w = worker("-P", "solo", broker=server.url, wait=False)
+    assert w.proc.wait(30) != 0
+    log = w.log()
+    assert "maxmemory-policy allkeys-lru" in log and "--allow-eviction" in log and "noeviction" in log, log
+    assert "Traceback" not in log
+    # And with --allow-eviction it starts, and says so loudly
+    w = worker("-P", "solo", "--allow-eviction", broker=server.url)
+    assert "deletes queued tasks" in w.log()
+
+
+def test_a_worker_warns_about_volatile_eviction_and_rechecks_after_a_reconnect(on, worker, redis_server):
+    # Given a worker on a Redis that evicts only keys with a TTL: it warns and runs
+    server = redis_server("--maxmemory", "50mb", "--maxmemory-policy", "volatile-lru")
+    admin = redis.Redis(port=server.port)
+    w = worker("-P", "solo", broker=server.url)
+    assert "maxmemory-policy volatile-lru" in w.log()
+    # When the policy changes to allkeys-lru and the worker's connections are cut
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    # Then after reconnecting it says so (it keeps running: stopping would not save the queue)
+    wait_for(lambda: "maxmemory-policy allkeys-lru" in w.log(), 30, message="the warning after reconnecting")
+    assert on(server.url).tasks["tests.add"].delay(2, 3).get(timeout=30) == 5
+
+
+# --- 8. memory and authentication errors are fastq's, in one line --------------------------------
+
+
+def test_out_of_memory_reaches_producers_as_broker_error_and_workers_wait_for_memory(on, worker, redis_server):
+    from fastq.exceptions import BrokerError, BrokerOutOfMemory
+
+    # Given a Redis with no memory left (noeviction) and no queue yet
+    server = redis_server("--maxmemory-policy", "noeviction")
+    admin = redis.Redis(port=server.port)
+    admin.config_set("maxmemory", "1")
+    app = on(server.url)
+    # When a producer sends, then it gets fastq's BrokerError saying what happened
+    with pytest.raises(BrokerOutOfMemory, match="out of memory") as info:
+        app.tasks["tests.add"].delay(1, 1)
+    assert isinstance(info.value, BrokerError)
+    # When a worker starts, then it cannot create its consumer groups and retries, one line each
+    w = worker("-P", "solo", broker=server.url, wait=False)
+    wait_for(lambda: w.log().count("out of memory") >= 2, 30, message="the worker to retry")
+    assert w.proc.poll() is None and "Traceback" not in w.log()
+    # And once memory is there it starts and runs tasks
+    admin.config_set("maxmemory", "0")
+    w.wait_ready(admin)
+    assert app.tasks["tests.add"].delay(2, 2).get(timeout=30) == 4
+
+
+def test_a_wrong_password_is_an_authentication_failure(on, worker, redis_server):
+    from fastq.exceptions import BrokerAuthError
+
+    server = redis_server("--requirepass", "right-pw")
+    url = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
+    # A producer gets fastq's error at once, not retries as if Redis were down
+    with pytest.raises(BrokerAuthError, match="refused the credentials"):
+        FastQ("client", broker=url).send_task("tests.add", args=(1, 1))
+    # A worker exits with one line saying so (and never the password)
+    w = worker("-P", "solo", broker=url, wait=False)
+    assert w.proc.wait(30) != 0
+    log = w.log()
+    assert "refused the credentials (authentication failed" in log, log
+    assert "Traceback" not in log and "wrong-pw" not in log and "Cannot connect" not in log

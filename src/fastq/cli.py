@@ -149,19 +149,24 @@ def _weights(value: str | None) -> dict[str, int]:
               help="Soft time limit in seconds: SoftTimeLimitExceeded is raised in the task.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a pool process after this many tasks.")
 @click.option("--autoscale", help="MAX,MIN: grow toward MAX processes while messages wait, shrink to MIN when idle.")
+@click.option("--allow-eviction", is_flag=True,
+              help="Start even if Redis's maxmemory-policy may evict queued tasks (allkeys-*); not advised.")
 @click.option("--max-memory-per-child", type=click.IntRange(min=1),
               help="Replace a pool process once its resident memory passes this many KiB.")
 @click.pass_obj
 def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel, log_format, hostname, prefetch,
            lease_timeout, max_deliveries, ack_flush_interval, with_beat=False, metrics_port=None,
            metrics_address="127.0.0.1", without_events=False, time_limit=None, soft_time_limit=None,
-           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None) -> None:
+           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None,
+           allow_eviction=False) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
     app = state.app()
     _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child)
     if without_events:
         app.conf.worker_send_task_events = False
+    if allow_eviction:
+        app.conf.worker_allow_eviction = True
     if metrics_port:
         app.conf.worker_metrics_port = metrics_port
         app.conf.worker_metrics_address = metrics_address
@@ -188,6 +193,8 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
         code = w.start()
     except ValueError as exc:  # e.g. the name is taken by a live worker
         raise click.UsageError(str(exc)) from None
+    except FastQError as exc:  # refused credentials, an evicting Redis: one line, no traceback
+        raise click.ClickException(str(exc)) from None
     finally:
         if beat_service is not None:
             beat_service.stop()

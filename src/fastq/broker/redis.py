@@ -18,12 +18,18 @@ import threading
 import time
 from collections.abc import Iterator
 
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    OutOfMemoryError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
-from ..exceptions import BrokerError, ImproperlyConfigured
+from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import make_client, parse_url, safe_url
@@ -32,9 +38,28 @@ from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
+#: Refused credentials: ConnectionError subclasses in redis-py, but no outage (not retried).
+AUTH_ERRORS = (AuthenticationError, AuthorizationError)
+
 #: Errors that mean "Redis could not be reached"; worth retrying.
 #: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
+
+
+def is_oom(reply) -> bool:
+    """Is this reply Redis refusing a write for memory (maxmemory, noeviction)?"""
+    # redis-py turns "-OOM ..." into OutOfMemoryError and drops the prefix
+    return isinstance(reply, OutOfMemoryError) or (isinstance(reply, ResponseError) and str(reply).startswith("OOM"))
+
+
+def auth_failed(url: str, exc: BaseException) -> BrokerAuthError:
+    return BrokerAuthError(f"Redis at {safe_url(url)} refused the credentials (authentication failed: {exc}); "
+                           "check the user and password in the broker URL")
+
+
+def out_of_memory(url: str, exc: BaseException) -> BrokerOutOfMemory:
+    return BrokerOutOfMemory(f"Redis at {safe_url(url)} is out of memory and refused the write ({exc}); "
+                             "nothing was written: free memory or raise maxmemory, then retry")
 
 
 class RedisBroker:
@@ -120,6 +145,8 @@ class RedisBroker:
             try:
                 yield
                 return
+            except AUTH_ERRORS as exc:
+                raise auth_failed(self.url, exc) from exc
             except CONNECTION_ERRORS as exc:
                 if attempt == self.retries:
                     raise BrokerError(f"Redis at {safe_url(self.url)} is unreachable: {exc}") from exc
@@ -149,6 +176,9 @@ class RedisBroker:
             try:
                 ch.send(b"".join([commands[i] for i in todo]))
                 got = ch.read_many(len(todo))
+            except AUTH_ERRORS as exc:
+                self._drop_channel(ch)
+                raise auth_failed(self.url, exc) from exc
             except CONNECTION_ERRORS as exc:
                 self._drop_channel(ch)
                 if attempt >= self.retries:
@@ -176,6 +206,8 @@ class RedisBroker:
         if error is not None:
             if is_redirect(error):
                 raise BrokerError(f"Redis at {safe_url(self.url)} kept refusing writes: {error}")
+            if is_oom(error):
+                raise out_of_memory(self.url, error) from error
             raise error
         if confirm and self.wait_replicas:
             self._wait_for_replicas(commands)
@@ -348,9 +380,22 @@ class RedisBroker:
         for key in qk.fetch_order:
             pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
         pipe.sadd(self.keys.queues_set, logical_queue(name))
-        for r in pipe.execute(raise_on_error=False):
-            if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
+        replies = pipe.execute(raise_on_error=False)
+        for key, r in zip(qk.fetch_order, replies):
+            if is_oom(r):
+                # Under maxmemory even an existing group's XGROUP CREATE is refused:
+                # only a group that is really missing is an error (BrokerOutOfMemory,
+                # which the worker's start-up retries).
+                try:
+                    groups = c.xinfo_groups(key)
+                except ResponseError:  # no such stream
+                    groups = []
+                if not any(g["name"] == GROUP.encode() for g in groups):
+                    raise out_of_memory(self.url, r)
+            elif isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
                 raise r
+        if isinstance(replies[-1], ResponseError) and not is_oom(replies[-1]):  # the registry may wait for memory
+            raise replies[-1]
         return qk
 
     def known_queues(self) -> list[str]:

@@ -30,6 +30,7 @@ from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
 from ..broker.keys import GROUP, logical_queue
+from ..broker.memory import check_memory_policy
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
@@ -355,6 +356,7 @@ class Consumer:
                     if self._warned:
                         log.warning("Reconnected to Redis at %s", safe_url(self.broker.url))
                         self._warned = False
+                        check_memory_policy(self.broker, refuse=False)  # a failover may bring another policy
                     backoff = 0.1
                 self._loop(recovered)
                 return
