@@ -255,3 +255,41 @@ def test_a_wrong_password_is_an_authentication_failure(on, worker, redis_server)
     log = w.log()
     assert "refused the credentials (authentication failed" in log, log
     assert "Traceback" not in log and "wrong-pw" not in log and "Cannot connect" not in log
+
+
+# --- 5. a result Redis refuses is never acknowledged without it ---------------------------------
+
+
+def _unacked_ids(client) -> set[str]:
+    """Task ids of the messages still in the queue's streams (not acknowledged: acks delete)."""
+    ids = set()
+    for stream in (STREAM, f"{BASE}:ret"):
+        for _, fields in client.xrange(stream):
+            ids.add(msgspec.msgpack.decode(fields[b"p"])[0])
+    return ids
+
+
+@pytest.mark.parametrize("pool", [("-P", "solo"), ("-P", "process", "-c", "2"), ("-P", "asyncio", "-c", "4")])
+@pytest.mark.timeout(240)
+def test_results_refused_for_memory_are_never_acknowledged_without_them(on, worker, redis_server, pool):
+    # Given 120 tasks with 400 KB results queued on a Redis of 30 MB (noeviction)
+    server = redis_server("--maxmemory", "30mb", "--maxmemory-policy", "noeviction")
+    admin = redis.Redis(port=server.port)
+    app = on(server.url)
+    big = app.tasks["tests.big_result"]
+    results = [big.delay(400_000) for _ in range(120)]
+    # When a worker runs them and Redis fills up
+    w = worker(*pool, broker=server.url)
+    wait_for(lambda: "out of memory" in w.log(), 120, 0.2, "Redis to refuse results")
+    # Then every acknowledged task has its result; the others are still in flight
+    for _ in range(3):
+        unacked = _unacked_ids(admin)  # read first: a task acked after this has its result already
+        stored = {r.id for r in results if admin.exists(f"fastq:r:{r.id}")}
+        acked = {r.id for r in results} - unacked
+        assert acked <= stored, f"{len(acked - stored)} task(s) acknowledged without a result"
+        assert unacked, "Redis never ran out of memory"
+    assert "Traceback" not in w.log()
+    # And once memory is freed, every task finishes with its result; get() returns it
+    admin.config_set("maxmemory", "0")
+    assert all(len(r.get(timeout=120)) == 400_000 for r in results)
+    wait_for(lambda: not _unacked_ids(admin), 30, message="every message acknowledged")

@@ -128,3 +128,9 @@ def record_order(self, seq):
     """Append ``seq`` to the ledger list of the (physical) queue it came from: order per shard."""
     ledger().rpush(f"order:{self.request.queue}", seq)
     ledger().hincrby("runs", seq, 1)
+
+
+@app.task(name="tests.big_result")
+def big_result(size):
+    """A result of ``size`` bytes (memory-pressure tests)."""
+    return "x" * size

@@ -52,6 +52,29 @@ def is_oom(reply) -> bool:
     return isinstance(reply, OutOfMemoryError) or (isinstance(reply, ResponseError) and str(reply).startswith("OOM"))
 
 
+_MULTI, _EXEC = pack_command((b"MULTI",)), pack_command((b"EXEC",))
+
+
+def transaction(parts: list[bytes], replies: int) -> tuple[bytes, int]:
+    """Packed commands wrapped in MULTI/EXEC, and the replies that makes. A worker
+    sends a task's result and its ack this way: Redis refuses the result for
+    memory (OOM) when it is queued, and then runs none of it (EXECABORT), so an
+    ack never lands without its result however memory moves in between."""
+    return b"".join((_MULTI, *parts, _EXEC)), replies + 2
+
+
+def transaction_replies(replies: list) -> list:
+    """The replies of a ``transaction``, flattened: refusals at queue time and
+    EXECABORT, or, when it ran, each command's reply."""
+    out = [r for r in replies[:-1] if isinstance(r, ResponseError)]
+    last = replies[-1] if replies else None
+    if isinstance(last, list):
+        out.extend(last)
+    elif last is not None:
+        out.append(last)
+    return out
+
+
 def auth_failed(url: str, exc: BaseException) -> BrokerAuthError:
     return BrokerAuthError(f"Redis at {safe_url(url)} refused the credentials (authentication failed: {exc}); "
                            "check the user and password in the broker URL")
