@@ -618,10 +618,13 @@ def control_rate_limit(state: _AppState, task_name: str, rate: str) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--basic-auth", envvar="FASTQ_DASHBOARD_BASIC_AUTH",
               help="user:password required for every page and API call (or FASTQ_DASHBOARD_BASIC_AUTH).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A Host name the dashboard answers to besides localhost and --address (repeatable; '*': any).")
 @click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
               case_sensitive=False), default="WARNING", show_default=True)
 @click.pass_obj
-def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
+def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None, loglevel: str,
+              allow_hosts: tuple[str, ...] = ()) -> None:
     """Serve the web dashboard (needs fastq[dashboard])."""
     _setup_logging(loglevel)
     if basic_auth is not None and ":" not in basic_auth:
@@ -631,7 +634,7 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
         from .dashboard import serve
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
-    serve(app, address=address, port=port, basic_auth=basic_auth)
+    serve(app, address=address, port=port, basic_auth=basic_auth, allowed_hosts=allow_hosts)
 
 
 def _register_bench() -> None:
