@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from . import routing
 from ._speedups import current_request, new_task_id
+from .broker.due import Countdown
 from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
@@ -318,7 +319,7 @@ class FastQ:
             list(args) if args else [],
             kwargs if kwargs else {},
             retries,
-            due,
+            None if due is None else float(due),
             expires,
             priority,
             parent_id,
@@ -417,14 +418,16 @@ def _due_time(eta, countdown, t: float) -> float | None:
             raise TypeError(f"countdown must be a number of seconds, not {type(countdown).__name__}")
         if not math.isfinite(countdown):
             raise ValueError(f"countdown must be a finite number of seconds, not {countdown!r}")
-        return t + countdown if countdown > 0 else None
+        # A delay: Redis adds it to its own clock (broker/due.py), whatever this host's says.
+        return Countdown(t, countdown) if countdown > 0 else None
     if eta is None:
         return None
     if isinstance(eta, dt.datetime):
         if eta.tzinfo is None:  # naive datetimes are UTC
             eta = eta.replace(tzinfo=dt.timezone.utc)
-        when = eta.timestamp()
-        return when if when > t else None
+        # An absolute time, compared with Redis's clock when promoted: one that this
+        # host thinks is past may not be on Redis's clock (a past one runs at once).
+        return eta.timestamp()
     raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 import random
 import threading
@@ -33,6 +32,7 @@ from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, Improp
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import make_client, parse_url, safe_url
+from .due import delay_command
 from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
@@ -324,8 +324,7 @@ class RedisBroker:
         qk = self._send_keys(queue)
         if due is None:
             return pack_command((b"XADD", qk.streams[priority], b"*", field, payload))
-        member = field + b"%d" % priority + payload
-        return pack_command((b"ZADD", qk.delayed, math.ceil(due * 1000), member))
+        return delay_command(qk.delayed, [(due, field + b"%d" % priority + payload)])
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""
@@ -359,7 +358,7 @@ class RedisBroker:
         self.execute_packed(self.publish_many_commands(batch, field), confirm=True)
 
     def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
-        """One publish_many.lua call per stream, one multi-member ZADD per delayed set."""
+        """One publish_many.lua call per stream, one delay.lua call per delayed set."""
         ready: dict[str, list] = {}
         delayed: dict[str, list] = {}
         fair = self.fair
@@ -372,12 +371,10 @@ class RedisBroker:
             if due is None:
                 ready.setdefault(qk.streams[priority], []).append(payload)
             else:
-                zset = delayed.setdefault(qk.delayed, [])
-                zset.append(math.ceil(due * 1000))
-                zset.append(field + b"%d" % priority + payload)
+                delayed.setdefault(qk.delayed, []).append((due, field + b"%d" % priority + payload))
         sha = SCRIPTS.publish_many.sha_bytes
         cmds = [pack_command((b"EVALSHA", sha, 1, stream, field, *payloads)) for stream, payloads in ready.items()]
-        cmds.extend(pack_command((b"ZADD", key, *members)) for key, members in delayed.items())
+        cmds.extend(delay_command(key, items) for key, items in delayed.items())
         if gated:
             from ..fairness import publish_commands
 

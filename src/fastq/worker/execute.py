@@ -9,13 +9,13 @@ Redis to the consumer's ``Output``; nothing here raises because of a message.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import msgspec
 
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
+from ..broker.due import Countdown, due_arg
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
@@ -300,7 +300,7 @@ class Executor:
             self._retry(task, d, msg, exc.exc, exc.when, out)
             return
         if task.should_autoretry(exc) and (task.max_retries is None or msg.retries < task.max_retries):
-            self._retry(task, d, msg, exc, time.time() + task._autoretry_delay(msg.retries), out)
+            self._retry(task, d, msg, exc, Countdown(time.time(), task._autoretry_delay(msg.retries)), out)
             return
         if isinstance(exc, Reject):
             log.warning("Task %s[%s] rejected: %s", msg.task, msg.id, exc.reason)
@@ -336,21 +336,23 @@ class Executor:
         if signals.task_retry:
             signals.task_retry.send(sender=task, request=current_request.get(), reason=exc,
                                     einfo=format_exception(exc) if exc is not None else None)
-        nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=when)
+        eta = None if when is None else float(when)  # the wire format takes plain floats
+        nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=eta)
         payload = self.app.serializer.encode(nxt)
         field = self.app.serializer.field
         qk = self.keys.queue(self.queue_of[d.stream])
-        target = qk.streams[msg.priority if 0 <= msg.priority <= 9 else 0]
+        prio = msg.priority if 0 <= msg.priority <= 9 else 0
+        target = qk.streams[prio]
         delay = (when - time.time()) if when else 0.0
-        if delay > 0:
-            due, arg5, arg6 = math.ceil(when * 1000), field + b"%d" % msg.priority + payload, b""
+        if delay > 0 or (when and not isinstance(when, Countdown)):  # an absolute eta: Redis's clock decides
+            due, arg5, arg6 = due_arg(when), field + b"%d" % prio + payload, b""
         else:
-            due, arg5, arg6 = 0, field, payload
+            due, arg5, arg6 = b"0", field, payload
         tb = format_exception(exc) if exc is not None else None
-        self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": when}))
+        self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": eta}))
         out.add_command(self._retry_command(qk, d, target, due, arg5, arg6), 1)
         if self.events:
-            out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": when})
+            out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": eta})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.RETRY})
 
@@ -359,10 +361,10 @@ class Executor:
         move, retry.lua), so nothing here blocks or spins."""
         qk = self.keys.queue(self.queue_of[d.stream])
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
-        due = math.ceil((time.time() + wait) * 1000)
+        due = due_arg(Countdown(time.time(), wait))
         out.add_command(self._retry_command(qk, d, qk.streams[prio], due, d.field + b"%d" % prio + d.payload, b""), 1)
 
-    def _retry_command(self, qk, d, target: str, due: int, arg5: bytes, arg6: bytes) -> bytes:
+    def _retry_command(self, qk, d, target: str, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
         """retry.lua (on a fair queue the message keeps its group)."""
         return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
                              GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))

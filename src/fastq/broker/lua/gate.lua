@@ -66,6 +66,18 @@ local function g_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A due time as the scripts that file delayed messages take it: '+<ms>' is that
+-- long after now on this server's clock (a countdown: producers' and workers'
+-- clocks never count), '<ms>' an absolute epoch time (an ETA), '0' now.
+local G_time_ms
+local function g_due(spec)
+  if string.sub(spec, 1, 1) == '+' then
+    if not G_time_ms then G_time_ms = g_now() end
+    return G_time_ms + tonumber(string.sub(spec, 2))
+  end
+  return tonumber(spec)
+end
+
 -- The group of a stream entry's fields (payload first, then name/value pairs), or nil.
 local function g_field(f)
   for j = 3, #f, 2 do
