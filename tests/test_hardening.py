@@ -7,6 +7,8 @@ its reason.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 import redis
@@ -293,3 +295,73 @@ def test_results_refused_for_memory_are_never_acknowledged_without_them(on, work
     admin.config_set("maxmemory", "0")
     assert all(len(r.get(timeout=120)) == 400_000 for r in results)
     wait_for(lambda: not _unacked_ids(admin), 30, message="every message acknowledged")
+
+
+# --- 7. due times on Redis's clock --------------------------------------------------------------
+
+_PRODUCER = """
+import datetime as dt, json, sys, time
+import redis
+from tests.apps import basic
+url = sys.argv[1]
+app = basic.app
+app.conf.broker_url = url
+app._reset()
+client = redis.Redis.from_url(url)
+def redis_now():
+    secs, usecs = client.time()
+    return secs + usecs / 1e6
+stamp = app.tasks["tests.stamp_time"]
+sent = redis_now()
+stamp.apply_async(("clock", "countdown"), countdown=5)
+eta = redis_now() + 5
+stamp.apply_async(("clock", "eta"), eta=dt.datetime.fromtimestamp(eta, dt.timezone.utc))
+print(json.dumps({"countdown": sent + 5, "eta": eta, "skew": time.time() - redis_now()}))
+"""
+
+
+def _clock_off_by(offset: str) -> dict:
+    """Environment setting a process's clock off by ``offset`` (libfaketime; tests/test_control.py)."""
+    import glob
+
+    libs = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    assert libs, "libfaketime is missing: apt-get install faketime (.ci/deps.sh does)"
+    return {"LD_PRELOAD": libs[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+@pytest.mark.parametrize("offset", ["-60s", "+20s"])
+def test_countdowns_and_etas_are_due_on_redis_clock_whatever_the_producers(ledger, worker, redis_server, offset):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    # Given a worker, and a producer whose clock is off
+    server = redis_server()
+    worker("-P", "solo", broker=server.url)
+    env = {**os.environ, **_clock_off_by(offset)}
+    # When it sends a task with countdown=5 and one with an eta 5 s ahead (on Redis's clock)
+    out = subprocess.run([sys.executable, "-c", _PRODUCER, server.url], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    due = json.loads(out)
+    assert abs(due["skew"] - int(offset[:-1])) < 5, due  # its clock really is off
+    # Then each runs at its due time on Redis's clock: not early, and not 20 s late
+    wait_for(lambda: ledger.hlen("clock") == 2, 40, 0.1, "both tasks to run")
+    ran = {k.decode(): float(v) for k, v in ledger.hgetall("clock").items()}
+    for kind in ("countdown", "eta"):
+        late = ran[kind] - due[kind]
+        assert -0.5 <= late <= 3.0, f"{kind} ran {late:+.2f}s from its due time (producer clock {offset})"
+
+
+def test_a_retry_countdown_is_due_on_redis_clock_whatever_the_workers(on, ledger, worker, redis_server):
+    # Given a worker whose clock is 20 s ahead
+    server = redis_server()
+    app = on(server.url)
+    worker("-P", "solo", broker=server.url, env=_clock_off_by("+20s"))
+    # When a task fails once and retries with countdown=0.2
+    t0 = time.monotonic()
+    assert app.tasks["tests.flaky"].delay("flaky", 1).get(timeout=60) == 2
+    # Then the retry ran 0.2 s later on Redis's clock, not 20 s later
+    assert time.monotonic() - t0 < 10
