@@ -113,14 +113,15 @@ def test_entries_with_a_malformed_delivery_count_are_dead_lettered(on, ledger, w
     bad = {"abc": b"abc", "huge": b"99999999999999999999999", "neg": b"-1"}
     for name, dc in bad.items():
         broker.xadd(STREAM, {"p": raw_message("tests.record", ["bad", name], task_id=name), "dc": dc})
+    broker.xadd(STREAM, {"dc": b"3"})  # no payload field at all
     w = worker(*pool, broker=server.url)
     # When 50 good tasks follow, then they all run
     all_ran(ledger, "fields", send_good(app, "fields"))
     # ... and each bad entry is dead-lettered, saying what was wrong
-    wait_for(lambda: broker.xlen(DLQ) == 3, 30, message="3 dead letters")
+    wait_for(lambda: broker.xlen(DLQ) == 4, 30, message="4 dead letters")
     dls = dead_letters(broker)
-    assert {d["reason"] for d in dls} == {b"malformed"}
-    assert all(b"delivery count field dc=" in d["error"] for d in dls), dls
+    assert sorted(d["reason"] for d in dls) == [b"malformed"] * 3 + [b"undecodable"]
+    assert all(b"delivery count field dc=" in d["error"] for d in dls if d["reason"] == b"malformed"), dls
     assert ledger.hlen("bad") == 0
     assert "Consumer error" not in w.log()
 
@@ -146,6 +147,28 @@ def test_hand_back_and_reaper_dead_letter_a_malformed_delivery_count(on, redis_s
     _, buried = app.broker.reap("default", "reaper", 0, 5, 1000)
     assert buried == 1 and dead_letters(broker)[0]["reason"] == b"malformed"
     assert broker.xrange(STREAM, bad, bad) == []
+
+
+def test_warm_shutdown_hands_back_around_a_malformed_entry(on, ledger, worker, redis_server):
+    # Given a worker running a slow task with a malformed entry and good ones prefetched behind it
+    server = redis_server()
+    broker = redis.Redis(port=server.port)
+    app = on(server.url)
+    app.tasks["tests.record"].delay("warm", "slow", 3.0)
+    broker.xadd(STREAM, {"p": raw_message("tests.record", ["bad", "x"]), "dc": b"abc"})
+    good = [app.tasks["tests.record"].delay("warm", str(i)).id for i in range(5)]
+    w = worker("-P", "solo", broker=server.url)
+    time.sleep(1.0)  # into the 3 s task (if it has not started yet, it is handed back too: same outcome)
+    # When it is told to stop, then the hand-back (release.lua) dead-letters the bad entry
+    # instead of failing, hands back the rest, and the worker exits cleanly
+    w.signal(15)
+    assert w.proc.wait(30) == 0
+    assert "attempt to compare" not in w.log() and "Traceback" not in w.log()
+    assert [d["reason"] for d in dead_letters(broker)] == [b"malformed"]
+    # And another worker runs the handed-back good tasks
+    worker("-P", "solo", broker=server.url)
+    wait_for(lambda: ledger.hlen("warm") == 6, 30, message="the good tasks")
+    assert len(good) == 5
 
 
 # --- 3. a garbage member in the delayed set ---------------------------------------------------
@@ -365,3 +388,22 @@ def test_a_retry_countdown_is_due_on_redis_clock_whatever_the_workers(on, ledger
     assert app.tasks["tests.flaky"].delay("flaky", 1).get(timeout=60) == 2
     # Then the retry ran 0.2 s later on Redis's clock, not 20 s later
     assert time.monotonic() - t0 < 10
+
+
+# --- 8. stored exceptions are rebuilt only as Exception subclasses -------------------------------
+
+
+@pytest.mark.parametrize("exc_type", ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"])
+def test_a_planted_base_exception_result_comes_back_as_task_error(app, r, exc_type):
+    from fastq.exceptions import TaskError
+    from fastq.messages import ResultMeta, encode_result
+
+    r.rpush("fastq:r:planted", encode_result(ResultMeta("FAILURE", None, exc_type, "builtins", "bye")))
+    res = app.AsyncResult("planted")
+    with pytest.raises(TaskError, match=exc_type) as info:
+        res.get(timeout=5)
+    assert info.value.exc_type == exc_type
+    # and a result fastq cannot read at all is a clear failure, not a decoder's exception
+    r.rpush("fastq:r:garbage", b"\xc1 not msgpack")
+    with pytest.raises(ValueError, match="stored result cannot be read"):
+        app.AsyncResult("garbage").get(timeout=5)

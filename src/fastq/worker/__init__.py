@@ -109,7 +109,12 @@ class Worker:
         raw, ttl_ms = pipe.execute()
         if raw is None:
             return
-        info = json.loads(raw)
+        try:
+            info = json.loads(raw)
+        except ValueError:  # not a heartbeat fastq wrote: nobody live holds the name
+            return
+        if not isinstance(info, dict):
+            return
         if ("instance" in info and info["instance"] == instance_id()) or \
                 ("instance" not in info and info.get("pid") == os.getpid()):  # this very process
             return
