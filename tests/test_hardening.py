@@ -143,10 +143,13 @@ def test_hand_back_and_reaper_dead_letter_a_malformed_delivery_count(on, redis_s
     # And when the reaper finds one held by a dead consumer, the same
     broker.delete(DLQ)
     bad = broker.xadd(STREAM, {"p": raw_message("tests.add", [1, 2], task_id="b3"), "dc": b"x1"})
+    # (and one whose "came from" field names a key outside the queue: it goes back to its own stream)
+    elsewhere = broker.xadd(STREAM, {"p": raw_message("tests.add", [1, 2], task_id="b4"), "src": "fastq:other"})
     broker.xreadgroup("fastq", "c2", {STREAM: ">"})
-    _, buried = app.broker.reap("default", "reaper", 0, 5, 1000)
-    assert buried == 1 and dead_letters(broker)[0]["reason"] == b"malformed"
-    assert broker.xrange(STREAM, bad, bad) == []
+    requeued, buried = app.broker.reap("default", "reaper", 0, 5, 1000)
+    assert (requeued, buried) == (1, 1) and dead_letters(broker)[0]["reason"] == b"malformed"
+    assert broker.xrange(STREAM, bad, bad) == [] and broker.xrange(STREAM, elsewhere, elsewhere) == []
+    assert not broker.exists("fastq:other") and broker.xlen(STREAM) == 1
 
 
 def test_warm_shutdown_hands_back_around_a_malformed_entry(on, ledger, worker, redis_server):
@@ -280,6 +283,15 @@ def test_a_wrong_password_is_an_authentication_failure(on, worker, redis_server)
     log = w.log()
     assert "refused the credentials (authentication failed" in log, log
     assert "Traceback" not in log and "wrong-pw" not in log and "Cannot connect" not in log
+    # And any other command says so in one line
+    import subprocess
+
+    from conftest import ROOT, fastq_command
+
+    cli = subprocess.run([*fastq_command(), "-A", "tests.apps.basic:app", "-b", url, "queues"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode != 0 and "refused the credentials" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr and "wrong-pw" not in cli.stderr
 
 
 # --- 5. a result Redis refuses is never acknowledged without it ---------------------------------

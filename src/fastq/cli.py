@@ -84,7 +84,27 @@ def _version(ctx: click.Context, param: Any, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Redis refusing the credentials or a write for memory is one line in every
+    command, not a traceback (the worker says more: fastq.worker)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from redis.exceptions import OutOfMemoryError
+
+        from .broker.redis import AUTH_ERRORS
+
+        try:
+            return super().invoke(ctx)
+        except AUTH_ERRORS as exc:
+            raise click.ClickException(f"Redis refused the credentials (authentication failed: {exc}); "
+                                       "check the user and password in the broker URL") from None
+        except OutOfMemoryError as exc:
+            raise click.ClickException(f"Redis is out of memory and refused a write ({exc})") from None
+        except FastQError as exc:  # BrokerError and friends: already one clear line
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Print the version and which core is in use.")
 @click.option("-A", "--app", "app_spec", help="The app: module:attribute, or a module with an `app`.")
