@@ -101,6 +101,23 @@ def test_a_message_with_a_bad_option_is_dead_lettered(on, ledger, worker, redis_
         app.AsyncResult("planted").get(timeout=30)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_message_the_worker_itself_fails_on_is_dead_lettered(on, ledger, worker, redis_server, pool):
+    # Given a message whose workflow options are not what fastq writes (link is a number)
+    server = redis_server()
+    broker = redis.Redis(port=server.port)
+    app = on(server.url)
+    broker.xadd(STREAM, {"p": raw_message("tests.record_result", ["bad", "x"], {"link": 5})})
+    w = worker(*pool, broker=server.url)
+    # When 50 good tasks follow, then they all run
+    all_ran(ledger, "crash", send_good(app, "crash"))
+    # ... and the message is dead-lettered with what went wrong; the consumer loop never saw it
+    wait_for(lambda: broker.xlen(DLQ) == 1, 30, message="the dead letter")
+    (dl,) = dead_letters(broker)
+    assert dl["reason"] == b"worker_error" and b"TypeError" in dl["error"], dl
+    assert "Consumer error" not in w.log()
+
+
 # --- 2. malformed stream fields ---------------------------------------------------------------
 
 
