@@ -68,13 +68,12 @@ def mon(redis_url):
     return monitoring.app
 
 
-@pytest.fixture
-def dashboard(redis_url):
+def start_dashboard(redis_url: str, *args: str) -> Dashboard:
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="fastq-dashboard-", suffix=".log")[1])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*fastq_command(), "-A", APP, "dashboard", "--port", str(port), "--basic-auth", ":".join(AUTH)],
+            [*fastq_command(), "-A", APP, "dashboard", "--port", str(port), *args],
             cwd=ROOT, env={**os.environ, "FASTQ_BROKER_URL": redis_url}, stdout=log, stderr=subprocess.STDOUT,
         )
     d = Dashboard(f"http://127.0.0.1:{port}", proc, log_path)
@@ -88,12 +87,46 @@ def dashboard(redis_url):
             return False
 
     wait_for(up, 30, 0.1, message="the dashboard")
-    yield d
-    proc.terminate()
+    return d
+
+
+def stop_dashboard(d: Dashboard) -> None:
+    d.proc.terminate()
     try:
-        proc.wait(10)
+        d.proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        d.proc.kill()
+
+
+@pytest.fixture
+def dashboard(redis_url):
+    d = start_dashboard(redis_url, "--basic-auth", ":".join(AUTH))
+    yield d
+    stop_dashboard(d)
+
+
+@pytest.mark.parametrize("auth", [None, AUTH])
+def test_only_the_dashboards_own_host_names_are_answered(mon, redis_url, auth):
+    # Given a dashboard on 127.0.0.1 (with or without basic auth) and one more name allowed
+    args = ["--allow-host", "dash.example"] + (["--basic-auth", ":".join(auth)] if auth else [])
+    d = start_dashboard(redis_url, *args)
+    try:
+        port = d.base.rsplit(":", 1)[1]
+        r = mon.tasks["mon.add"].delay(1, 2)
+        # When a page of another site reaches it (DNS rebinding: its name now points here)
+        evil = {"Host": f"evil.example:{port}"}
+        # Then nothing is answered: no CSRF token, no task arguments, no retry
+        for path, method in (("/api/csrf", "GET"), (f"/api/tasks/{r.id}", "GET"), ("/", "GET"),
+                             (f"/api/tasks/{r.id}/retry", "POST")):
+            status, body, _ = d.request(path, method=method, auth=auth, headers=evil)
+            assert status == 421 and b"token" not in body, (path, status, body)
+        assert d.request("/api/csrf", auth=auth, headers={})[0] == 200  # urllib sends Host: 127.0.0.1:port
+        # And its own names are: localhost, the bind address, IPv6 loopback and --allow-host
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "DASH.example", f"dash.example:{port}"):
+            status, body, _ = d.request("/api/csrf", auth=auth, headers={"Host": host})
+            assert status == 200 and b"token" in body, (host, status)
+    finally:
+        stop_dashboard(d)
 
 
 def test_api_auth_and_csrf(mon, worker, dashboard):

@@ -6,6 +6,7 @@ it matters (never early) and generous where a loaded machine may lag (late).
 """
 
 import datetime as dt
+import math
 import time
 
 import pytest
@@ -82,19 +83,21 @@ def test_eta_aware_in_any_zone_and_naive_as_utc(bapp, worker, r, ledger):
 
 def test_past_and_negative_delays_run_now_and_bad_eta_raises(bapp, r):
     stamp = bapp.tasks["beat.stamp"]
-    # A negative countdown and an eta in the past go straight to the stream
+    # A negative or zero countdown goes straight to the stream; an eta is an absolute
+    # time, filed as given (due at once on Redis's clock when it is past there)
     stamp.apply_async(("now", "neg"), countdown=-5)
     stamp.apply_async(("now", "zero"), countdown=0)
-    stamp.apply_async(("now", "past"), eta=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
-    assert r.zcard(DELAYED) == 0
-    assert r.xlen(STREAM) == 3
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    stamp.apply_async(("now", "past"), eta=past)
+    assert r.xlen(STREAM) == 2
+    assert r.zrange(DELAYED, 0, -1, withscores=True)[0][1] == math.ceil(past.timestamp() * 1000)
     # An eta that is not a datetime, or a countdown that is not a number, fails at the call
     for bad in ("2030-01-01T00:00:00", 1700000000, dt.date(2030, 1, 1)):
         with pytest.raises(TypeError, match="eta must be a datetime"):
             stamp.apply_async(("now", "x"), eta=bad)
     with pytest.raises(TypeError, match="countdown must be a number"):
         stamp.apply_async(("now", "x"), countdown="5")
-    assert r.xlen(STREAM) == 3
+    assert r.xlen(STREAM) == 2 and r.zcard(DELAYED) == 1
 
 
 def test_delayed_tasks_survive_a_worker_killed_and_restarted(bapp, worker, r, ledger):

@@ -467,11 +467,18 @@ def test_a_task_raising_anything_fails_and_the_worker_goes_on(app, worker, pool)
                ("tests.keyboard_interrupt", KeyboardInterrupt), ("extra.base_exception", BaseException)]
     # When tasks raise anything (even SystemExit or KeyboardInterrupt)
     sent = [(app.send_task(name), exc_type) for name, exc_type in raising]
-    # Then each task is a FAILURE carrying its exception
+    # Then each task is a FAILURE carrying its exception; one that is not an
+    # Exception comes back as a TaskError naming it (re-raising SystemExit or
+    # KeyboardInterrupt would end a caller that catches Exception)
     for res, exc_type in sent:
         exc = res.get(timeout=30, propagate=False)
         assert res.state == states.FAILURE
-        assert type(exc) is exc_type
+        if issubclass(exc_type, Exception):
+            assert type(exc) is exc_type
+        else:
+            assert isinstance(exc, TaskError) and exc.exc_type == exc_type.__name__, exc
+            with pytest.raises(TaskError, match=exc_type.__name__):
+                res.get(timeout=30)
         assert exc_type.__name__ in res.traceback
     # ... and the worker (and its pool children) go on
     assert app.tasks["tests.add"].delay(2, 2).get(timeout=30) == 4

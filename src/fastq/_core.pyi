@@ -25,7 +25,9 @@ class Delivery:
     payload: bytes
     dc: int
     message: Any
-    def __init__(self, stream: str, entry_id: bytes, field: bytes, payload: bytes, dc: int = 0) -> None: ...
+    error: str | None
+    def __init__(self, stream: str, entry_id: bytes, field: bytes, payload: bytes, dc: int = 0,
+                 error: str | None = None) -> None: ...
 
 class TokenBucket:
     rate: float

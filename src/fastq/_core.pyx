@@ -303,17 +303,23 @@ cdef class Delivery:
     cdef public bytes payload
     cdef public long dc
     cdef public object message
+    cdef public object error
 
-    def __init__(self, stream, entry_id, field, payload, dc=0):
+    def __init__(self, stream, entry_id, field, payload, dc=0, error=None):
         self.stream = stream
         self.entry_id = entry_id
         self.field = field
         self.payload = payload
         self.dc = dc
         self.message = None
+        self.error = error  # what is wrong with the entry's fields (it is dead-lettered), else None
 
     def __repr__(self):
         return f"<Delivery {self.stream} {self.entry_id!r} dc={self.dc}>"
+
+
+#: The longest delivery count field read (9 digits: well below any C long).
+MAX_DC_DIGITS = 9
 
 
 cdef Delivery _entry(object stream, list entry):
@@ -325,9 +331,17 @@ cdef Delivery _entry(object stream, list entry):
     cdef long dc = 0
     cdef Py_ssize_t n = len(f)
     cdef Py_ssize_t i = 2
+    cdef object v
+    if n < 2 or type(f[0]) is not bytes or type(f[1]) is not bytes:
+        return Delivery(stream, entry_id, b"", b"", 0, "the entry has no payload field")
     while i + 1 < n:
         if f[i] == b"dc":
-            dc = int(f[i + 1])
+            # Anything may write to a stream: a bad count must not stop the batch.
+            v = f[i + 1]
+            if type(v) is not bytes or not (<bytes>v).isdigit() or len(<bytes>v) > MAX_DC_DIGITS:
+                return Delivery(stream, entry_id, f[0], f[1], 0,
+                                f"delivery count field dc={v!r:.60} is not a whole number below 10**9")
+            dc = int(v)
         i += 2
     return Delivery(stream, entry_id, f[0], f[1], dc)
 
@@ -612,10 +626,8 @@ cdef class Runner:
         cdef set slow_streams = self.slow_streams
         cdef Py_ssize_t started = 0
         cdef double last_flush = _now()
-        cdef double now, t0, runtime
+        cdef double now
         cdef Delivery d
-        cdef object msg, task, decode, token, retval, blob
-        cdef bytes key
         cdef bint has_slot = self._slot is not None
         for d in deliveries:
             self.current = d  # before the check: a warm stop's early hand-back keeps it
@@ -624,53 +636,10 @@ cdef class Runner:
             started += 1
             if has_slot:
                 _mark(self._slot_view, d.entry_id)
-            msg = d.message
-            if PyBytes_GET_SIZE(d.payload) > self.max_size:
-                handler.too_large(d, out, self.max_size)
-                continue
-            if msg is None:
-                decode = decoders.get(d.field)
-                if decode is None:
-                    handler.undecodable(d, out, f"unknown payload field {d.field!r}")
-                    continue
-                try:
-                    msg = decode(d.payload)
-                except Exception as exc:
-                    handler.undecodable(d, out, str(exc))
-                    continue
-                d.message = msg
-            task = registry.get(msg.task)
-            if task is None:
-                handler.unknown_task(d, msg, out)
-                continue
-            if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
-                    or (slow_streams and d.stream in slow_streams)):
-                handler.execute(task, d, msg, out)
-            else:
-                token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
-                t0 = _now()
-                try:
-                    retval = task.run(*msg.args, **msg.kwargs)
-                except BaseException as exc:
-                    current_request.reset(token)
-                    handler.failed(task, d, msg, exc, _now() - t0, out)
-                    continue
-                runtime = _now() - t0
-                current_request.reset(token)
-                if not task.ignore_result:
-                    try:
-                        blob = self.encode_result(task, msg, retval, runtime)
-                    except Exception as exc:
-                        handler.result_not_serializable(task, d, msg, exc, runtime, out)
-                        continue
-                    key = self.result_prefix + PyUnicode_AsUTF8String(msg.id)
-                    out.add_result(pack_command((b"RPUSH", key, blob)), 1)
-                    out.add_result(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
-                out.ack(d.stream, d.entry_id)
-                if self.events:
-                    out.events.append(("task-succeeded", msg.id, msg.task, _time_time(), runtime, None))
-                if self.notify:
-                    handler.succeeded(task, d, msg, runtime)
+            try:
+                self._run_one(d, out, handler, registry, decoders, slow_streams)
+            except Exception as exc:  # one message must never stop the loop
+                handler.crashed(d, exc, out)  # dead-letters it (re-raises connection errors)
             if self.flush is not None:
                 now = _now()
                 if now - last_flush > self.flush_interval:
@@ -679,3 +648,59 @@ cdef class Runner:
         self.current = None
         self.processed += started
         return started
+
+    cdef _run_one(self, Delivery d, Output out, object handler, dict registry, dict decoders, set slow_streams):
+        cdef double t0, runtime
+        cdef object msg, task, decode, token, retval, blob
+        cdef bytes key
+        if d.error is not None:
+            handler.malformed(d, out, d.error)
+            return
+        msg = d.message
+        if PyBytes_GET_SIZE(d.payload) > self.max_size:
+            handler.too_large(d, out, self.max_size)
+            return
+        if msg is None:
+            decode = decoders.get(d.field)
+            if decode is None:
+                handler.undecodable(d, out, f"unknown payload field {d.field!r}")
+                return
+            try:
+                msg = decode(d.payload)
+            except Exception as exc:
+                handler.undecodable(d, out, str(exc))
+                return
+            d.message = msg
+        task = registry.get(msg.task)
+        if task is None:
+            handler.unknown_task(d, msg, out)
+            return
+        if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
+                or (slow_streams and d.stream in slow_streams)):
+            handler.execute(task, d, msg, out)
+        else:
+            token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+            t0 = _now()
+            try:
+                retval = task.run(*msg.args, **msg.kwargs)
+            except BaseException as exc:
+                current_request.reset(token)
+                handler.failed(task, d, msg, exc, _now() - t0, out)
+                return
+            runtime = _now() - t0
+            current_request.reset(token)
+            if not task.ignore_result:
+                try:
+                    blob = self.encode_result(task, msg, retval, runtime)
+                except Exception as exc:
+                    handler.result_not_serializable(task, d, msg, exc, runtime, out)
+                    return
+                key = self.result_prefix + PyUnicode_AsUTF8String(msg.id)
+                out.add_result(pack_command((b"RPUSH", key, blob)), 1)
+                out.add_result(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
+            out.ack(d.stream, d.entry_id)
+            if self.events:
+                out.events.append(("task-succeeded", msg.id, msg.task, _time_time(), runtime, None))
+            if self.notify:
+                handler.succeeded(task, d, msg, runtime)
+

@@ -128,30 +128,42 @@ def new_task_id() -> str:
 class Delivery:
     """One fetched stream entry: where it came from and its undecoded payload."""
 
-    __slots__ = ("dc", "entry_id", "field", "message", "payload", "stream")
+    __slots__ = ("dc", "entry_id", "error", "field", "message", "payload", "stream")
 
-    def __init__(self, stream, entry_id, field, payload, dc=0):
+    def __init__(self, stream, entry_id, field, payload, dc=0, error=None):
         self.stream = stream  #: stream key (str)
         self.entry_id = entry_id  #: stream entry id (bytes)
         self.field = field  #: payload field name: b"p" msgpack, b"j" JSON
         self.payload = payload  #: raw bytes
         self.dc = dc  #: deliveries of this message that ended without an ack
         self.message = None  #: the decoded Message, once decoded
+        self.error = error  #: what is wrong with the entry's fields (it is dead-lettered), else None
 
     def __repr__(self) -> str:
         return f"<Delivery {self.stream} {self.entry_id!r} dc={self.dc}>"
+
+
+#: The longest delivery count field read (9 digits: well below any C long).
+MAX_DC_DIGITS = 9
 
 
 def _entry(stream, entry) -> Delivery:
     entry_id, fields = entry[0], entry[1]
     if not fields:  # entry deleted while pending
         return Delivery(stream, entry_id, b"", b"", 0)
-    dc = 0
     n = len(fields)
+    if n < 2 or not isinstance(fields[0], bytes) or not isinstance(fields[1], bytes):
+        return Delivery(stream, entry_id, b"", b"", 0, "the entry has no payload field")
+    dc = 0
     i = 2
     while i + 1 < n:
         if fields[i] == b"dc":
-            dc = int(fields[i + 1])
+            # Anything may write to a stream: a bad count must not stop the batch.
+            v = fields[i + 1]
+            if not isinstance(v, bytes) or not v.isdigit() or len(v) > MAX_DC_DIGITS:
+                return Delivery(stream, entry_id, fields[0], fields[1], 0,
+                                f"delivery count field dc={v!r:.60} is not a whole number below 10**9")
+            dc = int(v)
         i += 2
     return Delivery(stream, entry_id, fields[0], fields[1], dc)
 
@@ -386,53 +398,10 @@ class Runner:
             started += 1
             if self.slot is not None:
                 _mark(self.slot, d.entry_id)
-            msg = d.message
-            if len(d.payload) > self.max_size:
-                handler.too_large(d, out, self.max_size)
-                continue
-            if msg is None:
-                decode = decoders.get(d.field)
-                if decode is None:
-                    handler.undecodable(d, out, f"unknown payload field {d.field!r}")
-                    continue
-                try:
-                    msg = decode(d.payload)
-                except Exception as exc:  # noqa: BLE001 - any bad payload
-                    handler.undecodable(d, out, str(exc))
-                    continue
-                d.message = msg
-            task = registry.get(msg.task)
-            if task is None:
-                handler.unknown_task(d, msg, out)
-                continue
-            if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
-                    or (slow_streams and d.stream in slow_streams)):
-                handler.execute(task, d, msg, out)
-            else:
-                token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
-                t0 = time.perf_counter()
-                try:
-                    retval = task.run(*msg.args, **msg.kwargs)
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    current_request.reset(token)
-                    handler.failed(task, d, msg, exc, time.perf_counter() - t0, out)
-                    continue
-                runtime = time.perf_counter() - t0
-                current_request.reset(token)
-                if not task.ignore_result:
-                    try:
-                        blob = self.encode_result(task, msg, retval, runtime)
-                    except Exception as exc:  # noqa: BLE001 - unserializable result
-                        handler.result_not_serializable(task, d, msg, exc, runtime, out)
-                        continue
-                    key = self.result_prefix + msg.id.encode()
-                    out.add_result(pack_command((b"RPUSH", key, blob)), 1)
-                    out.add_result(pack_command((b"EXPIRE", key, self.result_expires)), 1)
-                out.ack(d.stream, d.entry_id)
-                if self.events:
-                    out.event("task-succeeded", msg.id, msg.task, runtime, None)
-                if self.notify:
-                    handler.succeeded(task, d, msg, runtime)
+            try:
+                self._run_one(d, out, handler, registry, decoders, slow_streams)
+            except Exception as exc:  # noqa: BLE001 - one message must never stop the loop
+                handler.crashed(d, exc, out)  # dead-letters it (re-raises connection errors)
             if self.flush is not None:
                 now = time.monotonic()
                 if now - last_flush > self.flush_interval:
@@ -441,3 +410,55 @@ class Runner:
         self.current = None
         self.processed += started
         return started
+
+    def _run_one(self, d, out, handler, registry, decoders, slow_streams) -> None:
+        msg = d.message
+        if d.error is not None:
+            handler.malformed(d, out, d.error)
+            return
+        if len(d.payload) > self.max_size:
+            handler.too_large(d, out, self.max_size)
+            return
+        if msg is None:
+            decode = decoders.get(d.field)
+            if decode is None:
+                handler.undecodable(d, out, f"unknown payload field {d.field!r}")
+                return
+            try:
+                msg = decode(d.payload)
+            except Exception as exc:  # noqa: BLE001 - any bad payload
+                handler.undecodable(d, out, str(exc))
+                return
+            d.message = msg
+        task = registry.get(msg.task)
+        if task is None:
+            handler.unknown_task(d, msg, out)
+            return
+        if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
+                or (slow_streams and d.stream in slow_streams)):
+            handler.execute(task, d, msg, out)
+            return
+        token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+        t0 = time.perf_counter()
+        try:
+            retval = task.run(*msg.args, **msg.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            current_request.reset(token)
+            handler.failed(task, d, msg, exc, time.perf_counter() - t0, out)
+            return
+        runtime = time.perf_counter() - t0
+        current_request.reset(token)
+        if not task.ignore_result:
+            try:
+                blob = self.encode_result(task, msg, retval, runtime)
+            except Exception as exc:  # noqa: BLE001 - unserializable result
+                handler.result_not_serializable(task, d, msg, exc, runtime, out)
+                return
+            key = self.result_prefix + msg.id.encode()
+            out.add_result(pack_command((b"RPUSH", key, blob)), 1)
+            out.add_result(pack_command((b"EXPIRE", key, self.result_expires)), 1)
+        out.ack(d.stream, d.entry_id)
+        if self.events:
+            out.event("task-succeeded", msg.id, msg.task, runtime, None)
+        if self.notify:
+            handler.succeeded(task, d, msg, runtime)

@@ -18,15 +18,17 @@ lifespan shutdown of a web app) to close the connections of the running loop.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 import weakref
 
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from .broker.connect import make_async_client
+from .broker.due import due_arg
 from .broker.redis import CONNECTION_ERRORS, safe_url
+from .broker.scripts import SCRIPTS
 from .exceptions import BrokerError
 from .exceptions import TimeoutError as FastQTimeout
 from .messages import ResultMeta, decode_result
@@ -81,18 +83,25 @@ async def publish(broker, queue: str, priority: int, field: bytes, payload: byte
     qk = broker._send_keys(queue)  # a sharded queue: the next shard
     if due is None:
         cmd = ("XADD", qk.streams[priority], "*", field, payload)
-    else:
-        cmd = ("ZADD", qk.delayed, math.ceil(due * 1000), field + b"%d" % priority + payload)
+    else:  # delay.lua: the due time on Redis's clock (broker/due.py)
+        cmd = ("EVALSHA", SCRIPTS.delay.sha, 1, qk.delayed, due_arg(due), field + b"%d" % priority + payload)
     register = queue not in broker._known_queues
     client = client_for(broker)
 
-    async def call():
+    async def send():
         if not register:
             return await client.execute_command(*cmd)
         async with client.pipeline(transaction=False) as pipe:
             pipe.execute_command(*cmd)
             pipe.execute_command("SADD", broker.keys.queues_set, queue)
             return await pipe.execute()
+
+    async def call():
+        try:
+            return await send()
+        except NoScriptError:  # a fresh or restarted server: load delay.lua, send again
+            await client.script_load(SCRIPTS.delay.source)
+            return await send()
 
     await _retrying(broker, call)
     broker._known_queues.add(queue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -9,9 +10,11 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from . import routing
 from ._speedups import current_request, new_task_id
+from .broker.due import Countdown
 from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
+from .options import check_option
 from .schedules import zone
 from .settings import Settings
 from .signals import before_task_publish
@@ -327,6 +330,7 @@ class FastQ:
         )
         retries = options.pop("retries", 0)
         headers = options.pop("headers", None)
+        _check_envelope(task_id, parent_id, root_id, retries, headers)
         group_key = options.pop("group_key", None)
         if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
             from .fairness import with_group
@@ -338,7 +342,7 @@ class FastQ:
             list(args) if args else [],
             kwargs if kwargs else {},
             retries,
-            due,
+            None if due is None else float(due),
             expires,
             priority,
             parent_id,
@@ -411,6 +415,8 @@ def _message_options(options: dict) -> dict | None:
                     from .workflow import callbacks
 
                     value = callbacks(value)
+                else:
+                    check_option(key, value)  # a bad time_limit must fail here, not wedge a worker
                 out[key] = value
     options.pop("serializer", None)
     if options:
@@ -431,16 +437,20 @@ def _due_time(eta, countdown, t: float) -> float | None:
     import datetime as dt
 
     if countdown is not None:
-        if not isinstance(countdown, (int, float)):
+        if not isinstance(countdown, (int, float)) or isinstance(countdown, bool):
             raise TypeError(f"countdown must be a number of seconds, not {type(countdown).__name__}")
-        return t + countdown if countdown > 0 else None
+        if not math.isfinite(countdown):
+            raise ValueError(f"countdown must be a finite number of seconds, not {countdown!r}")
+        # A delay: Redis adds it to its own clock (broker/due.py), whatever this host's says.
+        return Countdown(t, countdown) if countdown > 0 else None
     if eta is None:
         return None
     if isinstance(eta, dt.datetime):
         if eta.tzinfo is None:  # naive datetimes are UTC
             eta = eta.replace(tzinfo=dt.timezone.utc)
-        when = eta.timestamp()
-        return when if when > t else None
+        # An absolute time, compared with Redis's clock when promoted: one that this
+        # host thinks is past may not be on Redis's clock (a past one runs at once).
+        return eta.timestamp()
     raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
 
 
@@ -456,6 +466,17 @@ def _expiry_time(expires, t: float) -> float:
             expires = expires.replace(tzinfo=dt.timezone.utc)
         return expires.timestamp()
     raise TypeError(f"expires must be seconds, a timedelta or a datetime, not {type(expires).__name__}")
+
+
+def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:
+    """The envelope fields a caller may set: wrong types would only fail in the worker."""
+    for name, value in (("task_id", task_id), ("parent_id", parent_id), ("root_id", root_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    if headers is not None and not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
 
 
 def _check_priority(priority) -> int:

@@ -205,19 +205,24 @@ def _weights(value: str | None) -> dict[str, int]:
               help="Soft time limit in seconds: SoftTimeLimitExceeded is raised in the task.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Replace a pool process after this many tasks.")
 @click.option("--autoscale", help="MAX,MIN: grow toward MAX processes while messages wait, shrink to MIN when idle.")
+@click.option("--allow-eviction", is_flag=True,
+              help="Start even if Redis's maxmemory-policy may evict queued tasks (allkeys-*); not advised.")
 @click.option("--max-memory-per-child", type=click.IntRange(min=1),
               help="Replace a pool process once its resident memory passes this many KiB.")
 @click.pass_obj
 def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel, log_format, hostname, prefetch,
            lease_timeout, max_deliveries, ack_flush_interval, with_beat=False, metrics_port=None,
            metrics_address="127.0.0.1", without_events=False, time_limit=None, soft_time_limit=None,
-           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None) -> None:
+           max_tasks_per_child=None, max_memory_per_child=None, autoscale=None, async_concurrency=None,
+           allow_eviction=False) -> None:
     """Start a worker."""
     _setup_logging(loglevel, log_format)
     app = state.app(check_broker=True, wait=True)
     _apply_worker_limits(app, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child)
     if without_events:
         app.conf.worker_send_task_events = False
+    if allow_eviction:
+        app.conf.worker_allow_eviction = True
     if metrics_port:
         import prometheus_client  # noqa: F401 - optional (fastq[metrics]): fail here, before the banner
         app.conf.worker_metrics_port = metrics_port
@@ -247,6 +252,8 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
         raise _Refused(str(exc)) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except FastQError as exc:  # refused credentials, an evicting Redis: one line, no traceback
+        raise click.ClickException(str(exc)) from None
     finally:
         if beat_service is not None:
             beat_service.stop()
@@ -733,10 +740,13 @@ def control_rate_limit(state: _AppState, task_name: str, rate: str) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--basic-auth", envvar="FASTQ_DASHBOARD_BASIC_AUTH",
               help="user:password required for every page and API call (or FASTQ_DASHBOARD_BASIC_AUTH).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A Host name the dashboard answers to besides localhost and --address (repeatable; '*': any).")
 @click.option("-l", "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
               case_sensitive=False), default="WARNING", show_default=True)
 @click.pass_obj
-def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
+def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None, loglevel: str,
+              allow_hosts: tuple[str, ...] = ()) -> None:
     """Serve the web dashboard (needs fastq[dashboard])."""
     _setup_logging(loglevel)
     if basic_auth is not None and ":" not in basic_auth:
@@ -753,7 +763,7 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
                    f"{port} sees task arguments and results and can requeue, retry and revoke tasks. Give "
                    "--basic-auth user:password (or FASTQ_DASHBOARD_BASIC_AUTH).", err=True)
     try:
-        serve(app, address=address, port=port, basic_auth=basic_auth)
+        serve(app, address=address, port=port, basic_auth=basic_auth, allowed_hosts=allow_hosts)
     except OSError as exc:  # the port is in use, or the address is not this host's
         raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from None
 

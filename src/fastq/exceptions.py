@@ -26,6 +26,16 @@ class BrokerError(FastQError, ConnectionError):
     """Redis could not be reached (retryable: the message was not sent)."""
 
 
+class BrokerAuthError(BrokerError):
+    """Redis refused fastq's credentials (wrong user or password in the URL, or an
+    ACL that denies the user). Not an outage: retrying does not help."""
+
+
+class BrokerOutOfMemory(BrokerError):
+    """Redis refused a write because it is at its ``maxmemory`` (policy
+    ``noeviction``): nothing was written; retry once memory is freed."""
+
+
 class MessageTooLarge(FastQError, ValueError):
     """The encoded message is larger than ``max_message_size``."""
 

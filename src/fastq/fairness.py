@@ -36,10 +36,10 @@ of these paths.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ._speedups import pack_command
+from .broker.due import delay_command
 from .broker.keys import GROUP, validate_queue_name
 from .broker.scripts import SCRIPTS
 from .exceptions import ImproperlyConfigured
@@ -212,15 +212,14 @@ def publish_commands(fq: FairQueue, items: list[tuple], field: bytes) -> list[by
             ready.append(group)
             ready.append(field + b"%d" % priority + payload)
         else:
-            delayed.append(math.ceil(due * 1000))
-            delayed.append(delayed_member(group.decode(), field, priority, payload))
+            delayed.append((due, delayed_member(group.decode(), field, priority, payload)))
     cmds = []
     sha = SCRIPTS.fair_publish.sha_bytes
     count_key = fq.key("gc")
     for i in range(0, len(ready), 1000):
         cmds.append(pack_command((b"EVALSHA", sha, 1, count_key, *fq.gate_args, *ready[i : i + 1000])))
     if delayed:
-        cmds.append(pack_command((b"ZADD", fq.key("delayed"), *delayed)))
+        cmds.append(delay_command(fq.key("delayed"), delayed))
     return cmds
 
 
@@ -241,7 +240,8 @@ def ack_gates(broker, queue_keys: list) -> dict:
 def promote_command(fq: FairQueue, limit: int = 1000) -> bytes:
     """fair_promote.lua, packed (due delayed messages through the gate, wake rate-limited
     groups, fill the window)."""
-    return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 1, fq.key("delayed"), *fq.gate_args, limit))
+    return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 2, fq.key("delayed"), fq.key("dlq"),
+                         *fq.gate_args, limit, fq.name))
 
 
 def heal(client, fq: FairQueue, holder: str, lock_ms: int) -> int:

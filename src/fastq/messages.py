@@ -95,7 +95,15 @@ def encode_result(meta: ResultMeta) -> bytes:
 
 
 def decode_result(raw: bytes) -> ResultMeta:
-    return _result_decoder.decode(raw)
+    """The stored result; one fastq cannot read (written by something else) is a
+    FAILURE saying so, so a reader gets a clear error rather than a decoder's."""
+    try:
+        meta = _result_decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
+        return ResultMeta("FAILURE", None, "ValueError", "builtins", f"the stored result cannot be read: {exc}")
+    if not isinstance(meta.state, str):  # pragma: no cover - the decoder checks the type
+        return ResultMeta("FAILURE", None, "ValueError", "builtins", "the stored result has no state")
+    return meta
 
 
 def now() -> float:

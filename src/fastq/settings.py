@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     # durability: a send returns once this many replicas have the message (WAIT)
     "broker_wait_replicas": 0,
     "broker_wait_timeout": 1.0,  # seconds WAIT may take before the send raises BrokerError
+    "broker_retry_on_auth_failure": False,  # a worker keeps retrying refused credentials (else exits)
     # scale-out: {"default": 8} spreads a hot queue over 8 shards (see docs/scaling.md)
     "queue_shards": None,
     # messages
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_block_timeout": 1.0,  # seconds an idle consumer waits per blocking read
     "worker_promote_interval": 0.02,  # seconds between delayed-set checks
     "worker_send_task_events": True,
+    "worker_allow_eviction": False,  # start even if Redis may evict keys (maxmemory-policy allkeys-*)
     "worker_max_tasks_per_child": None,  # replace a pool process after this many tasks
     "worker_max_memory_per_child": None,  # KiB: replace a pool process above this resident memory
     "worker_revoke_expires": 10800,  # seconds a revoke is remembered (Redis and workers)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import states
 from ._speedups import current_request
+from .broker.due import Countdown
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry, ValidationError
 
 if TYPE_CHECKING:
@@ -336,9 +337,9 @@ class Task(Generic[P, R]):
             from .app import _due_time
 
             when = _due_time(eta, None, time.time()) or time.time()
-        else:
+        else:  # a delay: counted on Redis's clock when filed (broker/due.py)
             delay = self.default_retry_delay if countdown is None else countdown
-            when = time.time() + max(0.0, float(delay or 0))
+            when = Countdown(time.time(), max(0.0, float(delay or 0)))
         raise Retry(f"retry in {max(0.0, when - time.time()):.3g}s", exc=exc, when=when)
 
     def _autoretry_delay(self, retries: int) -> float:

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from ._speedups import current_request, pack_command
+from .broker.due import due_arg
 from .broker.scripts import SCRIPTS
 
 #: apply_async options handled here (app._send hands calls with any of them over).
@@ -131,9 +132,9 @@ def _send_unique(app, name, args, kwargs, options, task, key: str, ttl: float):
     qk = broker.keys.queue(queue)
     field = app.serializer.field
     if due is None:
-        target, due_ms, a4, a5 = qk.streams[priority], 0, field, payload
+        target, due_ms, a4, a5 = qk.streams[priority], b"0", field, payload
     else:
-        target, due_ms, a4, a5 = qk.delayed, math.ceil(due * 1000), field + b"%d" % priority + payload, b""
+        target, due_ms, a4, a5 = qk.delayed, due_arg(due), field + b"%d" % priority + payload, b""
     cmds = [pack_command((b"EVALSHA", SCRIPTS.unique_publish.sha_bytes, 2, lock, target,
                           msg.id, max(1, math.ceil(ttl * 1000)), due_ms, a4, a5))]
     reg = broker._register_queue_cmd(queue)
@@ -162,7 +163,7 @@ def _send_debounced(app, name, args, kwargs, options, task, key: str):
     record = debounce_record_key(broker.keys.prefix, queue, key)
     record_ttl = math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000)
     cmds = [pack_command((b"EVALSHA", SCRIPTS.debounce.sha_bytes, 2, record, qk.delayed,
-                          msg.id, math.ceil(due * 1000), member, offset, record_ttl))]
+                          msg.id, due_arg(due), member, offset, record_ttl))]
     reg = broker._register_queue_cmd(queue)
     if reg is not None:
         cmds.append(reg)

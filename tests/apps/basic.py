@@ -148,3 +148,16 @@ def hold_once(key):
         time.sleep(600)
     ledger().hincrby(key, "finished", 1)
     return "done"
+
+
+@app.task(name="tests.big_result")
+def big_result(size):
+    """A result of ``size`` bytes (memory-pressure tests)."""
+    return "x" * size
+
+
+@app.task(name="tests.stamp_time", ignore_result=True)
+def stamp_time(key, item):
+    """Record when it ran, on Redis's clock (the ledger's server, on the tests' host)."""
+    secs, usecs = ledger().time()
+    ledger().hset(key, item, secs + usecs / 1e6)

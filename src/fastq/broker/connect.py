@@ -39,13 +39,16 @@ def safe_url(url: str) -> str:
 
 def describe_error(exc: BaseException, url: str) -> str | None:
     """One line for a Redis error a user can cause (server down, wrong password,
-    no password), naming the server (password hidden); None for other errors."""
+    no password, out of memory), naming the server (password hidden); None for
+    other errors."""
     cause = exc.__cause__ if isinstance(exc, ConnectionError) and exc.__cause__ else exc
     text = " ".join(str(cause).split())
     where = safe_url(url)
     if isinstance(cause, redis.AuthenticationError) or (
             isinstance(cause, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))):
         return f"Redis at {where} refused the login ({text}): check the password in the URL"
+    if isinstance(cause, redis.exceptions.OutOfMemoryError):
+        return f"Redis at {where} is out of memory and refused a write ({text})"
     if isinstance(cause, (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError)):
         return f"Redis at {where} is unreachable: {text}"
     return None

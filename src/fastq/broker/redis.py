@@ -12,30 +12,78 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 import random
 import threading
 import time
 from collections.abc import Iterator
 
-from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    OutOfMemoryError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
-from ..exceptions import BrokerError, ImproperlyConfigured
+from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import describe_error, make_client, parse_url, safe_url
+from .due import delay_command
 from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
+#: Refused credentials: ConnectionError subclasses in redis-py, but no outage (not retried).
+AUTH_ERRORS = (AuthenticationError, AuthorizationError)
+
 #: Errors that mean "Redis could not be reached"; worth retrying.
 #: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
+
+
+def is_oom(reply) -> bool:
+    """Is this reply Redis refusing a write for memory (maxmemory, noeviction)?"""
+    # redis-py turns "-OOM ..." into OutOfMemoryError and drops the prefix
+    return isinstance(reply, OutOfMemoryError) or (isinstance(reply, ResponseError) and str(reply).startswith("OOM"))
+
+
+_MULTI, _EXEC = pack_command((b"MULTI",)), pack_command((b"EXEC",))
+
+
+def transaction(parts: list[bytes], replies: int) -> tuple[bytes, int]:
+    """Packed commands wrapped in MULTI/EXEC, and the replies that makes. A worker
+    sends a task's result and its ack this way: Redis refuses the result for
+    memory (OOM) when it is queued, and then runs none of it (EXECABORT), so an
+    ack never lands without its result however memory moves in between."""
+    return b"".join((_MULTI, *parts, _EXEC)), replies + 2
+
+
+def transaction_replies(replies: list) -> list:
+    """The replies of a ``transaction``, flattened: refusals at queue time and
+    EXECABORT, or, when it ran, each command's reply."""
+    out = [r for r in replies[:-1] if isinstance(r, ResponseError)]
+    last = replies[-1] if replies else None
+    if isinstance(last, list):
+        out.extend(last)
+    elif last is not None:
+        out.append(last)
+    return out
+
+
+def auth_failed(url: str, exc: BaseException) -> BrokerAuthError:
+    return BrokerAuthError(f"Redis at {safe_url(url)} refused the credentials (authentication failed: {exc}); "
+                           "check the user and password in the broker URL")
+
+
+def out_of_memory(url: str, exc: BaseException) -> BrokerOutOfMemory:
+    return BrokerOutOfMemory(f"Redis at {safe_url(url)} is out of memory and refused the write ({exc}); "
+                             "nothing was written: free memory or raise maxmemory, then retry")
 
 
 class RedisBroker:
@@ -141,6 +189,8 @@ class RedisBroker:
             try:
                 self.client.ping()
                 return
+            except AUTH_ERRORS as exc:
+                raise auth_failed(self.url, exc) from exc
             except CONNECTION_ERRORS as exc:
                 if isinstance(exc, AuthenticationError):  # a retry cannot fix a password
                     raise self.unreachable(exc) from exc
@@ -177,6 +227,9 @@ class RedisBroker:
             try:
                 ch.send(b"".join([commands[i] for i in todo]))
                 got = ch.read_many(len(todo))
+            except AUTH_ERRORS as exc:
+                self._drop_channel(ch)
+                raise auth_failed(self.url, exc) from exc
             except CONNECTION_ERRORS as exc:
                 self._drop_channel(ch)
                 if attempt >= self.retries:
@@ -204,6 +257,8 @@ class RedisBroker:
         if error is not None:
             if is_redirect(error):
                 raise BrokerError(f"Redis at {safe_url(self.url)} kept refusing writes: {error}")
+            if is_oom(error):
+                raise out_of_memory(self.url, error) from error
             raise error
         if confirm and self.wait_replicas:
             self._wait_for_replicas(commands)
@@ -297,8 +352,7 @@ class RedisBroker:
         qk = self._send_keys(queue)
         if due is None:
             return pack_command((b"XADD", qk.streams[priority], b"*", field, payload))
-        member = field + b"%d" % priority + payload
-        return pack_command((b"ZADD", qk.delayed, math.ceil(due * 1000), member))
+        return delay_command(qk.delayed, [(due, field + b"%d" % priority + payload)])
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""
@@ -332,7 +386,7 @@ class RedisBroker:
         self.execute_packed(self.publish_many_commands(batch, field), confirm=True)
 
     def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
-        """One publish_many.lua call per stream, one multi-member ZADD per delayed set."""
+        """One publish_many.lua call per stream, one delay.lua call per delayed set."""
         ready: dict[str, list] = {}
         delayed: dict[str, list] = {}
         fair = self.fair
@@ -345,12 +399,10 @@ class RedisBroker:
             if due is None:
                 ready.setdefault(qk.streams[priority], []).append(payload)
             else:
-                zset = delayed.setdefault(qk.delayed, [])
-                zset.append(math.ceil(due * 1000))
-                zset.append(field + b"%d" % priority + payload)
+                delayed.setdefault(qk.delayed, []).append((due, field + b"%d" % priority + payload))
         sha = SCRIPTS.publish_many.sha_bytes
         cmds = [pack_command((b"EVALSHA", sha, 1, stream, field, *payloads)) for stream, payloads in ready.items()]
-        cmds.extend(pack_command((b"ZADD", key, *members)) for key, members in delayed.items())
+        cmds.extend(delay_command(key, items) for key, items in delayed.items())
         if gated:
             from ..fairness import publish_commands
 
@@ -376,9 +428,22 @@ class RedisBroker:
         for key in qk.fetch_order:
             pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
         pipe.sadd(self.keys.queues_set, logical_queue(name))
-        for r in pipe.execute(raise_on_error=False):
-            if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
+        replies = pipe.execute(raise_on_error=False)
+        for key, r in zip(qk.fetch_order, replies):
+            if is_oom(r):
+                # Under maxmemory even an existing group's XGROUP CREATE is refused:
+                # only a group that is really missing is an error (BrokerOutOfMemory,
+                # which the worker's start-up retries).
+                try:
+                    groups = c.xinfo_groups(key)
+                except ResponseError:  # no such stream
+                    groups = []
+                if not any(g["name"] == GROUP.encode() for g in groups):
+                    raise out_of_memory(self.url, r)
+            elif isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
                 raise r
+        if isinstance(replies[-1], ResponseError) and not is_oom(replies[-1]):  # the registry may wait for memory
+            raise replies[-1]
         return qk
 
     def known_queues(self) -> list[str]:
@@ -463,8 +528,8 @@ class RedisBroker:
         qk = self.keys.queue(name)
         fq = self.fair.get(name) if self.fair else None
         if fq is not None:
-            return SCRIPTS.fair_promote(client or self.client, [qk.delayed], [*fq.gate_args, limit])
-        return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams], [limit])
+            return SCRIPTS.fair_promote(client or self.client, [qk.delayed, qk.dlq], [*fq.gate_args, limit, name])
+        return SCRIPTS.promote(client or self.client, [qk.delayed, *qk.streams, qk.dlq], [limit, name])
 
     def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"", client=None) -> list:
         """Hand back entries ``consumer`` holds (see release.lua); returns [moved, dead_lettered]."""

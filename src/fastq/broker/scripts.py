@@ -37,10 +37,13 @@ class Scripts:
 
     NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
              "beat_lock", "beat_release", "beat_send", "chord_done", "unique_publish", "unique_release", "debounce",
-             "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal", "claim_name")
-    #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness).
-    PRELUDES = {"release": "gate", "reap": "gate", "bury": "gate", "retry": "gate", "fair_publish": "gate",
-                "fair_ack": "gate", "fair_promote": "gate", "fair_requeue": "gate", "fair_heal": "gate"}
+             "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal", "delay",
+             "claim_name")
+    #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness,
+    #: and g_due: due times on Redis's clock).
+    PRELUDES = {name: "gate" for name in (
+        "delay", "unique_publish", "debounce", "promote", "release", "reap", "bury", "retry",
+        "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal")}
 
     def __init__(self) -> None:
         for name in self.NAMES:

@@ -86,6 +86,51 @@ class BasicAuth:
         await self.app(scope, receive, send)
 
 
+#: Host names a dashboard always answers to (a browser on the same machine).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_host_names(address: str | None, extra: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The Host names a dashboard bound to ``address`` serves: localhost, the
+    address itself (unless it is a wildcard) and the names given."""
+    names = {*LOCAL_HOSTS, *(h.strip().lower() for h in extra if h.strip())}
+    if address and address not in ("0.0.0.0", "::", ""):
+        names.add(address.lower().strip("[]"))
+    return names
+
+
+def host_name(header: bytes) -> str:
+    """The name in a Host header, without the port ("[::1]:5555" -> "::1")."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class HostCheck:
+    """ASGI middleware: answer only requests whose Host header names this dashboard.
+    Binding to 127.0.0.1 does not stop DNS rebinding (a page of evil.example
+    whose name is re-pointed at 127.0.0.1 reaches the port, with Host:
+    evil.example); checking the name does. ``"*"`` among the names turns it off."""
+
+    def __init__(self, app, names: set[str]) -> None:
+        self.app = app
+        self.names = names
+        self.any = "*" in names
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.any:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"host", b"")
+        if host_name(header) not in self.names:
+            response = PlainTextResponse("unknown Host: give the dashboard this name with --allow-host",
+                                         status_code=421)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class SecurityHeaders:
     """ASGI middleware adding CSP and friends to every response."""
 
@@ -398,11 +443,14 @@ class Dashboard:
         ]
 
 
-def create_app(app, basic_auth: str | None = None, state: DashboardState | None = None):
+def create_app(app, basic_auth: str | None = None, state: DashboardState | None = None,
+               allowed_hosts: list[str] | tuple[str, ...] = (), address: str | None = None):
     """The dashboard as an ASGI app (mountable in your own ASGI server).
 
-    ``basic_auth="user:password"`` protects every page and API call. The state
-    (event tail, samplers) starts and stops with the ASGI lifespan."""
+    ``basic_auth="user:password"`` protects every page and API call. Only
+    requests whose Host is localhost, ``address`` or one of ``allowed_hosts``
+    are answered (``["*"]``: any). The state (event tail, samplers) starts and
+    stops with the ASGI lifespan."""
     state = state or DashboardState(app)
     dash = Dashboard(app, state)
 
@@ -429,11 +477,11 @@ def create_app(app, basic_auth: str | None = None, state: DashboardState | None 
     wrapped: Any = SecurityHeaders(asgi)
     if basic_auth:
         wrapped = BasicAuth(wrapped, basic_auth)
-    return wrapped
+    return HostCheck(wrapped, allowed_host_names(address, allowed_hosts))  # first: before auth is even asked
 
 
 def serve(app, address: str = "127.0.0.1", port: int = 5555, basic_auth: str | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", allowed_hosts: list[str] | tuple[str, ...] = ()) -> None:
     """Run the dashboard with uvicorn until interrupted. The socket is bound
     first: a port in use raises OSError before anything says the dashboard runs."""
     import logging
@@ -452,5 +500,6 @@ def serve(app, address: str = "127.0.0.1", port: int = 5555, basic_auth: str | N
     port = sock.getsockname()[1]
     logging.getLogger("fastq.dashboard").warning("fastq dashboard on http://%s:%d/ (broker %s)", address, port,
                                                  app.broker_safe_url)
-    config = uvicorn.Config(create_app(app, basic_auth), log_level=log_level, access_log=False, lifespan="on")
+    asgi = create_app(app, basic_auth, allowed_hosts=allowed_hosts, address=address)
+    config = uvicorn.Config(asgi, log_level=log_level, access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])

@@ -12,8 +12,9 @@ from .. import __version__, signals
 from .._speedups import COMPILED
 from ..broker import safe_url
 from ..broker.keys import validate_queue_name
-from ..broker.redis import CONNECTION_ERRORS
-from ..exceptions import ImproperlyConfigured
+from ..broker.memory import check_memory_policy
+from ..broker.redis import AUTH_ERRORS, CONNECTION_ERRORS, auth_failed
+from ..exceptions import BrokerOutOfMemory, ImproperlyConfigured
 from ..logs import set_hostname
 from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
 from .naming import NameTaken, default_names, expand, holder_alive, process_identity
@@ -195,11 +196,19 @@ class Worker:
                 SCRIPTS.load_all(self.app.broker.client)
                 for q in self.queues:
                     self.app.broker.ensure_queue(q)
+                check_memory_policy(self.app.broker, refuse=not self.app.conf.worker_allow_eviction)
                 return
+            except AUTH_ERRORS as exc:
+                if not self.app.conf.broker_retry_on_auth_failure:
+                    raise auth_failed(self.app.broker_url, exc) from None
+                log.error("%s. Trying again in %.1fs (broker_retry_on_auth_failure).",
+                          auth_failed(self.app.broker_url, exc), delay)
+            except BrokerOutOfMemory as exc:
+                log.error("%s. Trying again in %.1fs.", exc, delay)
             except CONNECTION_ERRORS as exc:
                 log.error("Cannot connect to %s: %s. Trying again in %.1fs.", safe_url(self.app.broker_url), exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def warn_about_limits(self) -> None:
         """A hard time limit needs a process to kill: say so where it cannot hold."""

@@ -40,7 +40,7 @@ from redis.exceptions import ResponseError
 from .. import states
 from .._speedups import Output, current_request, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.keys import GROUP
-from ..broker.redis import CONNECTION_ERRORS, safe_url
+from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction, transaction_replies
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
 from ..exceptions import TaskRevokedError
@@ -449,6 +449,9 @@ class AsyncConsumer:
         out = self.out
         handed_back = False
         try:
+            if d.error is not None:
+                ex.malformed(d, out, d.error)
+                return
             if len(d.payload) > self.max_size:
                 ex.too_large(d, out, self.max_size)
                 return
@@ -469,8 +472,11 @@ class AsyncConsumer:
             await self._execute(task, d, msg, run)
         except asyncio.CancelledError:
             raise  # the loop is going away: not acked, the lease returns it
-        except Exception:
-            # Not the task's failure (e.g. Redis went away during a rate-limit claim):
+        except Exception as exc:
+            if not isinstance(exc, CONNECTION_ERRORS):  # the message itself: dead-letter it, never loop on it
+                ex.crashed(d, exc, out)
+                return
+            # Not the task's failure (Redis went away during a rate-limit claim):
             # hand the message back; if that fails too, the next recovery runs it again.
             log.exception("Running message %s failed; handing it back", d.entry_id.decode())
             handed_back = True
@@ -553,6 +559,8 @@ class AsyncConsumer:
         for stream, ids in out.acks.items():
             parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
             n += 1
+        if out.results:  # the results and their acks land together or not at all (broker.redis.transaction)
+            return transaction(parts, n)
         return b"".join(parts), n
 
     async def _writer(self) -> None:
@@ -592,16 +600,24 @@ class AsyncConsumer:
                 # in between runs a task again rather than losing its result.
                 await self._result_ch.send(b"".join(out.results))
                 for reply in await self._result_ch.read_many(out.result_replies):
+                    if is_oom(reply):  # kept (not acked) and sent again after the backoff
+                        raise ConnectionError(f"Redis is out of memory and refused results ({reply})")
                     if isinstance(reply, ResponseError):
                         log.error("Redis refused a result write: %s", reply)
                 out.results, out.result_replies = [], 0
+            atomic = bool(out.results)
             data, n = self._pack(out)
             if n:
                 await self._write_ch.send(data)
                 replies = await self._write_ch.read_many(n)
+                if atomic:
+                    replies = transaction_replies(replies)
                 if any(isinstance(r, ResponseError) and "NOSCRIPT" in str(r) for r in replies):
                     SCRIPTS.load_all(self.broker.client)  # Redis restarted: send it again
                     continue
+                refused = next((r for r in replies if is_oom(r)), None)
+                if refused is not None:  # refused with the results (a transaction): still in flight, sent again
+                    raise ConnectionError(f"Redis is out of memory and refused results and acks ({refused})")
                 for reply in replies:
                     if isinstance(reply, ResponseError):
                         log.error("Redis refused a write: %s", reply)

@@ -38,7 +38,8 @@ from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
 from ..broker.keys import GROUP, logical_queue
-from ..broker.redis import CONNECTION_ERRORS, safe_url
+from ..broker.memory import check_memory_policy
+from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction, transaction_replies
 from ..broker.scripts import SCRIPTS
 from ..events import pack_events
 from ..fairness import ack_command, ack_gates
@@ -88,7 +89,7 @@ class Consumer:
         self.executor.events = self.events
         self.events_key = self.broker.keys.events
         backend_broker = app.backend.broker
-        self.result_broker = None if backend_broker is self.broker else backend_broker
+        self.result_broker = None if backend_broker is self.broker and not self.broker.is_cluster else backend_broker
         self.limiter = Limiter(app, physical)
         self.executor.limiter = self.limiter
         self.runner.slow_streams = {k for qk in self.queues if qk.name in self.limiter.limited_queues
@@ -112,7 +113,7 @@ class Consumer:
         self.conn = None
         self.stopping = False
         self._rr = 0
-        self._outstanding: deque = deque()  # ("out", Output, n) | ("fetch", QueueKeys)
+        self._outstanding: deque = deque()  # ("out", Output, n, sent as a transaction) | ("fetch", QueueKeys)
         self._broken = False
         self._warned = False
         self._pending_outs: list = []  #: writes to send again after reconnecting
@@ -219,16 +220,23 @@ class Consumer:
             else:
                 parts.append(ack_command(gate, stream, ids))
             n += 1
+        if out.results and self.result_broker is None:  # the results and their acks land together or not at all
+            return transaction(parts, n)
         return b"".join(parts), n
 
     def _send_output(self, out: Output) -> None:
         if self.result_broker is not None and out.results:
-            # A separate result backend: store the results first, then ack, so a
-            # crash in between runs a task again rather than losing its result.
-            self.result_broker.execute_packed(out.results)
+            # A separate result backend (or a cluster, where one transaction cannot
+            # span the result keys): store the results first, then ack, so a crash
+            # in between runs a task again rather than losing its result.
+            try:
+                self.result_broker.execute_packed(out.results)
+            except CONNECTION_ERRORS:  # unreachable or out of memory: kept, sent again after the backoff
+                self._outstanding.append(("out", out, 0, False))
+                raise
             out.results, out.result_replies = [], 0
         data, n = self._pack_output(out)
-        self._outstanding.append(("out", out, n))
+        self._outstanding.append(("out", out, n, bool(out.results)))
         self._send(data)
 
     def _flush(self) -> None:
@@ -268,12 +276,22 @@ class Consumer:
         """Read the replies of one outstanding item; a fetch returns its batch."""
         if item[0] == "out":
             out, n = item[1], item[2]
-            errors = [r for r in self.conn.read_many(n) if isinstance(r, ResponseError)]
+            replies = self.conn.read_many(n)
+            if item[3]:  # sent as a transaction (results and their acks)
+                replies = transaction_replies(replies)
+            errors = [r for r in replies if isinstance(r, ResponseError)]
             redirect = next((r for r in errors if is_redirect(r)), None)
             if redirect is not None:
                 # Not applied (slot moved, master demoted): the write stays
                 # outstanding and is sent again after reconnecting.
                 raise ConnectionError(f"Redis redirected a write: {redirect}")
+            refused = next((r for r in errors if is_oom(r)), None)
+            if refused is not None:
+                # Out of memory: a transaction's results and acks were refused together,
+                # so the messages are still in flight; this write stays outstanding and
+                # is sent again after the backoff, until Redis takes it.
+                raise ConnectionError(f"Redis is out of memory and refused results and acks ({refused}); "
+                                      "their messages stay in flight and are sent again")
             for reply in errors:
                 if "NOSCRIPT" not in str(reply):
                     log.error("Redis refused a write: %s", reply)
@@ -477,6 +495,7 @@ class Consumer:
                     if self._warned:
                         log.warning("Reconnected to Redis at %s", safe_url(self.broker.url))
                         self._warned = False
+                        check_memory_policy(self.broker, refuse=False)  # a failover may bring another policy
                     backoff = 0.1
                 self._loop(recovered)
                 return

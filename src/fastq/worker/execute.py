@@ -9,17 +9,19 @@ Redis to the consumer's ``Output``; nothing here raises because of a message.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import msgspec
 
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
+from ..broker.due import Countdown, due_arg
 from ..broker.keys import GROUP
+from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
 from ..exceptions import NotRegistered, Reject, Retry, ValidationError
 from ..messages import ResultMeta, encode_result, message_decoder_for
+from ..options import options_error
 from ..result import pack_store
 from ..task import format_exception
 from ..workflow import CHILDREN
@@ -122,6 +124,37 @@ class Executor:
         if task_id:
             self._store(out, task_id, self._meta(states.FAILURE, None, ValueError(f"undecodable message: {error}")))
 
+    def malformed(self, d, out, error: str) -> None:
+        """An entry whose fields fastq cannot read (e.g. a delivery count that is not a number)."""
+        log.error("Dead-lettered malformed entry %s on %s: %s", d.entry_id.decode(errors="replace"), d.stream, error)
+        self._bury(d, out, "malformed", error)
+        if self.events:
+            out.event("task-rejected", None, None, None, {"reason": "malformed"})
+
+    def bad_options(self, d, msg, out, error: str) -> None:
+        """A message whose options would break the worker (a time_limit that is not a number)."""
+        log.error("Dead-lettered message %s (task id %s): %s", d.entry_id.decode(errors="replace"), msg.id, error)
+        self._bury(d, out, "bad_option", error)
+        self._store(out, msg.id, self._meta(states.FAILURE, msg, ValueError(f"bad message option: {error}")))
+        if self.events:
+            out.event("task-rejected", msg.id, msg.task, None, {"reason": "bad_option"})
+
+    def crashed(self, d, exc: Exception, out) -> None:
+        """The worker itself failed on this message (not the task: its exceptions are
+        handled in ``failed``). Dead-letter it, so one message cannot stop the
+        consumer; a lost connection is the consumer's business and goes on up."""
+        if isinstance(exc, CONNECTION_ERRORS):
+            raise exc
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("Dead-lettered message %s on %s: the worker failed on it: %s\n%s",
+                  d.entry_id.decode(errors="replace"), d.stream, error, format_exception(exc))
+        if d.entry_id in out.acks.get(d.stream, ()):  # finished already: nothing to dead-letter
+            return
+        self._bury(d, out, "worker_error", error)
+        msg = d.message
+        if msg is not None and isinstance(getattr(msg, "id", None), str):
+            self._store(out, msg.id, self._meta(states.FAILURE, msg, RuntimeError(f"the worker failed on it: {error}")))
+
     def too_large(self, d, out, limit: int) -> None:
         error = f"message is {len(d.payload)} bytes, more than max_message_size={limit}"
         log.error("Dead-lettered message %s on %s: %s", d.entry_id.decode(), d.stream, error)
@@ -174,6 +207,10 @@ class Executor:
         soft limit, hard limit, args, kwargs - converted for a typed task), or None when the message was dealt with instead
         (expired, revoked, deferred). The asyncio pool calls this and ``end_run``
         around its own call of the task."""
+        bad = options_error(msg.options)
+        if bad is not None:  # checked at the call too; this message may come from elsewhere
+            self.bad_options(d, msg, out, bad)
+            return None
         if msg.expires is not None and time.time() > msg.expires:
             self._revoked(d, msg, out, "expired")
             return None
@@ -265,7 +302,7 @@ class Executor:
             self._retry(task, d, msg, exc.exc, exc.when, out)
             return
         if task.should_autoretry(exc) and (task.max_retries is None or msg.retries < task.max_retries):
-            self._retry(task, d, msg, exc, time.time() + task._autoretry_delay(msg.retries), out)
+            self._retry(task, d, msg, exc, Countdown(time.time(), task._autoretry_delay(msg.retries)), out)
             return
         if isinstance(exc, Reject):
             log.warning("Task %s[%s] rejected, dead-lettered: %s", msg.task, msg.id, exc.reason)
@@ -301,21 +338,23 @@ class Executor:
         if signals.task_retry:
             signals.task_retry.send(sender=task, request=current_request.get(), reason=exc,
                                     einfo=format_exception(exc) if exc is not None else None)
-        nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=when)
+        eta = None if when is None else float(when)  # the wire format takes plain floats
+        nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=eta)
         payload = self.app.serializer.encode(nxt)
         field = self.app.serializer.field
         qk = self.keys.queue(self.queue_of[d.stream])
-        target = qk.streams[msg.priority if 0 <= msg.priority <= 9 else 0]
+        prio = msg.priority if 0 <= msg.priority <= 9 else 0
+        target = qk.streams[prio]
         delay = (when - time.time()) if when else 0.0
-        if delay > 0:
-            due, arg5, arg6 = math.ceil(when * 1000), field + b"%d" % msg.priority + payload, b""
+        if delay > 0 or (when and not isinstance(when, Countdown)):  # an absolute eta: Redis's clock decides
+            due, arg5, arg6 = due_arg(when), field + b"%d" % prio + payload, b""
         else:
-            due, arg5, arg6 = 0, field, payload
+            due, arg5, arg6 = b"0", field, payload
         tb = format_exception(exc) if exc is not None else None
-        self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": when}))
+        self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": eta}))
         out.add_command(self._retry_command(qk, d, target, due, arg5, arg6), 1)
         if self.events:
-            out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": when})
+            out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": eta})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.RETRY})
 
@@ -324,10 +363,10 @@ class Executor:
         move, retry.lua), so nothing here blocks or spins."""
         qk = self.keys.queue(self.queue_of[d.stream])
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
-        due = math.ceil((time.time() + wait) * 1000)
+        due = due_arg(Countdown(time.time(), wait))
         out.add_command(self._retry_command(qk, d, qk.streams[prio], due, d.field + b"%d" % prio + d.payload, b""), 1)
 
-    def _retry_command(self, qk, d, target: str, due: int, arg5: bytes, arg6: bytes) -> bytes:
+    def _retry_command(self, qk, d, target: str, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
         """retry.lua (on a fair queue the message keeps its group)."""
         return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
                              GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))

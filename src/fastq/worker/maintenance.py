@@ -165,8 +165,8 @@ class Maintenance:
                 cmds.append(promote_command(fq))
                 continue
             qk = self.broker.keys.queue(q)
-            cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 1 + len(qk.streams), qk.delayed,
-                                      *qk.streams, 1000)))
+            cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 2 + len(qk.streams), qk.delayed,
+                                      *qk.streams, qk.dlq, 1000, q)))
         self.broker.execute_packed(cmds)
 
     def heal(self) -> None:

@@ -22,7 +22,7 @@ for i = 9, #ARGV, 3 do
       local f = e[1][2]
       local dc = 0
       for j = 3, #f, 2 do
-        if f[j] == 'dc' then dc = tonumber(f[j + 1]) end
+        if f[j] == 'dc' then dc = g_dc(f[j + 1]) or 0 end
       end
       g_bury(KEYS[2], f, reason, err, queue, dc, g_field(f), gated)
       moved = moved + 1

@@ -72,6 +72,18 @@ local function g_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A due time as the scripts that file delayed messages take it: '+<ms>' is that
+-- long after now on this server's clock (a countdown: producers' and workers'
+-- clocks never count), '<ms>' an absolute epoch time (an ETA), '0' now.
+local G_time_ms
+local function g_due(spec)
+  if string.sub(spec, 1, 1) == '+' then
+    if not G_time_ms then G_time_ms = g_now() end
+    return G_time_ms + tonumber(string.sub(spec, 2))
+  end
+  return tonumber(spec)
+end
+
 -- The group of a stream entry's fields (payload first, then name/value pairs), or nil.
 local function g_field(f)
   for j = 3, #f, 2 do
@@ -218,6 +230,18 @@ local function g_leave(grp, n)
   if c < G_cap and c + n >= G_cap then g_ensure(grp) end
 end
 
+-- A delivery count field read from a stream entry: its number, or nil when it is
+-- not a whole number of at most 9 digits (anything may write to a stream; a bad
+-- count must not make the script fail for every other entry it handles).
+local function g_dc(v)
+  if type(v) ~= 'string' or #v > 9 or not string.match(v, '^%d+$') then return nil end
+  return tonumber(v)
+end
+
+local function g_bad_dc(v)
+  return 'delivery count field dc=' .. string.sub(tostring(v), 1, 60) .. ' is not a whole number below 10**9'
+end
+
 -- Dead-letter a message (stream fields f) into dlq with why it died; a gated
 -- message keeps its group ('g') and, when release is set, frees its place.
 -- Returns the dead letter's entry id.
@@ -238,10 +262,26 @@ local function g_member(grp, item)
   return 'g' .. string.sub(item, 1, 2) .. #grp .. ':' .. grp .. string.sub(item, 3)
 end
 
--- Split such a member into (group, item).
+-- Is item (field byte, priority digit, payload) one fastq wrote?
+local function g_item_ok(item)
+  return string.match(string.sub(item, 1, 2), '^[pj]%d$') ~= nil
+end
+
+-- Split such a member into (group, item); nil when it is not one (anything may
+-- write to the delayed set: the caller dead-letters what it cannot read).
 local function g_split(m)
   local colon = string.find(m, ':', 4, true)
+  if not colon then return nil end
   local n = tonumber(string.sub(m, 4, colon - 1))
-  return string.sub(m, colon + 1, colon + n), string.sub(m, 2, 3) .. string.sub(m, colon + n + 1)
+  if not n or n < 1 or n ~= math.floor(n) or colon + n > #m then return nil end
+  local item = string.sub(m, 2, 3) .. string.sub(m, colon + n + 1)
+  if not g_item_ok(item) then return nil end
+  return string.sub(m, colon + 1, colon + n), item
+end
+
+-- Dead-letter a delayed-set member that is not a message fastq wrote, with why.
+local function g_bury_member(dlq, m, queue)
+  redis.call('XADD', dlq, '*', 'raw', m, 'reason', 'malformed',
+             'error', 'delayed-set member is not <field><priority><payload>', 'queue', queue, 'dc', 0)
 end
 

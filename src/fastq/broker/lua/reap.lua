@@ -19,6 +19,8 @@ local gated = ARGV[8] ~= nil
 if gated then gate_init(ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) end
 local requeued, buried = 0, 0
 local dead_ids = {}
+local own = {}
+for k = 3, #KEYS do own[KEYS[k]] = true end
 for k = 3, #KEYS do
   local key = KEYS[k]
   if redis.call('EXISTS', key) == 1 then
@@ -32,13 +34,21 @@ for k = 3, #KEYS do
         redis.call('XACK', key, group, id)
         redis.call('XDEL', key, id)
         if f then
-          local dc, src, grp = 1, nil, nil
+          local dc, src, grp, bad = 1, nil, nil, nil
           for j = 3, #f, 2 do
-            if f[j] == 'dc' then dc = tonumber(f[j + 1]) + 1 end
-            if f[j] == 'src' then src = f[j + 1] end
+            if f[j] == 'dc' then
+              dc = g_dc(f[j + 1])
+              if dc == nil then dc, bad = 0, f[j + 1] end
+              dc = dc + 1
+            end
+            -- only back to one of this queue's own streams (src is read from the entry)
+            if f[j] == 'src' and own[f[j + 1]] then src = f[j + 1] end
             if f[j] == 'g' then grp = f[j + 1] end
           end
-          if dc >= max_dc then
+          if bad then
+            dead_ids[#dead_ids + 1] = g_bury(KEYS[2], f, 'malformed', g_bad_dc(bad), queue, 0, grp, gated)
+            buried = buried + 1
+          elseif dc >= max_dc then
             local err = 'delivered ' .. dc .. ' times without finishing (worker lost)'
             dead_ids[#dead_ids + 1] = g_bury(KEYS[2], f, 'max_deliveries', err, queue, dc, grp, gated)
             buried = buried + 1

@@ -28,14 +28,20 @@ for i = 11, #ARGV do
     redis.call('XDEL', KEYS[1], id)
     if #e == 1 then
       local f = e[1][2]
-      local dc, src, grp = 0, KEYS[1], nil
+      local dc, src, grp, bad = 0, KEYS[1], nil, nil
       for j = 3, #f, 2 do
-        if f[j] == 'dc' then dc = tonumber(f[j + 1]) end
+        if f[j] == 'dc' then
+          dc = g_dc(f[j + 1])
+          if dc == nil then dc, bad = 0, f[j + 1] end
+        end
         if f[j] == 'src' then src = f[j + 1] end
         if f[j] == 'g' then grp = f[j + 1] end
       end
       if id == strike or strike == '*' then dc = dc + 1 end
-      if dc >= max_dc then
+      if bad then
+        g_bury(KEYS[3], f, 'malformed', g_bad_dc(bad), queue, 0, grp, gated)
+        buried = buried + 1
+      elseif dc >= max_dc then
         local err = 'delivered ' .. dc .. ' times without finishing (worker process died)'
         g_bury(KEYS[3], f, 'max_deliveries', err, queue, dc, grp, gated)
         buried = buried + 1

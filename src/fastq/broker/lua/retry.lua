@@ -1,7 +1,8 @@
 -- Replace a message a consumer holds with another delivery of it, atomically:
 -- its next try (retries), or the same message later (waiting for rate-limit tokens).
 -- KEYS[1]: the stream   KEYS[2]: the delayed set   KEYS[3]: the target stream
--- ARGV: group, consumer, entry_id, due_ms (0 = now), member_or_field, payload,
+-- ARGV: group, consumer, entry_id, due ('0' = now, '+<ms>' after Redis's TIME,
+--       '<ms>' epoch: g_due in gate.lua), member_or_field, payload,
 --       then the gate of a fair queue (base, window, cap, rate, burst; five
 --       empty strings for a plain queue)
 -- With a due time the new try waits in the delayed set (member = ARGV[5]);
@@ -23,7 +24,7 @@ if ARGV[7] ~= '' then
 end
 redis.call('XACK', KEYS[1], group, id)
 redis.call('XDEL', KEYS[1], id)
-local due = tonumber(ARGV[4])
+local due = g_due(ARGV[4])
 if due > 0 then
   if grp then
     redis.call('ZADD', KEYS[2], due, g_member(grp, ARGV[5]))

@@ -1,6 +1,7 @@
 -- Send a message unless one with the same unique key is waiting or running.
 -- KEYS[1]: the unique lock   KEYS[2]: the target: a priority stream, or the delayed set
--- ARGV: task_id, lock_ttl_ms, due_ms (0 = now), member_or_field, payload
+-- ARGV: task_id, lock_ttl_ms, due ('0' = now, '+<ms>' after Redis's TIME, '<ms>'
+--       epoch: g_due, gate.lua is put in front), member_or_field, payload
 -- With a due time the message waits in the delayed set (member = ARGV[4]);
 -- without one it is appended to the stream (field ARGV[4], body ARGV[5]).
 -- The lock holds the id of the task that took it; the worker deletes it when
@@ -9,7 +10,7 @@
 local holder = redis.call('GET', KEYS[1])
 if holder then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local due = tonumber(ARGV[3])
+local due = g_due(ARGV[3])
 if due > 0 then
   redis.call('ZADD', KEYS[2], due, ARGV[4])
 else
