@@ -436,3 +436,28 @@ def test_a_planted_base_exception_result_comes_back_as_task_error(app, r, exc_ty
     r.rpush("fastq:r:garbage", b"\xc1 not msgpack")
     with pytest.raises(ValueError, match="stored result cannot be read"):
         app.AsyncResult("garbage").get(timeout=5)
+
+
+def test_planted_heartbeats_events_and_control_replies_are_skipped(app, r, worker):
+    """Keys that carry no task are read defensively too: a heartbeat that is not a
+    JSON object, an events entry fastq did not write, a control reply without a
+    hostname. `fastq status` and the readers carry on; nothing raises."""
+    import subprocess
+
+    from conftest import ROOT, fastq_command
+    from fastq import events
+
+    w = worker("-P", "solo")
+    r.zadd("fastq:workers", {"ghost@nowhere": time.time()})
+    r.set("fastq:worker:ghost@nowhere", b"[1, 2, 3]")
+    r.xadd("fastq:events", {"h": "x", "e": b"\xc1garbage"})
+    r.xadd("fastq:events", {"h": "x", "e": msgspec.msgpack.encode([["task-sent", None, None, "no", None, 5]])})
+    for _id, fields in r.xrange("fastq:events", "-", "+"):
+        events.unpack_entry(fields)  # never raises
+    assert events.unpack_entry({b"h": b"x", b"e": b"\xc1garbage"}) == []
+    out = subprocess.run([*fastq_command(), "-A", "tests.apps.basic:app", "status"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert w.name in out.stdout and "Traceback" not in out.stderr
+    r.publish("fastq:control", b"{not json")  # the workers ignore it and keep answering
+    assert any(w.name in reply for reply in app.control.ping(timeout=5))

@@ -139,9 +139,9 @@ class Control:
                     continue
                 try:
                     data = json.loads(m["data"])
-                except ValueError:
+                    replies.append({str(data["hostname"]): data.get("reply")})
+                except (ValueError, KeyError, TypeError):  # not a reply a worker wrote
                     continue
-                replies.append({data["hostname"]: data.get("reply")})
         finally:
             try:
                 pubsub.unsubscribe()

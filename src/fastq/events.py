@@ -63,20 +63,27 @@ def worker_event(kind: str, hostname: str, info: dict) -> tuple:
 
 
 def unpack_entry(fields: dict) -> list[dict]:
-    """A stream entry -> events as dicts."""
-    host = fields.get(b"h", b"").decode()
+    """A stream entry -> events as dicts. An entry fastq did not write (anything
+    may XADD to the stream) carries no task: it is skipped, with nothing raised."""
+    host = fields.get(b"h", b"").decode(errors="replace")
     out = []
-    for kind, task_id, name, ts, runtime, info in _decode(fields[b"e"]):
-        event = {"type": kind, "hostname": host, "timestamp": ts}
-        if task_id is not None:
-            event["uuid"] = task_id
-        if name is not None:
-            event["name"] = name
-        if runtime is not None:
-            event["runtime"] = runtime
-        if info:
-            event.update(info)
-        out.append(event)
+    try:
+        rows = _decode(fields[b"e"])
+        for kind, task_id, name, ts, runtime, info in rows:
+            if not isinstance(kind, str) or not isinstance(ts, (int, float)):
+                continue
+            event = {"type": kind, "hostname": host, "timestamp": ts}
+            if task_id is not None:
+                event["uuid"] = task_id
+            if name is not None:
+                event["name"] = name
+            if runtime is not None:
+                event["runtime"] = runtime
+            if isinstance(info, dict):
+                event.update(info)
+            out.append(event)
+    except (KeyError, TypeError, ValueError, msgspec.DecodeError):
+        return out
     return out
 
 

@@ -40,6 +40,8 @@ def workers(app, forget_after: float = 3600.0) -> list[dict]:
                 info = json.loads(raw)
             except ValueError:
                 info = {}
+            if not isinstance(info, dict):  # anything may write to the key: keep only what the heartbeat says
+                info = {}
         info["hostname"] = host.decode()
         info["last_heartbeat"] = ts
         info["online"] = now - ts < ONLINE_WINDOW
