@@ -426,7 +426,8 @@ def test_warm_shutdown_finishes_running_coroutines(aapp, worker, r):
     # Given an asyncio worker running 5 coroutines of 3 s
     w = worker("-P", "asyncio", "-c", "10", app=APP)
     results = [asyncapp.sleep.delay(3, i) for i in range(5)]
-    wait_for(lambda: _pending(r) == 5, 30, message="all 5 running")
+    inspect = aapp.control.inspect([w.name], timeout=2)
+    wait_for(lambda: len(inspect.active().get(w.name) or []) == 5, 30, 0.1, message="all 5 running")
     waiting = None
     # When it gets SIGTERM
     w.signal(signal.SIGTERM)

@@ -77,8 +77,8 @@ def transaction_replies(replies: list) -> list:
 
 
 def auth_failed(url: str, exc: BaseException) -> BrokerAuthError:
-    return BrokerAuthError(f"Redis at {safe_url(url)} refused the credentials (authentication failed: {exc}); "
-                           "check the user and password in the broker URL")
+    """The error for refused credentials: the same line as every CLI command's (describe_error)."""
+    return BrokerAuthError(describe_error(exc, url) or f"Redis at {safe_url(url)} refused the login ({exc})")
 
 
 def out_of_memory(url: str, exc: BaseException) -> BrokerOutOfMemory:
