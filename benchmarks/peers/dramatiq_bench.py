@@ -21,6 +21,18 @@ How each scenario uses Dramatiq:
 - e2e:     ``group(echo.message(i) ...).run()`` then ``get_results(block=True)`` through
            the Results middleware's RedisBackend.
 - latency: ``echo.send(i).get_result(block=True)`` against one idle worker process.
+- realistic: one row of src/fastq/bench_realistic.py (``--row K``): ``bench.sleep`` /
+           ``bench.cpu`` actors, one ``send()`` each, their (start, end) read back with
+           ``get_result(block=True)`` through the Results middleware's RedisBackend. One
+           ``dramatiq`` command per fastq worker: thread ``-c N`` -> ``--processes 1
+           --threads N``, process ``-c N`` -> ``--processes N --threads 1``. One setting
+           for every row: ``dramatiq_queue_prefetch`` = threads per process, so a process
+           holds no more messages than it can run (what Dramatiq's author advises for long
+           tasks in dramatiq#183, and the analogue of Celery's prefetch 1 + acks_late; the
+           throughput scenarios' 200 would let one process hoard a backlog of long tasks).
+           Everything else is default, including ``--worker-timeout`` 1000 ms: a consumer
+           that fetched nothing (queue empty, or its prefetch full) sleeps with exponential
+           backoff up to that long before fetching again.
 
 Worker: ``dramatiq dramatiq_tasks --processes P --threads 8`` (8 is Dramatiq's default
 and measured as good as 2-32 for no-op actors; BENCH_DRAMATIQ_THREADS overrides) with the
@@ -47,6 +59,8 @@ from _common import (
     latency_stats,
     log,
     parse_args,
+    realistic_rows,
+    run_realistic_row,
     timed,
     used_memory,
     wait_until,
@@ -76,6 +90,18 @@ def config_string(threads: int, prefetch: int) -> str:
     return (f"dramatiq --processes P --threads {threads}, default middleware + Results(RedisBackend), "
             f"dramatiq_queue_prefetch={prefetch}, worker_timeout 1000 ms (default), "
             f"redis-py {redis.__version__} ({hiredis}); bulk = group(...).run() (no pipelined enqueue exists)")
+
+
+REALISTIC_CONFIG = ("realistic rows: one `dramatiq dramatiq_tasks` per worker, `--processes 1 --threads N` "
+                    "(thread) or `--processes N --threads 1` (process), dramatiq_queue_prefetch = threads per "
+                    "process, worker_timeout 1000 ms (default), default middleware + Results(RedisBackend), "
+                    "(start, end) via get_result(block=True)")
+
+
+def realistic_command(pool: str, concurrency: int) -> tuple[list[str], int, int]:
+    """The ``dramatiq`` command for one worker of a realistic row, its processes and threads."""
+    processes, threads = (1, concurrency) if pool == "thread" else (concurrency, 1)
+    return worker_command(processes, threads), processes, threads
 
 
 def send_bulk(actor, n: int):
@@ -164,6 +190,28 @@ def run_latency(url: str, n: int, threads: int) -> dict:
     return {"scenario": "latency", **latency_stats(samples)}
 
 
+def run_realistic(url: str, row: tuple) -> dict:
+    from dramatiq.results import ResultTimeout
+    from dramatiq_tasks import cpu_task, sleep_task
+
+    flush(url)
+    _, pool, concurrency, _, count = row
+    cmd, processes, threads = realistic_command(pool, concurrency)
+    env = {**worker_env(url), "dramatiq_queue_prefetch": str(threads)}
+    workers = Workers([cmd] * count, env)
+
+    def send(kind: str, seconds: float):
+        return (sleep_task if kind == "sleep" else cpu_task).send(seconds)
+
+    def result(message, timeout: float):
+        try:
+            return message.get_result(block=True, timeout=int(timeout * 1000))
+        except ResultTimeout:
+            return None
+
+    return run_realistic_row(row, workers, lambda: wait_ready(url, processes * count), send, result)
+
+
 def main() -> None:
     args = parse_args("dramatiq")
     threads = int(os.environ.get("BENCH_DRAMATIQ_THREADS", str(DEFAULT_THREADS)))
@@ -175,6 +223,11 @@ def main() -> None:
 
     results = []
     for sc in args.scenarios:
+        if sc == "realistic":
+            for row in realistic_rows(args.row):
+                log(f"dramatiq realistic {row}")
+                results.append(run_realistic(args.broker, row))
+            continue
         n = args.tasks or DEFAULT_TASKS[sc]
         if sc == "drain":
             for p in args.procs:
@@ -191,8 +244,9 @@ def main() -> None:
         else:
             results.append(run_latency(args.broker, n, threads))
     flush(args.broker)
-    emit("dramatiq", dramatiq.__version__, args.broker,
-         config_string(threads, int(os.environ["dramatiq_queue_prefetch"])), results)
+    config = (REALISTIC_CONFIG if args.scenarios == ["realistic"]
+              else config_string(threads, int(os.environ["dramatiq_queue_prefetch"])))
+    emit("dramatiq", dramatiq.__version__, args.broker, config, results)
 
 
 if __name__ == "__main__":
