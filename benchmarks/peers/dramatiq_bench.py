@@ -25,14 +25,16 @@ How each scenario uses Dramatiq:
            ``bench.cpu`` actors, one ``send()`` each, their (start, end) read back with
            ``get_result(block=True)`` through the Results middleware's RedisBackend. One
            ``dramatiq`` command per fastq worker: thread ``-c N`` -> ``--processes 1
-           --threads N``, process ``-c N`` -> ``--processes N --threads 1``. One setting
-           for every row: ``dramatiq_queue_prefetch`` = threads per process, so a process
-           holds no more messages than it can run (what Dramatiq's author advises for long
-           tasks in dramatiq#183, and the analogue of Celery's prefetch 1 + acks_late; the
-           throughput scenarios' 200 would let one process hoard a backlog of long tasks).
-           Everything else is default, including ``--worker-timeout`` 1000 ms: a consumer
-           that fetched nothing (queue empty, or its prefetch full) sleeps with exponential
-           backoff up to that long before fetching again.
+           --threads N``, process ``-c N`` -> ``--processes N --threads 1``. Every row runs
+           Dramatiq's defaults: prefetch 2 x threads per process (running ones included;
+           the throughput scenarios' 200 would let one process hoard a backlog of long
+           tasks) and ``--worker-timeout`` 1000 ms. Why not prefetch = threads, which
+           Dramatiq's author suggests in dramatiq#392 to hold no message that cannot run at
+           once (the analogue of Celery's prefetch 1 + acks_late): a consumer whose prefetch
+           is full fetches nothing and then sleeps with exponential backoff (up to the
+           worker timeout), so with prefetch = threads a finished task's thread often waits
+           for that sleep. Measured here on sleep 100ms rows: makespan 1.4-1.6x the ideal
+           against 1.03-1.05x with the default, and a worse wait p99 on "long + short".
 
 Worker: ``dramatiq dramatiq_tasks --processes P --threads 8`` (8 is Dramatiq's default
 and measured as good as 2-32 for no-op actors; BENCH_DRAMATIQ_THREADS overrides) with the
@@ -93,15 +95,15 @@ def config_string(threads: int, prefetch: int) -> str:
 
 
 REALISTIC_CONFIG = ("realistic rows: one `dramatiq dramatiq_tasks` per worker, `--processes 1 --threads N` "
-                    "(thread) or `--processes N --threads 1` (process), dramatiq_queue_prefetch = threads per "
-                    "process, worker_timeout 1000 ms (default), default middleware + Results(RedisBackend), "
+                    "(thread) or `--processes N --threads 1` (process), Dramatiq's default prefetch (2 x threads "
+                    "per process) and worker_timeout (1000 ms), default middleware + Results(RedisBackend), "
                     "(start, end) via get_result(block=True)")
 
 
-def realistic_command(pool: str, concurrency: int) -> tuple[list[str], int, int]:
-    """The ``dramatiq`` command for one worker of a realistic row, its processes and threads."""
+def realistic_command(pool: str, concurrency: int) -> tuple[list[str], int]:
+    """The ``dramatiq`` command for one worker of a realistic row, and its processes."""
     processes, threads = (1, concurrency) if pool == "thread" else (concurrency, 1)
-    return worker_command(processes, threads), processes, threads
+    return worker_command(processes, threads), processes
 
 
 def send_bulk(actor, n: int):
@@ -196,8 +198,9 @@ def run_realistic(url: str, row: tuple) -> dict:
 
     flush(url)
     _, pool, concurrency, _, count = row
-    cmd, processes, threads = realistic_command(pool, concurrency)
-    env = {**worker_env(url), "dramatiq_queue_prefetch": str(threads)}
+    cmd, processes = realistic_command(pool, concurrency)
+    env = worker_env(url)
+    env.pop("dramatiq_queue_prefetch", None)  # Dramatiq's default (see the module docstring)
     workers = Workers([cmd] * count, env)
 
     def send(kind: str, seconds: float):
