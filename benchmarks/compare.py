@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -160,8 +161,6 @@ def plan_tasks(base: dict[str, dict[str, int]], spec: str) -> dict[str, dict[str
 
 def load_realistic():
     """src/fastq/bench_realistic.py, by path (as the peers load it; compare.py may run without fastq)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("bench_realistic", REALISTIC_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
