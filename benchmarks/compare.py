@@ -115,8 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"{', '.join(EXTRA_SCENARIOS)}).")
     p.add_argument("--rows", default="",
                    help="realistic: comma-separated row filters, each a row number or a case-insensitive "
-                        "substring of the row's label, e.g. 'sleep 100ms' or 'mix 1ms-5s thread' "
-                        "(default: every row).")
+                        "substring of the row's label ('sleep 100ms thread -c 8 / 1 worker / running'), "
+                        "e.g. 'sleep 100ms' or 'mix 1ms-5s thread' (default: every row).")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems (default: all three).")
     p.add_argument("--repeat", type=int, default=2,
                    help="Run each cell R times and keep the best (highest rate / lowest p50): "
@@ -169,9 +169,10 @@ def load_realistic():
 
 
 def row_label(row: tuple) -> str:
-    """'sleep 100ms thread -c 8, 1 worker, running': what --rows matches and the table shows."""
+    """'sleep 100ms thread -c 8 / 1 worker / running': what --rows matches and the table shows.
+    No commas: --rows splits on them (a label's ', 1 worker' once matched every 1-worker row)."""
     name, pool, concurrency, when, workers = row
-    return f"{name} {pool} -c {concurrency}, {workers} worker{'s' if workers > 1 else ''}, {when}"
+    return f"{name} {pool} -c {concurrency} / {workers} worker{'s' if workers > 1 else ''} / {when}"
 
 
 def pick_rows(spec: str) -> list[int]:
@@ -180,8 +181,9 @@ def pick_rows(spec: str) -> list[int]:
     items = [s.strip().lower() for s in spec.split(",") if s.strip()]
     if not items:
         return list(range(len(rows)))
+    # A bare number is a row number only: as a substring, "0" would match "100ms" and "50ms".
     picked = [i for i, row in enumerate(rows)
-              if any(item == str(i) or item in row_label(row).lower() for item in items)]
+              if any(item == str(i) if item.isdigit() else item in row_label(row).lower() for item in items)]
     if not picked:
         raise SystemExit(f"--rows: {spec!r} matches no row; rows are: "
                          + "; ".join(f"{i} {row_label(r)}" for i, r in enumerate(rows)))
@@ -343,6 +345,8 @@ def run_all(args: argparse.Namespace, systems: list[str]) -> dict[tuple[str, int
 def run_realistic(args: argparse.Namespace, systems: list[str]) -> list[tuple[tuple, dict[str, Cell]]]:
     """Row by row, system by system: a row's systems run within a minute of each other."""
     rows = load_realistic().ROWS
+    say(f"realistic: {len(args.realistic_rows)} of {len(rows)} rows x {len(systems)} systems x {args.repeat} "
+        f"run(s): " + "; ".join(row_label(rows[i]) for i in args.realistic_rows))
     table = []
     for i in args.realistic_rows:
         cells = {}
@@ -355,7 +359,7 @@ def run_realistic(args: argparse.Namespace, systems: list[str]) -> list[tuple[tu
                 r = cell.result
                 result = (f"makespan {r['makespan_s']:.2f} s = {r['ratio']:.2f}x ideal, wait p99 "
                           f"{r['wait_p99_ms']:.0f} ms" if r else f"ERROR: {cell.error}")
-                say(f"{row_label(rows[i]):<42} {system:<9} {result}  [{time.perf_counter() - t0:.0f}s]")
+                say(f"{row_label(rows[i]):<44} {system:<9} {result}  [{time.perf_counter() - t0:.0f}s]")
             cells[system] = best(tries)
         table.append((rows[i], cells))
     flush_db(args.broker)
