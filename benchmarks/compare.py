@@ -6,6 +6,7 @@ Usage::
     python benchmarks/compare.py --quick            # small N, a couple of minutes
     python benchmarks/compare.py --write-results    # also write benchmarks/RESULTS.md
     python benchmarks/compare.py --tasks drain=50000,celery:e2e=5000 --repeat 3
+    python benchmarks/compare.py --scenario realistic --rows "sleep 100ms" --repeat 1
 
 What it does:
 
@@ -22,6 +23,15 @@ What it does:
    own interpreter, the way users start them.
 3. Prints one table: absolute figures, N per cell, and fastq's ratio to each peer.
 
+The realistic scenario (``fastq bench -s realistic``: sleeping and CPU-spinning tasks of 1 ms
+to 5 s on thread and process pools, queued before the workers start or sent to running ones)
+is opt-in: ``--scenario realistic``, optionally ``--rows`` to pick rows. Its rows, workloads
+and arithmetic come from src/fastq/bench_realistic.py, which every side loads (the peers by
+path). It runs row by row, each system right after the other (fastq through
+benchmarks/fastq_realistic_row.py, which runs ``fastq bench`` on the chosen rows only), and
+prints its own table: makespan against the ideal schedule and wait p99 per system, fastq's
+ratio to each peer and who is ahead.
+
 The Redis DB in --broker (default DB 5 of 127.0.0.1:6379) is FLUSHED before every run:
 point it at a DB that holds nothing you need.
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -53,6 +64,12 @@ RESULTS_MD = HERE / "RESULTS.md"
 
 SYSTEMS = ("fastq", "celery", "dramatiq")
 SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
+#: Opt-in scenarios: not in the default run (realistic alone takes about as long as it).
+EXTRA_SCENARIOS = ("realistic",)
+#: The realistic scenario's workloads, rows and arithmetic (standard library only).
+REALISTIC_PATH = REPO / "src" / "fastq" / "bench_realistic.py"
+FASTQ_REALISTIC_ROW = HERE / "fastq_realistic_row.py"
+RESULTS_REALISTIC_MD = HERE / "RESULTS-realistic.md"
 DRAIN_PROCESSES = (1, 2)
 E2E_PROCESSES = 2
 #: Seconds one system may take for one scenario before it is reported as failed.
@@ -76,6 +93,8 @@ QUICK_TASKS = {
 #: Said in the table's footnotes when `fastq bench` does not describe its own settings.
 FASTQ_CONFIG = ("`fastq worker -P process -c P` with its defaults (prefetch 100, acks batched every 10 ms); "
                 "bulk = `app.send_many` (pipelined)")
+FASTQ_REALISTIC_CONFIG = ("realistic rows: one `fastq worker -P thread|process -c N` per worker with its defaults "
+                          "(prefetch 100 with its adaptive fetch window for slow tasks); (start, end) via ResultSet")
 
 
 # --- command line -------------------------------------------------------------------
@@ -91,8 +110,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="",
                    help="Override N: a bare number sets every scenario of every system; "
                         "'scenario=N' or 'system:scenario=N' items, comma-separated, set one.")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="Comma-separated scenarios to run (default: all).")
+    p.add_argument("--scenarios", "--scenario", default=",".join(SCENARIOS),
+                   help="Comma-separated scenarios to run (default: all but the opt-in "
+                        f"{', '.join(EXTRA_SCENARIOS)}).")
+    p.add_argument("--rows", default="",
+                   help="realistic: comma-separated row filters, each a row number or a case-insensitive "
+                        "substring of the row's label ('sleep 100ms thread -c 8 / 1 worker / running'), "
+                        "e.g. 'sleep 100ms' or 'mix 1ms-5s thread' (default: every row).")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems (default: all three).")
     p.add_argument("--repeat", type=int, default=2,
                    help="Run each cell R times and keep the best (highest rate / lowest p50): "
@@ -100,7 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-results", action="store_true", help=f"Write the run to {RESULTS_MD.relative_to(REPO)}.")
     p.add_argument("--json-out", type=Path, help="Also save every raw JSON result to this file.")
     args = p.parse_args(argv)
-    args.scenario_list = _pick(args.scenarios, SCENARIOS, "--scenarios")
+    args.scenario_list = _pick(args.scenarios, SCENARIOS + EXTRA_SCENARIOS, "--scenarios")
+    args.realistic_rows = pick_rows(args.rows) if "realistic" in args.scenario_list else []
+    if args.rows and "realistic" not in args.scenario_list:
+        raise SystemExit("--rows: only for --scenario realistic")
     args.system_list = _pick(args.systems, SYSTEMS, "--systems")
     args.plan = plan_tasks(QUICK_TASKS if args.quick else FULL_TASKS, args.tasks)
     return args
@@ -130,6 +157,37 @@ def plan_tasks(base: dict[str, dict[str, int]], spec: str) -> dict[str, dict[str
                     raise SystemExit(f"--tasks: unknown system or scenario in {item!r}")
                 plan[sys_name][sc] = n
     return plan
+
+
+def load_realistic():
+    """src/fastq/bench_realistic.py, by path (as the peers load it; compare.py may run without fastq)."""
+    spec = importlib.util.spec_from_file_location("bench_realistic", REALISTIC_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def row_label(row: tuple) -> str:
+    """'sleep 100ms thread -c 8 / 1 worker / running': what --rows matches and the table shows.
+    No commas: --rows splits on them (a label's ', 1 worker' once matched every 1-worker row)."""
+    name, pool, concurrency, when, workers = row
+    return f"{name} {pool} -c {concurrency} / {workers} worker{'s' if workers > 1 else ''} / {when}"
+
+
+def pick_rows(spec: str) -> list[int]:
+    """Indices into ROWS matched by a --rows spec (every row when it is empty)."""
+    rows = load_realistic().ROWS
+    items = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    if not items:
+        return list(range(len(rows)))
+    # A bare number is a row number only: as a substring, "0" would match "100ms" and "50ms".
+    picked = [i for i, row in enumerate(rows)
+              if any(item == str(i) if item.isdigit() else item in row_label(row).lower() for item in items)]
+    if not picked:
+        raise SystemExit(f"--rows: {spec!r} matches no row; rows are: "
+                         + "; ".join(f"{i} {row_label(r)}" for i, r in enumerate(rows)))
+    return picked
 
 
 # --- the peers' virtual environment ---------------------------------------------------
@@ -174,6 +232,14 @@ class Cell:
     meta: dict = field(default_factory=dict)  # tool, version, compiled, config
 
 
+def realistic_command(system: str, broker: str, index: int) -> list[str]:
+    """The command line that runs one realistic row for one system, printing JSON."""
+    if system == "fastq":
+        return [sys.executable, str(FASTQ_REALISTIC_ROW), "--broker", broker, "--row", str(index)]
+    return [str(VENV_PY), str(PEERS_DIR / f"{system}_bench.py"), "--broker", broker, "--scenario", "realistic",
+            "--row", str(index), "--json"]
+
+
 def bench_command(system: str, broker: str, scenario: str, n: int, processes: int | None) -> list[str]:
     """The command line that runs one scenario for one system, printing JSON."""
     tail = ["--broker", broker, "--scenario", scenario, "--tasks", str(n), "--json"]
@@ -184,11 +250,10 @@ def bench_command(system: str, broker: str, scenario: str, n: int, processes: in
     return [str(VENV_PY), str(PEERS_DIR / f"{system}_bench.py"), *tail]
 
 
-def run_cell(system: str, broker: str, scenario: str, n: int, processes: int | None) -> Cell:
-    """Run one system on one scenario in a subprocess and parse its JSON."""
+def run_cell(system: str, broker: str, scenario: str, processes: int | None, cmd: list[str]) -> Cell:
+    """Run one system's benchmark command in a subprocess and parse its JSON."""
     cell = Cell(system, scenario, processes)
     flush_db(broker)  # every run starts from an empty DB, whatever the previous one left
-    cmd = bench_command(system, broker, scenario, n, processes)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=REPO)
     except subprocess.TimeoutExpired:
@@ -220,10 +285,13 @@ def _last_line(text: str) -> str:
 
 
 def best(cells: list[Cell]) -> Cell:
-    """Of repeated runs, the best one (highest rate, else lowest p50); errors last."""
+    """Of repeated runs, the best one (highest rate, else lowest makespan/ideal, else lowest p50);
+    errors last."""
     ok = [c for c in cells if c.result]
     if not ok:
         return cells[-1]
+    if "ratio" in ok[0].result:
+        return min(ok, key=lambda c: c.result["ratio"])
     if "rate" in ok[0].result:
         return max(ok, key=lambda c: c.result["rate"])
     return min(ok, key=lambda c: c.result["p50_ms"])
@@ -243,6 +311,8 @@ def row_groups(scenarios: list[str]) -> list[tuple[str, int | None]]:
     """(scenario, processes) in table order: drain once per process count."""
     groups: list[tuple[str, int | None]] = []
     for sc in scenarios:
+        if sc in EXTRA_SCENARIOS:
+            continue  # its own table
         if sc == "drain":
             groups += [(sc, p) for p in DRAIN_PROCESSES]
         elif sc == "e2e":
@@ -262,11 +332,36 @@ def run_all(args: argparse.Namespace, systems: list[str]) -> dict[tuple[str, int
             tries = []
             for _ in range(max(1, args.repeat)):
                 t0 = time.perf_counter()
-                cell = run_cell(system, args.broker, scenario, n, procs)
+                cmd = bench_command(system, args.broker, scenario, n, procs)
+                cell = run_cell(system, args.broker, scenario, procs, cmd)
                 tries.append(cell)
                 say(f"{label(scenario, procs):<16} {system:<9} N={n:<7} {summary(cell)}  "
                     f"[{time.perf_counter() - t0:.0f}s]")
             row[system] = best(tries)
+    flush_db(args.broker)
+    return table
+
+
+def run_realistic(args: argparse.Namespace, systems: list[str]) -> list[tuple[tuple, dict[str, Cell]]]:
+    """Row by row, system by system: a row's systems run within a minute of each other."""
+    rows = load_realistic().ROWS
+    say(f"realistic: {len(args.realistic_rows)} of {len(rows)} rows x {len(systems)} systems x {args.repeat} "
+        f"run(s): " + "; ".join(row_label(rows[i]) for i in args.realistic_rows))
+    table = []
+    for i in args.realistic_rows:
+        cells = {}
+        for system in systems:
+            tries = []
+            for _ in range(max(1, args.repeat)):
+                t0 = time.perf_counter()
+                cell = run_cell(system, args.broker, "realistic", None, realistic_command(system, args.broker, i))
+                tries.append(cell)
+                r = cell.result
+                result = (f"makespan {r['makespan_s']:.2f} s = {r['ratio']:.2f}x ideal, wait p99 "
+                          f"{r['wait_p99_ms']:.0f} ms" if r else f"ERROR: {cell.error}")
+                say(f"{row_label(rows[i]):<44} {system:<9} {result}  [{time.perf_counter() - t0:.0f}s]")
+            cells[system] = best(tries)
+        table.append((rows[i], cells))
     flush_db(args.broker)
     return table
 
@@ -394,6 +489,77 @@ def versions(table, systems) -> str:
     return ", ".join(out)
 
 
+#: "ahead" calls two systems level when they are this close (relative), or, for waits, within
+#: TIE_MS: a shared 2-core machine moves single runs by more than that.
+TIE = 0.05
+TIE_MS = 5.0
+
+
+def format_realistic_table(table: list[tuple[tuple, dict[str, Cell]]], systems: list[str]) -> str:
+    """A Markdown table: per row, makespan/ideal and wait p99 per system, fastq/peer, who is ahead."""
+    peers = [s for s in systems if s != "fastq"]
+    ratio_cols = [f"fastq/{p}" for p in peers] if "fastq" in systems else []
+    head = ["row", "metric", *systems, *ratio_cols, "ahead"]
+    out = [head]
+    for row, cells in table:
+        tasks = next((c.result["tasks"] for c in cells.values() if c.result), "?")
+        name = f"{row_label(row)} ({tasks} tasks)"
+        for metric, key, extra, fmt, tie_abs in (("makespan/ideal (makespan s)", "ratio", "makespan_s", ".2f", 0.0),
+                                                 ("wait p99 ms (ideal p99)", "wait_p99_ms", "ideal_wait_p99_ms",
+                                                  ".0f", TIE_MS)):
+            values = {s: c.result[key] for s, c in cells.items() if c.result}
+            shown = [f"{format(c.result[key], fmt)} ({format(c.result[extra], fmt)})" if c.result else "error"
+                     for c in (cells[s] for s in systems)]
+            ratios = [f"{values['fastq'] / values[p]:.2f}x" if values.get("fastq") is not None and values.get(p)
+                      else "-" for p in peers] if ratio_cols else []
+            out.append([name, metric, *shown, *ratios, ahead(values, tie_abs)])
+            name = ""
+    widths = [max(len(r[i]) for r in out) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) if i < 2 or i == len(head) - 1 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) + " |" for r in out]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + (":" if 1 < i < len(head) - 1 else "-")
+                                   for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def ahead(values: dict[str, float], tie_abs: float) -> str:
+    """The system with the lowest value, or 'a = b' when the next is within TIE (or tie_abs)."""
+    if not values:
+        return "-"
+    ranked = sorted(values, key=values.get)
+    low = values[ranked[0]]
+    level = [s for s in ranked if values[s] - low <= max(TIE * low, tie_abs)]
+    return " = ".join(level) if len(level) < len(values) or len(values) == 1 else "all level"
+
+
+def realistic_footnotes(table: list[tuple[tuple, dict[str, Cell]]], systems: list[str]) -> list[str]:
+    """Each system's realistic settings, then errors."""
+    notes = []
+    for system in systems:
+        meta = next((cells[system].meta for _, cells in table if cells.get(system) and cells[system].meta), None)
+        if meta is None:
+            notes.append(f"- **{system}**: no successful run")
+        elif system == "fastq":
+            core = "compiled core" if meta.get("compiled") else "pure-Python core"
+            notes.append(f"- **fastq {meta.get('version')}** ({core}): {meta.get('config') or FASTQ_REALISTIC_CONFIG}")
+        else:
+            notes.append(f"- **{system} {meta.get('version')}**: {meta.get('config')}")
+    for row, cells in table:
+        for system, c in cells.items():
+            if c.error:
+                notes.append(f"- error, {system} {row_label(row)}: {c.error}")
+    return notes
+
+
+REALISTIC_NOTE = (
+    "makespan/ideal: first task start to last task end, over what a work-conserving scheduler with the same "
+    "slots would need for the same tasks released at the same moments (1.00 is perfect; a CPU-bound task's "
+    "slots are capped by the cores, and by one for threads). wait p99: send (for tasks queued before the "
+    "workers started, the first task start) to task start. fastq/peer below 1 means fastq is closer to the "
+    f"ideal, or waits less. ahead: the lowest value; systems within {TIE:.0%} of it (waits: or within "
+    f"{TIE_MS:.0f} ms) are level with it. Every system measured the same way: its send time taken just "
+    "before each delay()/send(), its tasks returning their own (start, end) wall times.")
+
 RATIO_NOTE = ("Ratios are fastq / peer for each metric: above 1 means fastq is faster for tasks/s, "
               "below 1 means fastq is better for seconds, ms, bytes and MB.")
 
@@ -492,6 +658,40 @@ def results_markdown(table, systems, mach: dict[str, str], load_after: str, star
     return "\n".join(lines) + "\n"
 
 
+def realistic_markdown(table, systems, mach: dict[str, str], load_after: str, started: str, wall: float,
+                       repeat: int) -> str:
+    """The whole of RESULTS-realistic.md for this run."""
+    lines = [
+        "# fastq vs Celery vs Dramatiq: realistic tasks",
+        "",
+        f"Measured {started} by `benchmarks/compare.py` in {wall / 60:.1f} min wall time. Command:",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in mach.items() if k != "load average"],
+        f"- load average (1/5/15 min) before: {mach['load average']}; after: {load_after}",
+        "",
+        "## Results",
+        "",
+        format_realistic_table(table, systems),
+        "",
+        REALISTIC_NOTE + f" Each system's figures in a row come from its best of {repeat} run(s) "
+        "(lowest makespan/ideal); the wait p99 is that run's.",
+        "",
+        "Settings (one configuration per system for every row):",
+        "",
+        *realistic_footnotes(table, systems),
+        "",
+        "Workloads and rows: `src/fastq/bench_realistic.py` (`fastq bench -s realistic` runs the same rows "
+        "for fastq alone).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 METHOD = """## Method
 
 Every system runs the same five scenarios against the same Redis DB (flushed before each
@@ -536,22 +736,37 @@ def main(argv: list[str] | None = None) -> int:
         say("fastq bench unavailable (no working `python -m fastq bench`): running the peers only")
         systems.remove("fastq")
     mach = machine(args.broker)
-    table = run_all(args, systems)
+    table = run_all(args, systems) if any(sc not in EXTRA_SCENARIOS for sc in args.scenario_list) else {}
+    realistic = run_realistic(args, systems) if args.realistic_rows else []
     wall = time.perf_counter() - t0
-    print()
-    print(format_table(table, systems))
-    print()
-    print(RATIO_NOTE)
-    print("\n".join(footnotes(table, systems)))
+    if table:
+        print()
+        print(format_table(table, systems))
+        print()
+        print(RATIO_NOTE)
+        print("\n".join(footnotes(table, systems)))
+    if realistic:
+        print()
+        print(format_realistic_table(realistic, systems))
+        print()
+        print(REALISTIC_NOTE)
+        print("\n".join(realistic_footnotes(realistic, systems)))
     if args.json_out:
-        args.json_out.write_text(json.dumps({f"{sc}/{p}": {s: vars(c) for s, c in cells.items()}
-                                             for (sc, p), cells in table.items()}, indent=1, default=str))
+        raw = {f"{sc}/{p}": {s: vars(c) for s, c in cells.items()} for (sc, p), cells in table.items()}
+        raw.update({f"realistic/{row_label(row)}": {s: vars(c) for s, c in cells.items()}
+                    for row, cells in realistic})
+        args.json_out.write_text(json.dumps(raw, indent=1, default=str))
     if args.write_results:
-        RESULTS_MD.write_text(results_markdown(table, systems, mach, _loadavg(), started, wall,
-                                                    args.repeat))
-        say(f"wrote {RESULTS_MD.relative_to(REPO)}")
-    failed = any(c.error for cells in table.values() for c in cells.values())
-    return 1 if failed else 0
+        # Separate files, so that an opt-in realistic run never replaces the main table.
+        if table:
+            RESULTS_MD.write_text(results_markdown(table, systems, mach, _loadavg(), started, wall, args.repeat))
+            say(f"wrote {RESULTS_MD.relative_to(REPO)}")
+        if realistic:
+            RESULTS_REALISTIC_MD.write_text(realistic_markdown(realistic, systems, mach, _loadavg(), started, wall,
+                                                               args.repeat))
+            say(f"wrote {RESULTS_REALISTIC_MD.relative_to(REPO)}")
+    cells = [c for cs in table.values() for c in cs.values()] + [c for _, cs in realistic for c in cs.values()]
+    return 1 if any(c.error for c in cells) else 0
 
 
 if __name__ == "__main__":

@@ -17,11 +17,16 @@ Timing rules, identical for every system (they mirror src/fastq/bench.py):
 - e2e:     workers started and warmed up (one round trip), then wall time of bulk send
            of N echo tasks + collecting every result.
 - latency: one idle worker process, ``delay()`` then ``get()`` in a row; p50/p99.
+- realistic: one row of ``fastq bench -s realistic`` (src/fastq/bench_realistic.py, loaded
+           by path: the same workloads, rows and arithmetic as fastq's): every task sent with
+           one ``delay()``/``send()``, its send time taken just before; the tasks return their
+           (start, end) wall times; ``summarize`` makes the row's figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -35,6 +40,11 @@ import redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
+#: Run only when asked for by name ("all" does not include them).
+EXTRA_SCENARIOS = ("realistic",)
+#: fastq's realistic workloads: data and arithmetic only, standard library only, so the
+#: peers load the very same file instead of keeping a copy of the workloads.
+REALISTIC_PATH = os.path.join(HERE, os.pardir, os.pardir, "src", "fastq", "bench_realistic.py")
 #: The peers' defaults: smaller than fastq's where a peer would take minutes (see compare.py).
 DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 20_000, "drain": 20_000, "e2e": 10_000, "latency": 2_000}
 #: How often the drain poller samples the broker's keys. Small enough that the error
@@ -51,8 +61,10 @@ def parse_args(tool: str, argv: Sequence[str] | None = None) -> argparse.Namespa
     p = argparse.ArgumentParser(prog=f"{tool}_bench", description=f"{tool} side of benchmarks/compare.py")
     p.add_argument("--broker", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/5"),
                    help="Redis URL used as broker and result backend; its DB is FLUSHED.")
-    p.add_argument("--scenario", "-s", action="append", choices=[*SCENARIOS, "all"],
-                   help="Scenario to run (repeatable; default: all).")
+    p.add_argument("--scenario", "-s", action="append", choices=[*SCENARIOS, *EXTRA_SCENARIOS, "all"],
+                   help="Scenario to run (repeatable; default: all, which leaves out realistic).")
+    p.add_argument("--row", type=int, action="append",
+                   help="realistic: index into bench_realistic.ROWS (repeatable; default: every row).")
     p.add_argument("--tasks", "-n", type=int, help="Tasks per scenario (default: per scenario).")
     p.add_argument("--processes", "-p", default="1,2",
                    help="Worker processes for drain (comma-separated); e2e uses the largest.")
@@ -73,6 +85,15 @@ def emit(tool: str, version: str, broker: str, config: str, results: list[dict])
 def log(msg: str) -> None:
     """Progress goes to stderr so stdout stays one JSON object."""
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def load_realistic():
+    """src/fastq/bench_realistic.py as a module, loaded by path (fastq is not installed here)."""
+    spec = importlib.util.spec_from_file_location("bench_realistic", os.path.normpath(REALISTIC_PATH))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- Redis --------------------------------------------------------------------------
@@ -232,3 +253,47 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.perf_counter() > deadline:
             raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def run_realistic_row(row: tuple, workers: Workers, wait_ready: Callable[[], None],
+                      send: Callable[[str, float], object],
+                      result: Callable[[object, float], tuple[float, float] | None]) -> dict:
+    """One realistic row, the way src/fastq/bench.py's run_realistic runs it for fastq.
+
+    "before": every task is sent, then the workers start; "running": the workers start,
+    ``wait_ready()`` returns once every one of them is consuming, then the tasks are sent
+    one at a time. ``send(kind, seconds)`` sends one task and returns a handle;
+    ``result(handle, timeout)`` returns its (start, end), or None if not there within
+    ``timeout`` seconds (the runner then checks that the workers are still alive)."""
+    realistic = load_realistic()
+    name, pool, concurrency, when, count = row
+    kind, durations = realistic.WORKLOADS[name]
+    slots = realistic.effective_slots(kind, pool, concurrency, count)
+    # Generous: four times the ideal schedule's work per slot, plus start-up.
+    deadline = time.perf_counter() + 120 + 4 * sum(durations) / slots
+    sent, handles = [], []
+    try:
+        if when == "running":
+            workers.start()
+            wait_ready()
+        for d in durations:
+            sent.append(time.time())
+            handles.append(send(kind, d))
+        if when == "before":
+            workers.start()
+        spans = []
+        for h in handles:
+            while (span := result(h, 1.0)) is None:
+                workers.check_alive()
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"realistic {name}: {len(spans)} of {len(handles)} results in time")
+            spans.append(tuple(span))
+    finally:
+        workers.stop()
+    return realistic.summarize(row, sent, spans)
+
+
+def realistic_rows(picked: list[int] | None) -> list[tuple]:
+    """The rows asked for with --row (indices into ROWS), or every row."""
+    rows = load_realistic().ROWS
+    return [rows[i] for i in picked] if picked else list(rows)

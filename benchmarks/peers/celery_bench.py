@@ -20,6 +20,14 @@ How each scenario uses Celery (the documented way; see celery_tasks.py for setti
            task is a no-op, so it has run microseconds later.
 - e2e:     ``group(echo.s(i) ...).apply_async().get()`` (results over Redis pub/sub).
 - latency: ``echo.delay(i).get()`` against one idle worker.
+- realistic: one row of src/fastq/bench_realistic.py (``--row K``): ``bench.sleep`` /
+           ``bench.cpu`` tasks, one ``delay()`` each, their (start, end) read back with
+           ``AsyncResult.get()`` from the Redis result backend. Pools: thread -> ``-P threads
+           -c N``, process -> ``-P prefork -c N``; one ``celery worker`` per fastq worker.
+           One configuration for every row, from Celery's "Optimizing" guide for long tasks
+           ("Prefetch limits", "Reserve one task at a time"): ``task_acks_late=True``,
+           ``--prefetch-multiplier 1`` and ``-O fair``, so that a worker holds no more tasks
+           than it has slots and nothing waits behind a long task on a busy slot.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from _common import (
     latency_stats,
     log,
     parse_args,
+    realistic_rows,
+    run_realistic_row,
     timed,
     used_memory,
     wait_until,
@@ -75,6 +85,21 @@ def config_string(pool: str, prefetch: int) -> str:
             f"--without-heartbeat, early ack (default), rate limits disabled, json serializer, "
             f"kombu {kombu.__version__}, redis-py {redis.__version__} ({hiredis}); bulk = group(...).apply_async(), "
             f"which also subscribes to every task's result channel, even for ignore_result tasks")
+
+
+#: Every realistic row's worker settings (see the module docstring).
+REALISTIC_POOLS = {"thread": "threads", "process": "prefork"}
+REALISTIC_CONFIG = ("realistic rows: one `celery worker` per worker, `-P threads -c N` (thread) or "
+                    "`-P prefork -c N` (process), `-O fair --prefetch-multiplier 1` with task_acks_late=True "
+                    "(Celery's Optimizing guide for long tasks), --without-gossip --without-mingle "
+                    "--without-heartbeat; (start, end) via AsyncResult.get() from the Redis result backend")
+
+
+def realistic_commands(pool: str, concurrency: int, workers: int) -> list[list[str]]:
+    base = [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1",
+            "-O", "fair", "-P", REALISTIC_POOLS[pool], "-c", str(concurrency)]
+    return [[*base, "-n", f"bench{i}@%h"] for i in range(workers)]
 
 
 # --- scenarios --------------------------------------------------------------------
@@ -164,6 +189,27 @@ def run_latency(url: str, n: int, pool: str, prefetch: int) -> dict:
     return {"scenario": "latency", **latency_stats(samples)}
 
 
+def run_realistic(url: str, row: tuple) -> dict:
+    from celery.exceptions import TimeoutError as ResultTimeout
+    from celery_tasks import cpu_task, sleep_task
+
+    flush(url)
+    _, pool, concurrency, _, count = row
+    env = {**worker_env(url), "BENCH_CELERY_PREFETCH": "1", "BENCH_CELERY_ACKS_LATE": "1"}
+    workers = Workers(realistic_commands(pool, concurrency, count), env)
+
+    def send(kind: str, seconds: float):
+        return (sleep_task if kind == "sleep" else cpu_task).delay(seconds)
+
+    def result(handle, timeout: float):
+        try:
+            return handle.get(timeout=timeout)
+        except ResultTimeout:
+            return None
+
+    return run_realistic_row(row, workers, lambda: wait_ready(count), send, result)
+
+
 def main() -> None:
     args = parse_args("celery")
     pool = os.environ.get("BENCH_CELERY_POOL", "solo")
@@ -175,6 +221,11 @@ def main() -> None:
 
     results = []
     for sc in args.scenarios:
+        if sc == "realistic":
+            for row in realistic_rows(args.row):
+                log(f"celery realistic {row}")
+                results.append(run_realistic(args.broker, row))
+            continue
         n = args.tasks or DEFAULT_TASKS[sc]
         if sc == "drain":
             for p in args.procs:
@@ -191,7 +242,8 @@ def main() -> None:
         else:
             results.append(run_latency(args.broker, n, pool, prefetch))
     flush(args.broker)
-    emit("celery", celery.__version__, args.broker, config_string(pool, prefetch), results)
+    config = REALISTIC_CONFIG if args.scenarios == ["realistic"] else config_string(pool, prefetch)
+    emit("celery", celery.__version__, args.broker, config, results)
 
 
 if __name__ == "__main__":
