@@ -28,7 +28,7 @@ to 5 s on thread and process pools, queued before the workers start or sent to r
 is opt-in: ``--scenario realistic``, optionally ``--rows`` to pick rows. Its rows, workloads
 and arithmetic come from src/fastq/bench_realistic.py, which every side loads (the peers by
 path). It runs row by row, each system right after the other (fastq through
-benchmarks/fastq_realistic_row.py, which runs ``fastq bench`` on the chosen rows only), and
+``fastq bench -s realistic --rows K``), and
 prints its own table: makespan against the ideal schedule and wait p99 per system, fastq's
 ratio to each peer and who is ahead.
 
@@ -68,7 +68,6 @@ SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
 EXTRA_SCENARIOS = ("realistic",)
 #: The realistic scenario's workloads, rows and arithmetic (standard library only).
 REALISTIC_PATH = REPO / "src" / "fastq" / "bench_realistic.py"
-FASTQ_REALISTIC_ROW = HERE / "fastq_realistic_row.py"
 RESULTS_REALISTIC_MD = HERE / "RESULTS-realistic.md"
 DRAIN_PROCESSES = (1, 2)
 E2E_PROCESSES = 2
@@ -235,7 +234,8 @@ class Cell:
 def realistic_command(system: str, broker: str, index: int) -> list[str]:
     """The command line that runs one realistic row for one system, printing JSON."""
     if system == "fastq":
-        return [sys.executable, str(FASTQ_REALISTIC_ROW), "--broker", broker, "--row", str(index)]
+        return [sys.executable, "-m", "fastq", "bench", "--broker", broker, "--scenario", "realistic",
+                "--rows", str(index), "--json"]
     return [str(VENV_PY), str(PEERS_DIR / f"{system}_bench.py"), "--broker", broker, "--scenario", "realistic",
             "--row", str(index), "--json"]
 

@@ -486,7 +486,7 @@ def _f(v, spec: str) -> str:
 
 
 def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int], extra: list[str],
-        show_progress: bool) -> list[dict]:
+        show_progress: bool, rows: list[tuple] | None = None) -> list[dict]:
     """Run the scenarios under a fresh ``fastq-bench-<hex>:`` key prefix, then delete its keys."""
     bapp = app
     bapp.conf.broker_url = url
@@ -494,13 +494,13 @@ def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int],
     bapp.conf.key_prefix = f"fastq-bench-{uuid.uuid4().hex[:12]}:"
     bapp._reset()
     try:
-        return _run_scenarios(bapp, url, scenarios, tasks, processes, extra, show_progress)
+        return _run_scenarios(bapp, url, scenarios, tasks, processes, extra, show_progress, rows)
     finally:
         bapp.broker.delete_prefixed(bapp.conf.key_prefix)
 
 
 def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | None, processes: list[int],
-                   extra: list[str], show_progress: bool) -> list[dict]:
+                   extra: list[str], show_progress: bool, rows: list[tuple] | None = None) -> list[dict]:
     results = []
     for sc in scenarios:
         n = tasks or DEFAULT_TASKS[sc]
@@ -512,7 +512,7 @@ def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | Non
             with click.progressbar(length=n, label=f"{label:<16}", file=sys.stderr,
                                    hidden=not show_progress) as bar:
                 if sc == "realistic":  # its rows, not n tasks
-                    for row in realistic.ROWS[:n]:
+                    for row in (rows or realistic.ROWS)[:n]:
                         results.append(run_realistic(bapp, url, row, extra))
                         bar.update(1)
                 elif sc == "enqueue":
@@ -538,9 +538,11 @@ def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | Non
               help="Worker processes for drain (comma-separated); e2e uses the largest.")
 @click.option("--scenario", "-s", type=click.Choice([*SCENARIOS, "all"]), multiple=True, default=["all"],
               show_default=True)
+@click.option("--rows", help="realistic: the rows to run, comma-separated: row numbers, or text in a row's "
+                            "workload name (default: every row; -n runs the first N).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--worker-arg", multiple=True, help="Extra argument for the benchmark's workers (repeatable).")
-def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> None:
+def bench_command(broker, tasks, processes, scenario, rows, as_json, worker_arg) -> None:
     """Measure enqueue, bulk, drain, end-to-end and latency against Redis."""
     try:
         procs = sorted({int(p) for p in processes.split(",")})
@@ -549,13 +551,17 @@ def bench_command(broker, tasks, processes, scenario, as_json, worker_arg) -> No
     if not procs or min(procs) < 1:
         raise click.BadParameter("process counts must be >= 1", param_hint="--processes")
     scenarios = list(DEFAULT_SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
+    try:
+        picked = realistic.pick(rows) if rows else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rows") from None
     url = broker  # never FASTQ_BROKER_URL: that names the app's (often production) Redis
     with contextlib.ExitStack() as stack:
         if url:
             _check_broker(url)
         else:
             url = stack.enter_context(private_redis())
-        results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json)
+        results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json, rows=picked)
     from .broker import safe_url
 
     if as_json:

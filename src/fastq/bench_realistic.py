@@ -67,6 +67,21 @@ ROWS: list[tuple[str, str, int, str, int]] = [
 ]
 
 
+def pick(spec: str) -> list[tuple[str, str, int, str, int]]:
+    """Rows named by ``spec``: comma-separated row numbers (0-based) or text found
+    in a row's workload name ("sleep 100ms,5"). ValueError names what matched nothing."""
+    picked: list[tuple[str, str, int, str, int]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        found = [ROWS[int(part)]] if part.isdigit() and int(part) < len(ROWS) else [r for r in ROWS if part in r[0]]
+        if not found:
+            raise ValueError(f"{part!r} is neither a row number below {len(ROWS)} nor in a workload name "
+                             f"({', '.join(WORKLOADS)})")
+        picked.extend(r for r in found if r not in picked)
+    return picked
+
+
 def spin(seconds: float) -> None:
     """A CPU-bound task's body: spin for ``seconds`` of this thread's CPU time."""
     import time
@@ -136,4 +151,4 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ROWS", "WORKLOADS", "effective_slots", "format_table", "ideal_schedule", "spin", "summarize"]
+__all__ = ["ROWS", "WORKLOADS", "effective_slots", "format_table", "ideal_schedule", "pick", "spin", "summarize"]
