@@ -33,7 +33,7 @@ from typing import Any
 
 from .broker.keys import GROUP
 from .broker.redis import CONNECTION_ERRORS
-from .messages import message_decoder_for
+from .messages import decode_fields, message_decoder_for
 
 log = logging.getLogger("fastq.control")
 
@@ -276,18 +276,6 @@ def request_info(msg, queue: str | None = None) -> dict:
         "eta": msg.eta, "expires": msg.expires, "priority": msg.priority, "parent_id": msg.parent_id,
         "root_id": msg.root_id, "queue": queue, "created": msg.created,
     }
-
-
-def decode_fields(fields: dict):
-    """A stream entry's fields -> Message, or None when it cannot be decoded."""
-    for field, payload in fields.items():
-        decode = message_decoder_for(field)
-        if decode is not None:
-            try:
-                return decode(payload)
-            except Exception:  # noqa: BLE001 - a bad payload is simply not shown
-                return None
-    return None
 
 
 def decode_delayed(member: bytes):

@@ -108,3 +108,38 @@ def decode_result(raw: bytes) -> ResultMeta:
 
 def now() -> float:
     return time.time()
+
+
+def decode_fields(fields: dict):
+    """A stream entry's fields -> Message, or None when it cannot be decoded."""
+    for field, payload in fields.items():
+        decode = message_decoder_for(field)
+        if decode is not None:
+            try:
+                return decode(payload)
+            except Exception:  # noqa: BLE001 - a bad payload is simply not shown
+                return None
+    return None
+
+
+def dead_letter_row(item: dict) -> dict:
+    """A ``broker.dlq_list`` item -> what a person reads: the entry id, queue,
+    task id and name, args and kwargs (decoded; None when the payload cannot be
+    decoded), reason, error, deliveries, and when it was dead-lettered (seconds
+    since the epoch, from the entry id: Redis's clock); a fair queue's also its ``group``."""
+    payload = item.get("payload")
+    field = b"p" if item.get("serializer", "msgpack") == "msgpack" else b"j"
+    msg = decode_fields({field: payload}) if payload else None
+    try:
+        dead_at = int(item["id"].split("-")[0]) / 1000
+    except ValueError:
+        dead_at = None
+    try:
+        deliveries = int(item.get("dc", 0))
+    except ValueError:
+        deliveries = None
+    return {"id": item["id"], "queue": item["queue"],
+            "task_id": msg.id if msg is not None else None, "task": msg.task if msg is not None else None,
+            "args": list(msg.args) if msg is not None else None, "kwargs": msg.kwargs if msg is not None else None,
+            "reason": item.get("reason"), "error": item.get("error"), "deliveries": deliveries,
+            "dead_lettered_at": dead_at, **({"group": item["g"]} if "g" in item else {})}

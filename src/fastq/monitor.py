@@ -18,7 +18,8 @@ from redis.exceptions import ResponseError
 
 from . import states
 from .broker.keys import GROUP
-from .control import ONLINE_WINDOW, decode_delayed, decode_fields, request_info
+from .control import ONLINE_WINDOW, decode_delayed, request_info
+from .messages import dead_letter_row, decode_fields
 
 
 def workers(app, forget_after: float = 3600.0) -> list[dict]:
@@ -138,29 +139,6 @@ def short_args(args, kwargs) -> str:
     parts += [f"{k}={_short.repr(v)}" for k, v in (kwargs or {}).items()]
     text = f"({', '.join(parts)})"
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def dead_letter_row(item: dict) -> dict:
-    """A ``broker.dlq_list`` item -> what a person reads: the entry id, queue,
-    task id and name, args and kwargs (decoded; None when the payload cannot be
-    decoded), reason, error, deliveries, and when it was dead-lettered (seconds
-    since the epoch, from the entry id: Redis's clock); a fair queue's also its ``group``."""
-    payload = item.get("payload")
-    field = b"p" if item.get("serializer", "msgpack") == "msgpack" else b"j"
-    msg = decode_fields({field: payload}) if payload else None
-    try:
-        dead_at = int(item["id"].split("-")[0]) / 1000
-    except ValueError:
-        dead_at = None
-    try:
-        deliveries = int(item.get("dc", 0))
-    except ValueError:
-        deliveries = None
-    return {"id": item["id"], "queue": item["queue"],
-            "task_id": msg.id if msg is not None else None, "task": msg.task if msg is not None else None,
-            "args": list(msg.args) if msg is not None else None, "kwargs": msg.kwargs if msg is not None else None,
-            "reason": item.get("reason"), "error": item.get("error"), "deliveries": deliveries,
-            "dead_lettered_at": dead_at, **({"group": item["g"]} if "g" in item else {})}
 
 
 def dead_letters(app, queues: list[str], limit: int = 100) -> list[dict]:

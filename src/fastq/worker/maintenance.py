@@ -27,7 +27,7 @@ from collections.abc import Callable
 from .. import events
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..exceptions import BrokerError
-from ..monitor import dead_letter_row
+from ..messages import dead_letter_row
 from .naming import process_identity
 
 log = logging.getLogger("fastq.worker")
