@@ -623,11 +623,11 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["python", "benchmarks/compare.py", *sys.argv[1:]])
 
 
-def results_markdown(table, systems, mach: dict[str, str], load_after: str, started: str, wall: float,
-                     repeat: int) -> str:
-    """The whole of RESULTS.md for this run."""
-    lines = [
-        "# fastq vs Celery vs Dramatiq",
+def _results_head(title: str, mach: dict[str, str], load_after: str, started: str, wall: float,
+                  extra: list[str]) -> list[str]:
+    """A results file's title, command, machine and the "Results" heading (both files share them)."""
+    return [
+        title,
         "",
         f"Measured {started} by `benchmarks/compare.py` in {wall / 60:.1f} min wall time. Command:",
         "",
@@ -638,10 +638,19 @@ def results_markdown(table, systems, mach: dict[str, str], load_after: str, star
         "## Machine",
         "",
         *[f"- {k}: {v}" for k, v in mach.items() if k != "load average"],
-        f"- versions: {versions(table, systems)}",
+        *extra,
         f"- load average (1/5/15 min) before: {mach['load average']}; after: {load_after}",
         "",
         "## Results",
+    ]
+
+
+def results_markdown(table, systems, mach: dict[str, str], load_after: str, started: str, wall: float,
+                     repeat: int) -> str:
+    """The whole of RESULTS.md for this run."""
+    lines = [
+        *_results_head("# fastq vs Celery vs Dramatiq", mach, load_after, started, wall,
+                       [f"- versions: {versions(table, systems)}"]),
         "",
         format_table(table, systems),
         "",
@@ -662,20 +671,7 @@ def realistic_markdown(table, systems, mach: dict[str, str], load_after: str, st
                        repeat: int) -> str:
     """The whole of RESULTS-realistic.md for this run."""
     lines = [
-        "# fastq vs Celery vs Dramatiq: realistic tasks",
-        "",
-        f"Measured {started} by `benchmarks/compare.py` in {wall / 60:.1f} min wall time. Command:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in mach.items() if k != "load average"],
-        f"- load average (1/5/15 min) before: {mach['load average']}; after: {load_after}",
-        "",
-        "## Results",
+        *_results_head("# fastq vs Celery vs Dramatiq: realistic tasks", mach, load_after, started, wall, []),
         "",
         format_realistic_table(table, systems),
         "",
