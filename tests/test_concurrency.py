@@ -130,6 +130,15 @@ def test_two_workers_share_a_queue_filled_before_they_start(app, worker, ledger)
     assert makespan(rows) < 4.5  # ideal 2 s; one slot each at a time would be 6 s
 
 
+def stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (state T in /proc)."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return all(s in ("T", "t") for s in states)
+
+
 @pytest.mark.fault
 def test_a_paused_worker_does_not_run_what_it_lost(app, worker, ledger):
     """Worker A is SIGSTOPped past its lease while B recovers A's messages; after
@@ -143,13 +152,16 @@ def test_a_paused_worker_does_not_run_what_it_lost(app, worker, ledger):
         basic.app.send_many(basic.span.s("p", j, 0.002) for j in range(i, min(n, i + 100)))
     wait_for(lambda: ledger.llen("p") >= 200, 30)
     os.kill(a.pid, signal.SIGSTOP)
-    stopped_at = time.time()
     try:
+        # kill() returns before every thread has stopped: a task may still start
+        # in between, so "after the pause" is measured from SIGCONT below.
+        wait_for(lambda: stopped(a.pid), 10, message="worker A stopped")
         time.sleep(0.5)
         worker("-P", "thread", "-c", "8", "--lease-timeout", str(lease))
         wait_for(lambda: ledger.llen("p") >= n - 200, 60)  # B ran the rest and recovered A's held ones
         time.sleep(lease)
     finally:
+        resumed_at = time.time()
         os.kill(a.pid, signal.SIGCONT)
     wait_for(lambda: len({r[0] for r in spans(ledger, "p")}) == n, 60, message="every task ran")
     time.sleep(2)  # A's late runs, if any, would land now
@@ -162,6 +174,6 @@ def test_a_paused_worker_does_not_run_what_it_lost(app, worker, ledger):
     runs: dict = {}
     for item, start, _end, pid in rows:
         runs.setdefault(item, []).append((start, pid))
-    late = [(item, r) for item, r in runs.items() if len(r) > 1 and any(pid == a.pid and start > stopped_at
+    late = [(item, r) for item, r in runs.items() if len(r) > 1 and any(pid == a.pid and start > resumed_at
                                                                          for start, pid in r)]
     assert late == [], late
