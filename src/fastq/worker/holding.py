@@ -52,7 +52,9 @@ class Window:
         per = seconds / started
         # Smoothed, but a long task counts at once: one is enough to stop batching.
         self.per_task = per if self.per_task is None or per > self.per_task else (self.per_task + per) / 2
-        fits = int(self.target / max(self.per_task, 1e-7))
+        # Rounded, not floored: tasks of 5.5 ms against a 10 ms target run two at a
+        # time (11 ms), which halves the round trips and Redis work per task.
+        fits = round(self.target / max(self.per_task, 1e-7))
         self.size = max(1, min(self.cap, fits, self.size * 2))
 
     @property
