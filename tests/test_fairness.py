@@ -279,3 +279,39 @@ def test_a_worker_without_the_fair_settings_says_so(redis_url, worker, r):
     # ... when a worker whose settings call it plain starts, it logs the mismatch
     w = worker("-P", "solo", "-Q", "plain", app=APP)
     wait_for(lambda: "Queue 'plain' has fair-queue keys in Redis" in w.log(), 10, message="the error")
+
+
+# --- one send path ----------------------------------------------------------------------------------
+
+
+def test_async_and_sync_sends_both_pass_the_gate(redis_url, r):
+    """The async producer used to send straight to the streams (3 in the stream, none
+    held back), and then marked the fair queue as a plain known queue, so even the
+    sync sends of the same process skipped the gate afterwards."""
+    import asyncio
+
+    from fastq.aio import aclose
+
+    app = _app(redis_url)
+
+    async def send_async():
+        for i in range(3):
+            await fair.concurrent.apply_async_async(("a", i), group_key="a")
+        await aclose()
+
+    asyncio.run(send_async())
+    assert groups(app, "capped")["a"] == {"active": 2, "backlog": 1}  # group_concurrency=2
+    for i in range(3):
+        fair.concurrent.apply_async(("b", i), group_key="b")
+    assert groups(app, "capped")["b"] == {"active": 2, "backlog": 1}
+    assert app.broker.queue_stats("capped")["backlog"] == 2
+
+
+def test_an_asyncio_worker_frees_its_tenants_places(redis_url, worker, ledger, r):
+    """The asyncio pool acked with the plain ack, which does not free a tenant's place
+    at the gate: after group_concurrency tasks, the rest of the group waited for good."""
+    app = _app(redis_url)
+    app.send_many(fair.concurrent.s("Z", 0.01).set(group_key="Z") for _ in range(10))
+    worker("-P", "asyncio", "-Q", "capped", app=APP)
+    wait_for(lambda: _done(ledger, "Z") == 10, 60, message="10 tasks of one tenant")
+    wait_for(lambda: _idle(app, "capped") and _gate_is_empty(r, "capped"), 10, message="an empty gate")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -10,16 +9,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from . import routing
 from ._speedups import current_request, new_task_id
-from .broker.due import Countdown
 from .broker.keys import validate_queue_name
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .messages import Message, Serializer, now
-from .options import check_option
+from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, parse_rate, unknown_options
 from .schedules import zone
 from .settings import Settings
 from .signals import before_task_publish
-from .task import parse_rate
-from .unique import OPTIONS as _SPECIAL_OPTIONS  # apply_async options of unique and debounced sends
 from .workflow import note_child
 
 if TYPE_CHECKING:
@@ -200,7 +196,7 @@ class FastQ:
         for sig in signatures:
             name = sig.task
             task = self.tasks.get(name)
-            own = sig.options and not _SPECIAL_OPTIONS.isdisjoint(sig.options)  # unique_key, debounce_key
+            own = sig.options and not SPECIAL_OPTIONS.isdisjoint(sig.options)  # unique_key, debounce_key
             if own or (special and name in special):
                 if own or task.unique:  # unique or debounced: its own atomic send (fastq.unique)
                     results.append(task.apply_async(sig.args, sig.kwargs, **sig.options) if task is not None
@@ -215,7 +211,7 @@ class FastQ:
             else:
                 if name != last_name:
                     queue, priority = self._placement(name, task, sig.args, sig.kwargs, {})
-                    expires = None if task is None or task.expires is None else _expiry_time(task.expires, now())
+                    expires = None if task is None or task.expires is None else expiry_time(task.expires, now())
                     last_name, placement = name, (queue, priority, expires)
                 queue, priority, expires = placement
                 due = None
@@ -273,7 +269,7 @@ class FastQ:
             return self._build_with_options(name, args, kwargs, options, task)
         # The common call (no options) stays short: it runs once per message.
         queue, priority = self._placement(name, task, args, kwargs, options)
-        expires = None if task is None or task.expires is None else _expiry_time(task.expires, now())
+        expires = None if task is None or task.expires is None else expiry_time(task.expires, now())
         parent = current_request.get()
         if parent is None:
             parent_id = root_id = None
@@ -312,11 +308,11 @@ class FastQ:
         priority = options.pop("priority", None)
         queue = options.pop("queue", None)
         t = now()
-        due = _due_time(eta, countdown, t)
+        due = due_time(eta, countdown, t)
         if expires is None and task is not None:
             expires = task.expires
         if expires is not None:
-            expires = _expiry_time(expires, t)
+            expires = expiry_time(expires, t)
         default_queue, default_priority = self._placement(name, task, args, kwargs, options)
         if queue is None:
             queue = default_queue
@@ -372,7 +368,7 @@ class FastQ:
     def _send(self, name: str, args, kwargs, options: dict, task):
         from .result import AsyncResult
 
-        if options and not _SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
+        if options and not SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
             from . import unique
 
             return unique.send(self, name, args, kwargs, options, task)
@@ -396,16 +392,9 @@ class FastQ:
 
 # --- helpers -------------------------------------------------------------------
 
-#: apply_async options the worker acts on; carried in ``Message.options``.
-_WORKER_OPTIONS = (
-    "ignore_result", "link", "link_error", "time_limit", "soft_time_limit",
-    "group_id", "group_index", "chord", "max_retries", "reply_to", "chain",
-)  # fmt: skip
-
-
 def _message_options(options: dict) -> dict | None:
     out = None
-    for key in _WORKER_OPTIONS:
+    for key in WORKER_OPTIONS:
         if key in options:
             value = options.pop(key)
             if value is not None:
@@ -424,48 +413,6 @@ def _message_options(options: dict) -> dict | None:
     return out
 
 
-def unknown_options(names: Iterable[str]) -> TypeError:
-    """The error for apply_async options that cannot be used where they were given."""
-    special = sorted(_SPECIAL_OPTIONS.intersection(names))
-    if special:
-        return TypeError(f"{', '.join(special)}: only for a single send (delay, apply_async, send_task, "
-                         f"send_many), not inside a workflow (chain, group, chord, callbacks) or a schedule")
-    return TypeError(f"unknown apply_async option(s): {', '.join(sorted(names))}")
-
-
-def _due_time(eta, countdown, t: float) -> float | None:
-    import datetime as dt
-
-    if countdown is not None:
-        if not isinstance(countdown, (int, float)) or isinstance(countdown, bool):
-            raise TypeError(f"countdown must be a number of seconds, not {type(countdown).__name__}")
-        if not math.isfinite(countdown):
-            raise ValueError(f"countdown must be a finite number of seconds, not {countdown!r}")
-        # A delay: Redis adds it to its own clock (broker/due.py), whatever this host's says.
-        return Countdown(t, countdown) if countdown > 0 else None
-    if eta is None:
-        return None
-    if isinstance(eta, dt.datetime):
-        if eta.tzinfo is None:  # naive datetimes are UTC
-            eta = eta.replace(tzinfo=dt.timezone.utc)
-        # An absolute time, compared with Redis's clock when promoted: one that this
-        # host thinks is past may not be on Redis's clock (a past one runs at once).
-        return eta.timestamp()
-    raise TypeError(f"eta must be a datetime, not {type(eta).__name__}")
-
-
-def _expiry_time(expires, t: float) -> float:
-    import datetime as dt
-
-    if isinstance(expires, (int, float)):
-        return t + expires
-    if isinstance(expires, dt.timedelta):
-        return t + expires.total_seconds()
-    if isinstance(expires, dt.datetime):
-        if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=dt.timezone.utc)
-        return expires.timestamp()
-    raise TypeError(f"expires must be seconds, a timedelta or a datetime, not {type(expires).__name__}")
 
 
 def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:

@@ -12,6 +12,8 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+from .workflow import as_list
+
 
 def _is_sig(obj: Any) -> bool:
     return isinstance(obj, Signature)
@@ -92,13 +94,13 @@ class Signature:
     def link(self, callback: Any) -> Any:
         """Add a callback run with this task's result (``apply_async(link=...)``)."""
         callback = maybe_signature(callback, self.app, "link")
-        self.options["link"] = [*_as_list(self.options.get("link")), callback]
+        self.options["link"] = [*as_list(self.options.get("link")), callback]
         return callback
 
     def link_error(self, errback: Any) -> Any:
         """Add an errback run with the failed task's id (``apply_async(link_error=...)``)."""
         errback = maybe_signature(errback, self.app, "link_error")
-        self.options["link_error"] = [*_as_list(self.options.get("link_error")), errback]
+        self.options["link_error"] = [*as_list(self.options.get("link_error")), errback]
         return errback
 
     on_error = link_error
@@ -157,7 +159,7 @@ class Signature:
         options = {k: v for k, v in (d.get("options") or {}).items()}
         for key in ("link", "link_error"):
             if key in options:
-                options[key] = [maybe_signature(c, app, key) for c in _as_list(options[key])]
+                options[key] = [maybe_signature(c, app, key) for c in as_list(options[key])]
         if kind is None:
             return Signature(d["task"], d.get("args"), d.get("kwargs"), options, app=app,
                              immutable=bool(d.get("immutable")))
@@ -178,19 +180,11 @@ class Signature:
         return f"{self.task}({args})"
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
 def _options_dict(options: dict) -> dict:
     out = dict(options)
     for key in ("link", "link_error"):
         if key in out and out[key] is not None:
-            out[key] = [c.as_dict() if _is_sig(c) else c for c in _as_list(out[key])]
+            out[key] = [c.as_dict() if _is_sig(c) else c for c in as_list(out[key])]
     return out
 
 

@@ -281,7 +281,7 @@ def request_info(msg, queue: str | None = None) -> dict:
 def decode_delayed(member: bytes):
     """A delayed-set member (field byte, priority digit, payload) -> Message or None."""
     if member[:1] == b"g":  # a fair queue's member carries its group first (fastq.fairness)
-        from .fairness import split_member
+        from .broker.fair import split_member
 
         member = split_member(member)[1]
     decode = message_decoder_for(member[:1])
@@ -391,7 +391,7 @@ class RevokeState:
 
 def set_rate_limit(app, task_name: str, rate_limit) -> None:
     """Change a registered task's rate limit in this process."""
-    from .task import parse_rate
+    from .options import parse_rate
 
     task = app.tasks.get(task_name)
     if task is None:

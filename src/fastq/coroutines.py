@@ -2,11 +2,11 @@
 coroutine, and how a pool without an event loop runs one.
 
 - The asyncio pool (``-P asyncio``, or ``-P process --async-concurrency M``)
-  runs many coroutines on one loop (``worker/aiopool.py``).
+  runs many coroutines on one loop (``worker/async_consumer.py``).
 - The other pools (``solo``, ``thread``, ``process`` without
   ``--async-concurrency``) run a coroutine task to completion with its own
   ``asyncio.run``: it works, one at a time per consumer. The worker says so at
-  start-up (``startup_checks``).
+  start-up (``worker.startup_checks``).
 
 Soft time limit: the coroutine is cancelled (``asyncio.CancelledError`` is
 raised inside it at its current ``await``, so ``except``/``finally`` blocks run),
@@ -27,7 +27,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from .exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 log = logging.getLogger("fastq.worker")
 
@@ -124,25 +124,4 @@ def run_coroutine(coro: Coroutine, soft: float | None = None) -> Any:
     return box["value"]
 
 
-def async_task_names(app) -> list[str]:
-    return sorted(name for name, t in app.tasks.items() if getattr(t, "is_async", False))
-
-
-def startup_checks(worker) -> None:
-    """Say at start-up what a pool does with coroutine tasks, and which limits it cannot hold."""
-    names = async_task_names(worker.app)
-    loop_pool = worker.pool_name == "asyncio" or bool(getattr(worker, "async_concurrency", 0))
-    if names and not loop_pool:
-        log.warning("Coroutine tasks (%s) run one at a time per %s with asyncio.run in the %s pool; for "
-                    "concurrency use -P asyncio -c N, or -P process --async-concurrency M.",
-                    ", ".join(names), "process" if worker.pool_name == "process" else "consumer", worker.pool_name)
-    if loop_pool:
-        sync_hard = sorted(name for name, t in worker.app.tasks.items()
-                           if t.time_limit and not getattr(t, "is_async", False) and not name.startswith("fastq."))
-        if sync_hard:
-            log.warning("In an event loop worker, sync tasks run in threads: their hard time limits (%s) cannot be "
-                        "enforced (soft limits still apply). Coroutine tasks are cancelled at both limits.",
-                        ", ".join(sync_hard))
-
-
-__all__ = ["Limits", "async_task_names", "call_limited", "run_coroutine", "startup_checks"]
+__all__ = ["Limits", "call_limited", "run_coroutine"]

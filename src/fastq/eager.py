@@ -7,12 +7,11 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from .. import states
-from .._speedups import Request, current_request
-from ..exceptions import Retry
-from ..messages import Message, ResultMeta
-from ..result import EagerResult
-from ..task import format_exception
+from . import states
+from ._speedups import Request, current_request
+from .exceptions import Retry, format_exception
+from .messages import Message, ResultMeta
+from .result import EagerResult
 
 
 def _message(task, args: list, kwargs: dict, task_id: str, retries: int) -> Message:
@@ -87,13 +86,13 @@ class _EagerRun:
 def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: dict) -> EagerResult:
     """Run now, in this thread. Retries run again at once (no countdown wait),
     as Celery's eager mode does. A coroutine task is run to completion
-    (worker/aio.run_coroutine: on a helper thread's loop if this thread runs one)."""
+    (coroutines.run_coroutine: on a helper thread's loop if this thread runs one)."""
     run = _EagerRun(task, args, kwargs, task_id)
     while run.result is None:
         with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
-                from .aio import run_coroutine
+                from .coroutines import run_coroutine
 
                 value = run_coroutine(value, task.soft_time_limit)
             run.succeeded(value)
@@ -108,7 +107,7 @@ async def run_eagerly_async(task, args: list, kwargs: dict, task_id: str | None,
         with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
-                from .aio import call_limited
+                from .coroutines import call_limited
 
                 value = await call_limited(value, task.soft_time_limit)
             run.succeeded(value)

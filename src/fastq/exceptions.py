@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class FastQError(Exception):
     """Base class of fastq's own errors."""
@@ -107,3 +109,8 @@ class ValidationError(FastQError, TypeError, ValueError):
         super().__init__(message)
         self.task = task
         self.field = field
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text (what a failed task's result and the logs carry)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -36,109 +36,11 @@ of these paths.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ._speedups import pack_command
-from .broker.due import delay_command
-from .broker.keys import GROUP, validate_queue_name
-from .broker.scripts import SCRIPTS
+from .broker.fair import GROUP_HEADER, MAX_GROUP_KEY, NO_GROUP, FairQueue, group_counts, parse_task_queues, queues_with_gates
 from .exceptions import ImproperlyConfigured
-from .messages import message_decoder_for
-from .task import parse_rate
-
-#: Message header that carries the group (``self.request.headers["fastq-group"]``).
-GROUP_HEADER = "fastq-group"
-#: The group of messages sent to a fair queue without ``group_key``.
-NO_GROUP = ""
-#: Default ``fair_window``: counted messages a fair queue keeps in its streams.
-DEFAULT_WINDOW = 1000
-#: Longest group key accepted.
-MAX_GROUP_KEY = 256
-#: Options a ``task_queues`` entry may have.
-QUEUE_OPTIONS = ("fair_groups", "group_concurrency", "group_rate_limit", "fair_window")
-#: A recount scans at most this many stream entries (a larger queue is skipped that round).
-HEAL_MAX_ENTRIES = 200_000
-#: Bucket size of a group rate limit, in seconds of the rate (as fastq.ratelimit).
-BURST_SECONDS = 0.1
-
-
-class FairQueue:
-    """The gate settings of one fair queue."""
-
-    __slots__ = ("base", "concurrency", "gate_args", "name", "rate", "rate_limit", "window")
-
-    def __init__(self, prefix: str, name: str, window: int = DEFAULT_WINDOW, concurrency: int | None = None,
-                 rate_limit: Any = None) -> None:
-        self.name = name
-        self.window = window
-        self.concurrency = concurrency
-        self.rate_limit = rate_limit
-        self.rate = parse_rate(rate_limit, f"task_queues[{name!r}] group_rate_limit")
-        #: The queue's key base: every gate key is under its hash tag (one slot).
-        self.base = f"{prefix}{{{name}}}"
-        burst = max(1.0, self.rate * BURST_SECONDS) if self.rate else 0.0
-        #: What every gate script takes: base, window, cap (0 = none), rate (0 = none), burst.
-        self.gate_args = (self.base.encode(), b"%d" % window, b"%d" % (concurrency or 0),
-                          repr(self.rate or 0.0).encode(), repr(burst).encode())
-
-    def key(self, suffix: str) -> str:
-        return f"{self.base}:{suffix}"
-
-    def __repr__(self) -> str:
-        return (f"<FairQueue {self.name} window={self.window} group_concurrency={self.concurrency} "
-                f"group_rate_limit={self.rate_limit!r}>")
-
-
-# --- settings -----------------------------------------------------------------------------
-
-
-def parse_task_queues(conf) -> dict[str, FairQueue]:
-    """The fair queues of ``conf.task_queues``; a bad entry raises ImproperlyConfigured naming it."""
-    spec = conf.get("task_queues")
-    if spec is None:
-        return {}
-    if not isinstance(spec, dict):
-        raise ImproperlyConfigured(
-            f"task_queues must be a dict of queue name -> options, e.g. {{'reports': {{'fair_groups': True}}}}, "
-            f"not {type(spec).__name__}"
-        )
-    out: dict[str, FairQueue] = {}
-    for name, opts in spec.items():
-        where = f"task_queues[{name!r}]"
-        try:
-            validate_queue_name(name)
-        except ImproperlyConfigured as exc:
-            raise ImproperlyConfigured(f"{where}: {exc}") from None
-        if opts is None:
-            continue
-        if not isinstance(opts, dict):
-            raise ImproperlyConfigured(f"{where} must be a dict of options, not {type(opts).__name__}")
-        unknown = sorted(set(opts) - set(QUEUE_OPTIONS))
-        if unknown:
-            raise ImproperlyConfigured(f"{where}: unknown option(s) {', '.join(unknown)} "
-                                       f"(known: {', '.join(QUEUE_OPTIONS)})")
-        fair = opts.get("fair_groups", False)
-        if not isinstance(fair, bool):
-            raise ImproperlyConfigured(f"{where}: fair_groups must be True or False, not {fair!r}")
-        concurrency = opts.get("group_concurrency")
-        if concurrency is not None and (not isinstance(concurrency, int) or isinstance(concurrency, bool)
-                                        or concurrency < 1):
-            raise ImproperlyConfigured(f"{where}: group_concurrency must be None or an integer >= 1, "
-                                       f"not {concurrency!r}")
-        window = opts.get("fair_window", DEFAULT_WINDOW)
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ImproperlyConfigured(f"{where}: fair_window must be an integer >= 1, not {window!r}")
-        rate_limit = opts.get("group_rate_limit")
-        if rate_limit is not None and not isinstance(rate_limit, (str, int, float)):
-            raise ImproperlyConfigured(f"{where}: group_rate_limit {rate_limit!r} is not like '10/s', '10/m' or '5/h'")
-        if not fair:
-            set_ = [k for k in ("group_concurrency", "group_rate_limit", "fair_window") if opts.get(k) is not None]
-            if set_:
-                raise ImproperlyConfigured(f"{where}: {', '.join(set_)} set but 'fair_groups' is not True "
-                                           "(these options only work on a fair queue)")
-            continue
-        out[name] = FairQueue(conf.key_prefix, name, window, concurrency, rate_limit)
-    return out
 
 
 def check_group_key(value: Any, task_name: str) -> str:
@@ -164,115 +66,6 @@ def with_group(app, task_name: str, queue: str, group_key: Any, headers: dict | 
     return {**(headers or {}), GROUP_HEADER: group_key}
 
 
-# --- messages -------------------------------------------------------------------------------
-
-def group_of(field: bytes, payload: bytes) -> str:
-    """The group of an encoded message (its ``fastq-group`` header; NO_GROUP without one)."""
-    decode = message_decoder_for(field)
-    if decode is None:
-        return NO_GROUP
-    try:
-        headers = decode(payload).headers
-    except Exception:  # noqa: BLE001 - an undecodable message is dead-lettered by the worker
-        return NO_GROUP
-    if headers:
-        g = headers.get(GROUP_HEADER)
-        if isinstance(g, str):
-            return g
-    return NO_GROUP
-
-
-def delayed_member(group: str, field: bytes, priority: int, payload: bytes) -> bytes:
-    """A delayed-set member that carries its group: ``g``, field, priority, ``<n>:<group>``, payload."""
-    g = group.encode()
-    return b"g" + field + b"%d" % priority + b"%d:" % len(g) + g + payload
-
-
-def split_member(member: bytes) -> tuple[str | None, bytes]:
-    """(group or None, field + priority + payload) of a delayed-set member."""
-    if member[:1] != b"g":
-        return None, member
-    colon = member.index(b":", 3)
-    n = int(member[3:colon])
-    return member[colon + 1 : colon + 1 + n].decode(errors="replace"), member[1:3] + member[colon + 1 + n :]
-
-
-# --- commands ------------------------------------------------------------------------------------
-
-
-def publish_commands(fq: FairQueue, items: list[tuple], field: bytes) -> list[bytes]:
-    """Packed commands sending (priority, due, payload) items to fair queue ``fq``:
-    ready ones through the gate (fair_publish.lua, 500 per call), delayed ones to the
-    delayed set with their group (they pass the gate when due)."""
-    ready: list[bytes] = []
-    delayed: list = []
-    for priority, due, payload in items:
-        group = group_of(field, payload).encode()
-        if due is None:
-            ready.append(group)
-            ready.append(field + b"%d" % priority + payload)
-        else:
-            delayed.append((due, delayed_member(group.decode(), field, priority, payload)))
-    cmds = []
-    sha = SCRIPTS.fair_publish.sha_bytes
-    count_key = fq.key("gc")
-    for i in range(0, len(ready), 1000):
-        cmds.append(pack_command((b"EVALSHA", sha, 1, count_key, *fq.gate_args, *ready[i : i + 1000])))
-    if delayed:
-        cmds.append(delay_command(fq.key("delayed"), delayed))
-    return cmds
-
-
-def ack_command(fq_args: tuple, stream: str, ids: list) -> bytes:
-    """The fair ack (fair_ack.lua) of ``ids`` on ``stream``."""
-    return pack_command((b"EVALSHA", SCRIPTS.fair_ack.sha_bytes, 1, stream, GROUP, *fq_args, *ids))
-
-
-def ack_gates(broker, queue_keys: list) -> dict:
-    """stream key -> gate args, for the streams of the fair queues among ``queue_keys``."""
-    fair = broker.fair
-    return {k: fair[qk.name].gate_args for qk in queue_keys if qk.name in fair for k in qk.fetch_order}
-
-
-# --- maintenance ------------------------------------------------------------------------------------
-
-
-def promote_command(fq: FairQueue, limit: int = 1000) -> bytes:
-    """fair_promote.lua, packed (due delayed messages through the gate, wake rate-limited
-    groups, fill the window)."""
-    return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 2, fq.key("delayed"), fq.key("dlq"),
-                         *fq.gate_args, limit, fq.name))
-
-
-def heal(client, fq: FairQueue, holder: str, lock_ms: int) -> int:
-    """Recount the gate from the streams and repair it (one worker per interval).
-    Returns the number of groups whose count was wrong; -1: another worker has the
-    lock; -2: the streams were too long to scan this time."""
-    return SCRIPTS.fair_heal(client, [fq.key("gheal")], [*fq.gate_args, holder, lock_ms, HEAL_MAX_ENTRIES])
-
-
-def purge_backlogs(client, fq: FairQueue) -> int:
-    """Drop every group's backlog (``fastq purge``); returns how many messages were dropped."""
-    dropped = 0
-    groups = client.smembers(fq.key("gk"))
-    pipe = client.pipeline(transaction=True)
-    for g in groups:
-        pipe.llen(f"{fq.base}:gb:{g.decode()}")
-    lengths = pipe.execute() if groups else []
-    dropped = sum(n for n in lengths if isinstance(n, int))
-    pipe = client.pipeline(transaction=True)
-    for g in groups:
-        pipe.delete(f"{fq.base}:gb:{g.decode()}")
-    pipe.delete(fq.key("gk"), fq.key("gbn"), fq.key("gr"), fq.key("gs"), fq.key("gheal"))
-    pipe.execute()
-    return dropped
-
-
-def backlog_size(client, fq: FairQueue) -> int:
-    """Messages waiting in the backlogs of all groups."""
-    return int(client.get(fq.key("gbn")) or 0)
-
-
 def groups(app, queue: str) -> dict[str, dict]:
     """Per group of a fair queue: ``{"active": its messages in the streams (ready
     or running), "backlog": its messages waiting to be admitted}``. Reads the
@@ -280,48 +73,18 @@ def groups(app, queue: str) -> dict[str, dict]:
     fq = app.broker.fair.get(queue)
     if fq is None:
         raise ImproperlyConfigured(f"queue {queue!r} is not a fair queue")
-    client = app.broker.client
-    active: dict[str, int] = {}
-    for stream in app.broker.keys.queue(queue).fetch_order:
-        start = "-"
-        while True:
-            rows = client.xrange(stream, start, "+", count=1000)
-            for _, fields in rows:
-                g = fields.get(b"g")
-                if g is not None:
-                    active[g.decode(errors="replace")] = active.get(g.decode(errors="replace"), 0) + 1
-            if len(rows) < 1000:
-                break
-            start = "(" + rows[-1][0].decode()
-    names = {g.decode() for g in client.smembers(fq.key("gk"))} | set(active)
-    pipe = client.pipeline(transaction=False)
-    ordered = sorted(names)
-    for g in ordered:
-        pipe.llen(f"{fq.base}:gb:{g}")
-    out = {}
-    for g, n in zip(ordered, pipe.execute()):
-        out[g] = {"active": active.get(g, 0), "backlog": int(n)}
-    return out
+    return group_counts(app.broker.client, fq, app.broker.keys.queue(queue).fetch_order)
 
 
 def warn_unconfigured(app, queues: list[str]) -> None:
     """Log an error for each consumed queue that producers used as a fair queue
     (its gate keys exist) while this process's settings say it is plain: this
     worker's acknowledgements would not free the places of capped groups."""
-    import logging
-
-    fair = app.broker.fair
-    plain = [q for q in queues if q not in fair]
-    if not plain:
-        return
-    pipe = app.broker.client.pipeline(transaction=False)
-    for q in plain:
-        pipe.exists(f"{app.conf.key_prefix}{{{q}}}:gbn")
-    for q, used in zip(plain, pipe.execute()):
-        if used:
-            logging.getLogger("fastq.worker").error(
-                "Queue %r has fair-queue keys in Redis but is not a fair queue in this worker's settings: "
-                "give every process the same task_queues (docs/fairness.md)", q)
+    plain = [q for q in queues if q not in app.broker.fair]
+    for q in queues_with_gates(app.broker.client, app.conf.key_prefix, plain) if plain else []:
+        logging.getLogger("fastq.worker").error(
+            "Queue %r has fair-queue keys in Redis but is not a fair queue in this worker's settings: "
+            "give every process the same task_queues (docs/fairness.md)", q)
 
 
 __all__ = ["GROUP_HEADER", "NO_GROUP", "FairQueue", "check_group_key", "groups", "parse_task_queues"]

@@ -24,7 +24,7 @@ import time
 from ._speedups import TokenBucket
 from .broker.keys import logical_queue
 from .broker.scripts import SCRIPTS
-from .task import parse_rate
+from .options import parse_rate
 
 #: Share of a second's worth of tokens a consumer claims at once.
 CLAIM_SECONDS = 0.05

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from . import states
 from ._speedups import current_request, pack_command
+from .broker.aioclient import _retrying, client_for
 from .exceptions import TaskError
 from .exceptions import TimeoutError as FastQTimeout
 from .messages import ResultMeta, decode_result, encode_result
@@ -264,18 +265,14 @@ class AsyncResult(_ResultBase, Generic[R]):
         blocking the event loop (a blocking BLMOVE on redis.asyncio; no polling)."""
         _check_sync_subtask(disable_sync_subtasks)
         if self._cache is None:
-            from .aio import wait
-
-            self._cache = await wait(self.backend, self.id, timeout)
+            self._cache = await wait_async(self.backend, self.id, timeout)
         return self._outcome(self._cache, propagate)
 
     async def state_async(self) -> str:
         """``state`` for async code."""
         if self._cache is not None:
             return self._cache.state
-        from .aio import get_meta
-
-        meta = await get_meta(self.backend, self.id)
+        meta = await get_meta_async(self.backend, self.id)
         if meta is not None and meta.state in states.READY_STATES:
             self._cache = meta
         return meta.state if meta is not None else states.PENDING
@@ -491,3 +488,36 @@ def _check_sync_subtask(disable: bool) -> None:
             "Never call result.get() within a task: it can deadlock the worker pool. "
             "Use a chain or chord, or pass disable_sync_subtasks=False if you must."
         )
+
+
+# --- async waits (redis.asyncio) ----------------------------------------------------
+
+async def wait_async(backend, task_id: str, timeout: float | None) -> ResultMeta:
+    """Wait for a task's final state without blocking the loop: BLMOVE on the
+    result list (in chunks of at most 5 s), like ``RedisBackend.wait``."""
+    key = backend.keys.result(task_id)
+    client = client_for(backend.broker, blocking=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        chunk = _WAIT_CHUNK if deadline is None else min(_WAIT_CHUNK, deadline - time.monotonic())
+        if chunk <= 0:
+            raise FastQTimeout(f"task {task_id} not ready after {timeout} s")
+        wait_s = max(chunk, 0.001)
+        raw = await _retrying(backend.broker, lambda: client.blmove(key, key, wait_s, "LEFT", "LEFT"))  # noqa: B023
+        if raw is not None:
+            return decode_result(raw)
+
+
+async def get_meta_async(backend, task_id: str) -> ResultMeta | None:
+    """The stored state (final or not) without waiting."""
+    client = client_for(backend.broker)
+
+    async def call():
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.lindex(backend.keys.result(task_id), 0)
+            pipe.get(backend.keys.state(task_id))
+            return await pipe.execute()
+
+    final, partial = await _retrying(backend.broker, call)
+    raw = final if final is not None else partial
+    return decode_result(raw) if raw is not None else None

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import inspect
 import random
-import re
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import states
 from ._speedups import current_request
-from .broker.due import Countdown
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry, ValidationError
+from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
 
 if TYPE_CHECKING:
     from .result import AsyncResult
@@ -21,24 +19,6 @@ if TYPE_CHECKING:
 #: The task function's parameters and return type (``Task[P, R]``), for editors and mypy.
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
-_PER = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_rate(rate: Any, where: str) -> float | None:
-    """``"100/s"``, ``"10/m"``, ``"5/h"`` or a number (per second) -> tokens per second."""
-    if rate is None:
-        return None
-    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-        if rate <= 0:
-            raise ImproperlyConfigured(f"{where}: rate_limit must be positive, not {rate!r}")
-        return float(rate)
-    m = _RATE.match(rate) if isinstance(rate, str) else None
-    if not m or float(m.group(1)) <= 0:
-        raise ImproperlyConfigured(f"{where}: rate_limit {rate!r} is not like '100/s', '10/m' or '5/h'")
-    return float(m.group(1)) / _PER[m.group(2)]
-
 
 class _EmptyRequest:
     """``task.request`` outside a worker (a plain call)."""
@@ -56,33 +36,6 @@ class _EmptyRequest:
 _EMPTY_REQUEST = _EmptyRequest()
 
 #: Task options with their defaults (None: take the app setting).
-TASK_OPTIONS: dict[str, Any] = {
-    "name": None,
-    "bind": False,
-    "queue": None,
-    "priority": None,
-    "ignore_result": None,
-    "acks_late": None,
-    "track_started": None,
-    "max_retries": 3,
-    "default_retry_delay": 180,
-    "autoretry_for": (),
-    "dont_autoretry_for": (),
-    "retry_backoff": False,
-    "retry_backoff_max": 600,
-    "retry_jitter": True,
-    "rate_limit": None,
-    "rate_limit_scope": None,
-    "time_limit": None,
-    "soft_time_limit": None,
-    "expires": None,
-    "serializer": None,
-    "send_error_emails": None,
-    "typed": False,
-    "unique": False,
-    "unique_for": None,
-    "base": None,
-}
 
 
 class Task(Generic[P, R]):
@@ -243,7 +196,7 @@ class Task(Generic[P, R]):
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""
-        from .worker.eager import run_eagerly
+        from .eager import run_eagerly
 
         if self._typed is not None:
             args, kwargs = self._typed.convert(args, kwargs)
@@ -334,9 +287,7 @@ class Task(Generic[P, R]):
                 raise exc
             raise MaxRetriesExceededError(f"task {self.name}[{req.id}] retried {req.retries} times, max_retries={limit}")
         if eta is not None:
-            from .app import _due_time
-
-            when = _due_time(eta, None, time.time()) or time.time()
+            when = due_time(eta, None, time.time()) or time.time()
         else:  # a delay: counted on Redis's clock when filed (broker/due.py)
             delay = self.default_retry_delay if countdown is None else countdown
             when = Countdown(time.time(), max(0.0, float(delay or 0)))
@@ -362,10 +313,6 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 __all__ = ["Task", "parse_rate", "states"]

@@ -32,9 +32,10 @@ import msgspec
 from ._speedups import current_request, pack_command
 from .broker.due import due_arg
 from .broker.scripts import SCRIPTS
+from .options import SPECIAL_OPTIONS
 
 #: apply_async options handled here (app._send hands calls with any of them over).
-OPTIONS = frozenset({"unique_key", "unique_for", "debounce_key"})
+OPTIONS = SPECIAL_OPTIONS
 #: Lock lifetime when neither the call nor the task says (seconds).
 DEFAULT_UNIQUE_FOR = 3600.0
 #: A debounce record outlives its due time by this much (seconds): a pending

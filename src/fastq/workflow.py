@@ -45,7 +45,7 @@ import msgspec
 
 from . import states
 from ._speedups import new_task_id, pack_command
-from .canvas import _as_list
+from .options import SEND_OPTIONS, WORKER_OPTIONS, unknown_options
 
 log = logging.getLogger("fastq.worker")
 
@@ -58,8 +58,6 @@ WORKFLOW_KEYS = ("link", "link_error", "chain", "chord")
 _FIRST_ONLY = ("countdown", "eta")
 
 #: apply_async options that are not worker options (app._build_with_options pops them).
-_SEND_OPTIONS = ("task_id", "eta", "countdown", "expires", "priority", "queue", "parent_id", "root_id", "retries",
-                 "headers", "serializer", "group_key")
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
@@ -71,6 +69,15 @@ _unpack = msgspec.msgpack.Decoder().decode
 CHILDREN: dict[str, list] = {}
 _MAX_CHILDREN = 10000
 
+
+
+def as_list(value: Any) -> list:
+    """None -> [], a list or tuple -> a list, anything else -> [it] (callbacks, errbacks)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
 
 def note_child(request, child_id: str) -> None:
     """Remember that the running task ``request`` sent ``child_id`` (``r.children``).
@@ -106,7 +113,7 @@ def node_of(obj: Any, where: str = "workflow") -> dict:
 
 def callbacks(value: Any) -> list[dict]:
     """``link=`` / ``link_error=`` values as frozen dicts (what messages carry)."""
-    return [freeze(node_of(c, "link")) for c in _as_list(value)]
+    return [freeze(node_of(c, "link")) for c in as_list(value)]
 
 
 _known_options: frozenset | None = None
@@ -115,13 +122,9 @@ _known_options: frozenset | None = None
 def _check_options(opts: dict) -> None:
     global _known_options
     if _known_options is None:
-        from .app import _WORKER_OPTIONS
-
-        _known_options = frozenset((*_SEND_OPTIONS, *_WORKER_OPTIONS))
+        _known_options = frozenset((*SEND_OPTIONS, *WORKER_OPTIONS))
     unknown = [k for k in opts if k not in _known_options]
     if unknown:
-        from .app import unknown_options
-
         raise unknown_options(unknown)
 
 
@@ -130,7 +133,7 @@ def _merge(own: dict, defaults: dict) -> dict:
     out = dict(own)
     for k, v in defaults.items():
         if k in ("link", "link_error"):
-            out[k] = [*_as_list(out.get(k)), *_as_list(v)]
+            out[k] = [*as_list(out.get(k)), *as_list(v)]
         elif out.get(k) is None:
             out[k] = v
     return out
@@ -609,7 +612,7 @@ def _await_each(coros) -> list:
     """A coroutine task's calls in fastq.map/starmap: run one after another (as for
     sync tasks) on one event loop (this is a sync task: a thread of its own in the
     asyncio pool)."""
-    from .worker.aio import run_coroutine
+    from .coroutines import run_coroutine
 
     async def each() -> list:
         return [await c for c in coros]

@@ -12,20 +12,8 @@ from __future__ import annotations
 import math
 
 from .._speedups import pack_command
+from ..options import Countdown
 from .scripts import SCRIPTS
-
-
-class Countdown(float):
-    """A due time given as a delay. As a float it is the due time on this host's
-    clock (what messages record as ``eta``); ``delay`` is the delay in seconds,
-    which is what goes to Redis."""
-
-    delay: float
-
-    def __new__(cls, now: float, delay: float) -> Countdown:
-        self = super().__new__(cls, now + delay)
-        self.delay = delay
-        return self
 
 
 def due_arg(due: float) -> bytes:

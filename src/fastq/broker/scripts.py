@@ -56,6 +56,11 @@ class Scripts:
         for s in self.all():
             client.script_load(s.source)
 
+    async def load_all_async(self, client) -> None:
+        """``load_all`` through a ``redis.asyncio`` client."""
+        for s in self.all():
+            await client.script_load(s.source)
+
 
 SCRIPTS = Scripts()
 #: The gate arguments (see fairness.FairQueue.gate_args) of a plain queue, for

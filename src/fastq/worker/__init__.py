@@ -51,7 +51,7 @@ class Worker:
         app.broker.fair  # noqa: B018 - a bad task_queues setting fails here, before the pool starts
         self.pool_name = pool
         if pool == "asyncio":  # coroutines are cheap: the CPU count is far too few
-            from .aiopool import DEFAULT_CONCURRENCY
+            from .async_consumer import DEFAULT_CONCURRENCY
 
             self.concurrency = int(concurrency or app.conf.worker_concurrency or DEFAULT_CONCURRENCY)
         else:
@@ -223,8 +223,6 @@ class Worker:
         from .pool import ProcessPool, SoloPool
 
         self.warn_about_limits()
-        from .aio import startup_checks
-
         startup_checks(self)
         self.wait_for_broker()
         self.claim_name()  # before the banner: a refused worker prints one line only
@@ -241,7 +239,7 @@ class Worker:
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         elif self.pool_name == "asyncio":
-            from .aiopool import AsyncioPool
+            from .pool import AsyncioPool
 
             self.pool = AsyncioPool(self, self.concurrency)
         else:
@@ -292,3 +290,24 @@ def _who(info: dict) -> str:
     proc = info.get("proc") if isinstance(info.get("proc"), dict) else {}
     host = proc.get("host")
     return f"pid {info.get('pid', '?')}" + (f" on {host}" if host else "")
+
+
+def async_task_names(app) -> list[str]:
+    return sorted(name for name, t in app.tasks.items() if getattr(t, "is_async", False))
+
+
+def startup_checks(worker) -> None:
+    """Say at start-up what a pool does with coroutine tasks, and which limits it cannot hold."""
+    names = async_task_names(worker.app)
+    loop_pool = worker.pool_name == "asyncio" or bool(getattr(worker, "async_concurrency", 0))
+    if names and not loop_pool:
+        log.warning("Coroutine tasks (%s) run one at a time per %s with asyncio.run in the %s pool; for "
+                    "concurrency use -P asyncio -c N, or -P process --async-concurrency M.",
+                    ", ".join(names), "process" if worker.pool_name == "process" else "consumer", worker.pool_name)
+    if loop_pool:
+        sync_hard = sorted(name for name, t in worker.app.tasks.items()
+                           if t.time_limit and not getattr(t, "is_async", False) and not name.startswith("fastq."))
+        if sync_hard:
+            log.warning("In an event loop worker, sync tasks run in threads: their hard time limits (%s) cannot be "
+                        "enforced (soft limits still apply). Coroutine tasks are cancelled at both limits.",
+                        ", ".join(sync_hard))

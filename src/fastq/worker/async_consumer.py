@@ -1,4 +1,4 @@
-"""The asyncio pool: many tasks at once on one event loop.
+"""The event loop consumer of the asyncio pool: many tasks at once on one loop.
 
 ``fastq worker -P asyncio -c 500`` runs up to 500 tasks at a time in one
 process; ``-P process -c 4 --async-concurrency 100`` runs such a loop in each
@@ -39,16 +39,15 @@ from redis.exceptions import ResponseError
 
 from .. import states
 from .._speedups import Output, current_request, pack_command, parse_fetch_reply, parse_xread_reply
+from ..broker.fair import ack_gates
 from ..broker.keys import GROUP
-from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction, transaction_replies
+from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
 from ..broker.scripts import SCRIPTS
-from ..events import pack_events
+from ..coroutines import Limits, call_limited
 from ..exceptions import TaskRevokedError
 from ..ratelimit import Limiter
-from .aio import Limits, call_limited
 from .execute import Executor
 from .limits import SoftLimit
-from .pool import SoloPool, _Signals
 
 log = logging.getLogger("fastq.worker")
 
@@ -127,6 +126,7 @@ class AsyncConsumer:
         self.broker = app.broker
         conf = app.conf
         self.queues = [self.broker.ensure_queue(q) for q in queues]
+        self._fair_acks = ack_gates(self.broker, self.queues)  # a fair queue's acks also free tenant slots
         weights = weights or {}
         self._turns = [i for i, q in enumerate(queues) for _ in range(max(1, int(weights.get(q, 1))))]
         self.name = name
@@ -550,19 +550,6 @@ class AsyncConsumer:
 
     # --- writing -----------------------------------------------------------------------
 
-    def _pack(self, out: Output) -> tuple[bytes, int]:
-        parts = [*out.results, *out.commands]
-        n = out.result_replies + out.replies
-        if out.events:
-            parts.append(pack_events(self.events_key, self.hostname, out.events))
-            n += 1
-        for stream, ids in out.acks.items():
-            parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
-            n += 1
-        if out.results:  # the results and their acks land together or not at all (broker.redis.transaction)
-            return transaction(parts, n)
-        return b"".join(parts), n
-
     async def _writer(self) -> None:
         """Send finished work as it comes; after a connection loss, send it again."""
         backoff = 0.1
@@ -605,12 +592,11 @@ class AsyncConsumer:
                     if isinstance(reply, ResponseError):
                         log.error("Redis refused a result write: %s", reply)
                 out.results, out.result_replies = [], 0
-            atomic = bool(out.results)
-            data, n = self._pack(out)
+            data, n, in_tx = pack_output(out, self.events_key, self.hostname, self._fair_acks)
             if n:
                 await self._write_ch.send(data)
                 replies = await self._write_ch.read_many(n)
-                if atomic:
+                if in_tx:
                     replies = transaction_replies(replies)
                 if any(isinstance(r, ResponseError) and "NOSCRIPT" in str(r) for r in replies):
                     SCRIPTS.load_all(self.broker.client)  # Redis restarted: send it again
@@ -624,72 +610,4 @@ class AsyncConsumer:
             self._pending_outs.pop(0)
 
 
-class AsyncioPool(SoloPool):
-    """``-P asyncio``: one AsyncConsumer on an event loop in the main thread, running
-    up to ``concurrency`` coroutines; maintenance (leases, reaping, heartbeats) in a
-    thread of its own. Stopping, info and queue changes are SoloPool's."""
-
-    def _consumer_count(self) -> int:
-        return 1  # one consumer; concurrency is how many coroutines it runs
-
-    def _make_consumer(self, name: str) -> AsyncConsumer:
-        w = self.worker
-        return AsyncConsumer(w.app, w.queues, w.hostname, name, self.concurrency, w.prefetch, weights=w.weights)
-
-    def counters(self) -> dict:
-        cs = list(self.consumers)
-        return {"processed": self._done[0] + sum(c.processed for c in cs),
-                "failed": self._done[1] + sum(c.executor.failures for c in cs),
-                "active": sum(c.busy() for c in cs)}
-
-    def active(self) -> list[dict]:
-        from ..control import request_info
-
-        out = []
-        for c in list(self.consumers):
-            for r in list(c.running.values()):
-                if r.msg is not None:
-                    info = request_info(r.msg, c.executor.queue_of.get(r.d.stream))
-                    info.update(hostname=self.worker.hostname, worker_pid=os.getpid(), entry_id=r.d.entry_id.decode())
-                    out.append(info)
-        return out
-
-    def grow(self, n: int) -> int:
-        """More coroutines at once (takes effect at the next fetch)."""
-        self.concurrency += n
-        for c in self.consumers:
-            c.concurrency = self.concurrency
-            c.notify()
-        return self.concurrency
-
-    def shrink(self, n: int) -> int:
-        """Fewer coroutines at once (running ones finish)."""
-        self.concurrency = max(1, self.concurrency - n)
-        for c in self.consumers:
-            c.concurrency = self.concurrency
-        return self.concurrency
-
-    def terminate(self, task_ids: list[str], sig) -> list[str]:
-        """revoke(terminate=True): cancel the coroutines (the signal does not apply)."""
-        return [i for c in list(self.consumers) for i in c.terminate(task_ids)]
-
-    def run(self) -> int:
-        _Signals(self.stop, lambda: os._exit(1)).install()
-        self.maintenance.start()
-        try:
-            while True:
-                self.consumers[0].run()
-                if self.stopping or not self._restart:
-                    break
-                self._restart = False
-                old = self.consumers[0]
-                self._done[0] += old.processed
-                self._done[1] += old.executor.failures
-                self.consumers = [self._new_consumer()]
-        finally:
-            self.maintenance.stop()
-            self.maintenance.deregister()
-        return 0
-
-
-__all__ = ["DEFAULT_CONCURRENCY", "AsyncConsumer", "AsyncioPool"]
+__all__ = ["DEFAULT_CONCURRENCY", "AsyncConsumer"]

@@ -37,12 +37,11 @@ from redis.exceptions import ResponseError
 from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
+from ..broker.fair import ack_gates
 from ..broker.keys import GROUP, logical_queue
 from ..broker.memory import check_memory_policy
-from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction, transaction_replies
+from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
 from ..broker.scripts import SCRIPTS
-from ..events import pack_events
-from ..fairness import ack_command, ack_gates
 from ..ratelimit import Limiter
 from .execute import Executor
 from .holding import HoldWatch, Window
@@ -202,27 +201,9 @@ class Consumer:
     def _read(self):
         return self.conn.read()
 
-    def _pack_output(self, out: Output) -> tuple[bytes, int]:
-        if self.result_broker is None:  # results live next to the queue: one write
-            parts = [*out.results, *out.commands]
-            n = out.result_replies + out.replies
-        else:
-            parts = list(out.commands)
-            n = out.replies
-        if out.events:
-            parts.append(pack_events(self.events_key, self.hostname, out.events))
-            n += 1
-        fair = self._fair_acks
-        for stream, ids in out.acks.items():
-            gate = fair.get(stream) if fair else None
-            if gate is None:
-                parts.append(pack_command((b"EVALSHA", SCRIPTS.ack.sha_bytes, 1, stream, GROUP, *ids)))
-            else:
-                parts.append(ack_command(gate, stream, ids))
-            n += 1
-        if out.results and self.result_broker is None:  # the results and their acks land together or not at all
-            return transaction(parts, n)
-        return b"".join(parts), n
+    def _pack_output(self, out: Output) -> tuple[bytes, int, bool]:
+        # With a separate result backend the results went there first (_send_output).
+        return pack_output(out, self.events_key, self.hostname, self._fair_acks, self.result_broker is None)
 
     def _send_output(self, out: Output) -> None:
         if self.result_broker is not None and out.results:
@@ -235,8 +216,8 @@ class Consumer:
                 self._outstanding.append(("out", out, 0, False))
                 raise
             out.results, out.result_replies = [], 0
-        data, n = self._pack_output(out)
-        self._outstanding.append(("out", out, n, bool(out.results)))
+        data, n, in_tx = self._pack_output(out)
+        self._outstanding.append(("out", out, n, in_tx))
         self._send(data)
 
     def _flush(self) -> None:

@@ -15,17 +15,16 @@ import msgspec
 
 from .. import signals, states, unique, workflow
 from .._speedups import Request, current_request, pack_command
-from ..broker.due import Countdown, due_arg
+from ..broker.due import due_arg
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
-from ..exceptions import NotRegistered, Reject, Retry, ValidationError
+from ..coroutines import run_coroutine
+from ..exceptions import NotRegistered, Reject, Retry, ValidationError, format_exception
 from ..messages import ResultMeta, encode_result, message_decoder_for
-from ..options import options_error
+from ..options import Countdown, options_error
 from ..result import pack_store
-from ..task import format_exception
 from ..workflow import CHILDREN
-from .aio import run_coroutine
 from .limits import SoftLimit, write_deadline
 
 log = logging.getLogger("fastq.worker")
@@ -187,7 +186,7 @@ class Executor:
             write_deadline(self.slot, time.time() + hard)
         t0 = time.perf_counter()
         try:
-            if task.is_async:  # a sync pool: one event loop per call (worker/aio.py)
+            if task.is_async:  # a sync pool: one event loop per call (coroutines.py)
                 retval = run_coroutine(task.run(*args, **kwargs), soft)
             else:
                 with SoftLimit(soft):

@@ -160,7 +160,7 @@ class Maintenance:
         for q in self.broker.expand_queues(self.queues):
             fq = self.fair.get(q) if self.fair else None
             if fq is not None:  # promotion through the gate, and the gate's pump
-                from ..fairness import promote_command
+                from ..broker.fair import promote_command
 
                 cmds.append(promote_command(fq))
                 continue
@@ -171,7 +171,7 @@ class Maintenance:
 
     def heal(self) -> None:
         """Recount the gates of the fair queues from their streams (fastq.fairness)."""
-        from ..fairness import heal
+        from ..broker.fair import heal
 
         for q in self.queues:
             fq = self.fair.get(q)

@@ -30,6 +30,7 @@ from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
 from ..exceptions import TimeLimitExceeded, WorkerLostError
+from .async_consumer import AsyncConsumer
 from .consumer import Consumer
 from .limits import read_deadline
 from .maintenance import Maintenance
@@ -207,8 +208,6 @@ def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weight
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
     signal.signal(signal.SIGTERM, lambda *_: early.append(1))
     if async_concurrency:
-        from .aiopool import AsyncConsumer
-
         consumer = AsyncConsumer(app, queues, hostname, name, async_concurrency, prefetch, slot=slot, weights=weights)
     else:
         consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot, weights=weights)
@@ -507,7 +506,7 @@ class ProcessPool:
         """Return what a dead child held; the message it was running gets a strike.
         A child that ran many at once cannot say which one killed it: every
         message it held gets a strike, and consumers run such messages alone
-        (aiopool), so the next death points at one."""
+        (async_consumer), so the next death points at one."""
         broker = self.worker.app.broker
         if not strike:
             current = b""
@@ -567,3 +566,71 @@ class ProcessPool:
                           "max_deliveries %d", msg.task, msg.id, dc, int(app.conf.worker_max_deliveries),
                           extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
             return
+
+
+class AsyncioPool(SoloPool):
+    """``-P asyncio``: one AsyncConsumer on an event loop in the main thread, running
+    up to ``concurrency`` coroutines; maintenance (leases, reaping, heartbeats) in a
+    thread of its own. Stopping, info and queue changes are SoloPool's."""
+
+    def _consumer_count(self) -> int:
+        return 1  # one consumer; concurrency is how many coroutines it runs
+
+    def _make_consumer(self, name: str) -> AsyncConsumer:
+        w = self.worker
+        return AsyncConsumer(w.app, w.queues, w.hostname, name, self.concurrency, w.prefetch, weights=w.weights)
+
+    def counters(self) -> dict:
+        cs = list(self.consumers)
+        return {"processed": self._done[0] + sum(c.processed for c in cs),
+                "failed": self._done[1] + sum(c.executor.failures for c in cs),
+                "active": sum(c.busy() for c in cs)}
+
+    def active(self) -> list[dict]:
+        from ..control import request_info
+
+        out = []
+        for c in list(self.consumers):
+            for r in list(c.running.values()):
+                if r.msg is not None:
+                    info = request_info(r.msg, c.executor.queue_of.get(r.d.stream))
+                    info.update(hostname=self.worker.hostname, worker_pid=os.getpid(), entry_id=r.d.entry_id.decode())
+                    out.append(info)
+        return out
+
+    def grow(self, n: int) -> int:
+        """More coroutines at once (takes effect at the next fetch)."""
+        self.concurrency += n
+        for c in self.consumers:
+            c.concurrency = self.concurrency
+            c.notify()
+        return self.concurrency
+
+    def shrink(self, n: int) -> int:
+        """Fewer coroutines at once (running ones finish)."""
+        self.concurrency = max(1, self.concurrency - n)
+        for c in self.consumers:
+            c.concurrency = self.concurrency
+        return self.concurrency
+
+    def terminate(self, task_ids: list[str], sig) -> list[str]:
+        """revoke(terminate=True): cancel the coroutines (the signal does not apply)."""
+        return [i for c in list(self.consumers) for i in c.terminate(task_ids)]
+
+    def run(self) -> int:
+        _Signals(self.stop, lambda: os._exit(1)).install()
+        self.maintenance.start()
+        try:
+            while True:
+                self.consumers[0].run()
+                if self.stopping or not self._restart:
+                    break
+                self._restart = False
+                old = self.consumers[0]
+                self._done[0] += old.processed
+                self._done[1] += old.executor.failures
+                self.consumers = [self._new_consumer()]
+        finally:
+            self.maintenance.stop()
+            self.maintenance.deregister()
+        return 0
