@@ -24,8 +24,10 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .broker.aioclient import _retrying, aclose, client_for
 from .broker.scripts import SCRIPTS
-from .exceptions import BrokerError
+from .eager import run_eagerly_async
+from .exceptions import BrokerError, NotRegistered
 from .options import SPECIAL_OPTIONS
+from .result import AsyncResult
 
 
 async def publish(broker, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
@@ -69,15 +71,9 @@ async def _execute_packed(client: redis.asyncio.Redis, cmds: list[bytes]) -> Non
 async def send(app, name: str, args, kwargs, options: dict, task=None):
     """Build, encode and publish a task message; the AsyncResult. In eager mode
     (``task_always_eager``) the task runs here: a coroutine task on this loop."""
-    from .result import AsyncResult
-
     if app.conf.task_always_eager:
         if task is None:
-            from .exceptions import NotRegistered
-
             raise NotRegistered(f"task {name!r} is not registered, so it cannot run eagerly")
-        from .eager import run_eagerly_async
-
         return await run_eagerly_async(task, list(args or ()), dict(kwargs or {}), options.get("task_id"), options)
     # Typed, unique or debounced sends, and sends confirmed by replicas (WAIT, which
     # must follow the write on its connection), take the sync path in a thread.

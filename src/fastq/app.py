@@ -7,16 +7,23 @@ from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from . import routing
+from . import routing, unique
 from ._speedups import current_request, new_task_id
+from .aio import send
+from .broker import RedisBroker, safe_url
 from .broker.keys import validate_queue_name
+from .canvas import Signature
+from .control import Control
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
+from .fairness import with_group
 from .messages import Message, Serializer, now
 from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, parse_rate, unknown_options
+from .result import AsyncResult, RedisBackend
 from .schedules import zone
 from .settings import Settings
 from .signals import before_task_publish
-from .workflow import note_child
+from .task import Task
+from .workflow import callbacks, note_child
 
 if TYPE_CHECKING:
     from .task import Task
@@ -96,18 +103,12 @@ class FastQ:
 
     @cached_property
     def broker(self):
-        from .broker import RedisBroker
-
         return RedisBroker(self.broker_url, self.conf)
 
     @cached_property
     def backend(self):
-        from .result import RedisBackend
-
         if self.backend_url == self.broker_url:
             return RedisBackend(self.broker.client, self.broker.keys, self.conf, self.broker)
-        from .broker import RedisBroker
-
         other = RedisBroker(self.backend_url, self.conf)
         return RedisBackend(other.client, other.keys, self.conf, other)
 
@@ -122,8 +123,6 @@ class FastQ:
     @cached_property
     def control(self):
         """Remote control of the workers: ``app.control.ping()``, ``app.control.inspect().active()``."""
-        from .control import Control
-
         return Control(self)
 
     # --- tasks ----------------------------------------------------------------
@@ -137,8 +136,6 @@ class FastQ:
 
     def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
-        from .task import Task
-
         def register(fn: Callable) -> Task:
             cls = options.get("base") or self.Task or Task
             if not (isinstance(cls, type) and issubclass(cls, Task)):
@@ -169,8 +166,6 @@ class FastQ:
 
     async def send_task_async(self, name: str, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
         """``send_task()`` for async code: ``await app.send_task_async("proj.add", (2, 2))``."""
-        from .aio import send
-
         return await send(self, name, args, kwargs, options, self.tasks.get(name))
 
     def send_many(self, signatures: Iterable) -> list:
@@ -179,8 +174,6 @@ class FastQ:
         Signatures without options take a short path: what depends only on the
         task (queue, priority, expiry, parent) is worked out once per run of
         same-task signatures, not once per message."""
-        from .result import AsyncResult
-
         batch, results = [], []
         in_flight = None  # the previous batch, sent while this one is built
         broker = self.broker
@@ -245,8 +238,6 @@ class FastQ:
         ``options`` are apply_async options (``queue``, ``priority``, ``expires``).
         The entry is checked when beat starts. Returns the entry's name
         (default: the signature's repr, as in Celery)."""
-        from .canvas import Signature
-
         if not isinstance(sig, Signature):
             raise TypeError(f"add_periodic_task() takes a signature (task.s(...)), not {type(sig).__name__}")
         key = name or repr(sig)
@@ -257,8 +248,6 @@ class FastQ:
         return key
 
     def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
-        from .result import AsyncResult
-
         return AsyncResult(task_id, app=self, task_name=task_name)
 
     # --- sending --------------------------------------------------------------
@@ -329,8 +318,6 @@ class FastQ:
         _check_envelope(task_id, parent_id, root_id, retries, headers)
         group_key = options.pop("group_key", None)
         if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
-            from .fairness import with_group
-
             headers = with_group(self, name, queue, group_key, headers)
         msg = Message(
             task_id,
@@ -366,11 +353,7 @@ class FastQ:
         return payload
 
     def _send(self, name: str, args, kwargs, options: dict, task):
-        from .result import AsyncResult
-
         if options and not SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
-            from . import unique
-
             return unique.send(self, name, args, kwargs, options, task)
         msg, queue, priority, due = self._build(name, args, kwargs, options, task)
         payload = self._encode(msg, task)
@@ -385,8 +368,6 @@ class FastQ:
 
     @property
     def broker_safe_url(self) -> str:
-        from .broker import safe_url
-
         return safe_url(self.broker_url)
 
 
@@ -401,8 +382,6 @@ def _message_options(options: dict) -> dict | None:
                 if out is None:
                     out = {}
                 if key in ("link", "link_error"):  # signatures travel as frozen dicts
-                    from .workflow import callbacks
-
                     value = callbacks(value)
                 else:
                     check_option(key, value)  # a bad time_limit must fail here, not wedge a worker

@@ -37,7 +37,9 @@ import click
 from . import FastQ, ResultSet, __version__
 from . import bench_realistic as realistic
 from ._speedups import COMPILED
+from .broker import safe_url
 from .canvas import Signature
+from .exceptions import BrokerError
 from .exceptions import TimeoutError as ResultTimeout
 
 #: The environment variable that hands the run's key prefix to its worker subprocesses.
@@ -181,8 +183,6 @@ def _wait(predicate, what: str, timeout: float = 30.0) -> None:
 
 
 def _check_broker(url: str) -> None:
-    from .exceptions import BrokerError
-
     probe = FastQ("probe", broker=url, broker_connection_retries=0, broker_connection_timeout=2.0)
     try:
         with probe.broker.retrying():
@@ -562,8 +562,6 @@ def bench_command(broker, tasks, processes, scenario, rows, as_json, worker_arg)
         else:
             url = stack.enter_context(private_redis())
         results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json, rows=picked)
-    from .broker import safe_url
-
     if as_json:
         click.echo(json.dumps({"tool": "fastq", "version": __version__, "compiled": COMPILED,
                                "broker": safe_url(url), "results": results}))

@@ -12,6 +12,9 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+from . import workflow
+from ._speedups import new_task_id
+from .result import AsyncResult, GroupResult
 from .workflow import as_list
 
 
@@ -107,9 +110,6 @@ class Signature:
 
     def freeze(self, _id: str | None = None):
         """Fix the task id now (kept when sent) and return its AsyncResult."""
-        from ._speedups import new_task_id
-        from .result import AsyncResult
-
         if _id is not None:
             self.options["task_id"] = _id
         elif not self.options.get("task_id"):
@@ -204,8 +204,6 @@ class _Workflow(Signature):
     def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Send the workflow: every first step in pipelined batches. Returns the
         result of the last step (a GroupResult for a group)."""
-        from . import workflow
-
         app = self._app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
@@ -413,8 +411,6 @@ class chunks(_Workflow):  # noqa: N801 - Celery's name
 
 def _eager_group(results: list):
     """The GroupResult of a group run eagerly."""
-    from .result import GroupResult
-
     return GroupResult(None, results)
 
 

@@ -14,15 +14,23 @@ import click
 
 from . import __version__
 from ._speedups import COMPILED
+from .app import FastQ
+from .beat import Beat
+from .bench import bench_command
 from .broker.connect import describe_error
-from .exceptions import FastQError
+from .broker.keys import validate_queue_name
+from .control import online_workers
+from .events import tail
+from .exceptions import BrokerError, FastQError, ImproperlyConfigured
+from .logs import JsonFormatter, text_formatter
+from .monitor import QueueRates, dead_letters, find_dead_letters, locate_task, queue_rows, short_args
+from .worker import Worker
+from .worker.naming import NameTaken
 
 
 def load_app(spec: str):
     """``"proj.tasks:app"``, ``"proj.tasks"`` (attribute ``app``, or the one FastQ
     instance in the module) -> the app."""
-    from .app import FastQ
-
     if os.getcwd() not in sys.path:  # like Celery: the current directory is importable
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = spec.partition(":")
@@ -43,8 +51,6 @@ def load_app(spec: str):
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
-    from .logs import JsonFormatter, text_formatter
-
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else text_formatter())
@@ -233,16 +239,12 @@ def worker(state: _AppState, concurrency, pool, queues, exclude_queues, loglevel
         app.conf.worker_max_deliveries = max_deliveries
     if ack_flush_interval is not None:
         app.conf.worker_ack_flush_interval = ack_flush_interval
-    from .worker import Worker
-
     try:
         w = Worker(app, _queues(queues), concurrency, pool, hostname, prefetch, exclude=_queues(exclude_queues),
                    weights=_weights(queues), autoscale=_autoscale(autoscale), async_concurrency=async_concurrency)
     except (ValueError, FastQError) as exc:
         raise click.UsageError(str(exc)) from None
     w.log_format = log_format
-    from .worker.naming import NameTaken
-
     beat_service = _make_beat(app) if with_beat else None
     if beat_service is not None:  # a thread of this (the parent) process, leader-elected like `fastq beat`
         beat_service.start()
@@ -305,9 +307,6 @@ def _fail(exc: Exception) -> None:
 @click.pass_obj
 def result(state: _AppState, task_id: str, as_json: bool) -> None:
     """Show a task's state and result."""
-    from .exceptions import BrokerError
-    from .monitor import locate_task
-
     app = state.app()
     try:
         meta = app.backend.get_meta(task_id)
@@ -359,8 +358,6 @@ def queues(state: _AppState, as_json: bool, interval: float) -> None:
     """Per queue: waiting, in flight, delayed, dead-lettered, and in/out rates (messages/s)."""
     import time
 
-    from .monitor import QueueRates, queue_rows
-
     app = state.app()
     rates = None
     if interval > 0:
@@ -404,8 +401,6 @@ def purge(state: _AppState, queue_list: str | None, force: bool) -> None:
 @click.pass_obj
 def status(state: _AppState, destination: str | None) -> None:
     """List the workers that are online."""
-    from .control import online_workers
-
     online = online_workers(state.app())
     if destination:
         wanted = set(_queues(destination) or [])
@@ -422,8 +417,6 @@ def status(state: _AppState, destination: str | None) -> None:
 def events(state: _AppState, as_json: bool) -> None:
     """Tail task and worker events live."""
     import datetime as dt
-
-    from .events import tail
 
     app = state.app()
     try:
@@ -454,8 +447,6 @@ def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool
     """Show dead letters: when, which task (id, name, arguments), why, after how many deliveries."""
     import datetime as dt
 
-    from .monitor import dead_letters, short_args
-
     app = state.app()
     rows = dead_letters(app, _dlq_queues(app, queue_name), limit)
     if as_json:
@@ -472,9 +463,6 @@ def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool
 
 
 def _dlq_queues(app, queue_name: str | None) -> list[str]:
-    from .broker.keys import validate_queue_name
-    from .exceptions import ImproperlyConfigured
-
     if not queue_name:
         return app.broker.known_queues()
     try:
@@ -485,8 +473,6 @@ def _dlq_queues(app, queue_name: str | None) -> list[str]:
 
 def _find_dead_letters(app, names: list[str], ids: tuple[str, ...]) -> dict[str, list[str]]:
     """Task ids or entry ids -> {queue: [entry id, ...]}; an id found nowhere is an error (and nothing is done)."""
-    from .monitor import find_dead_letters
-
     found, unknown = find_dead_letters(app, names, list(ids))
     if unknown:
         where = f"queue {names[0]!r}" if len(names) == 1 else "any queue"
@@ -646,8 +632,6 @@ def control() -> None:
 
 
 def _control_call(state: _AppState, method: str, *args, **kwargs) -> None:
-    from .exceptions import ImproperlyConfigured
-
     app, dest, timeout = _remote(state)
     try:
         replies = getattr(app.control, method)(*args, destination=dest, reply=True, timeout=timeout, **kwargs)
@@ -755,7 +739,7 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
     try:
         import uvicorn  # noqa: F401 - optional (fastq[dashboard]): serve() imports it, too late to say so plainly
 
-        from .dashboard import serve
+        from .dashboard import serve  # needs starlette (the optional fastq[dashboard])
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs: pip install 'fastq[dashboard]' ({exc})") from None
     if basic_auth is None and not _is_loopback(address):  # as Flower warns
@@ -780,15 +764,10 @@ def _is_loopback(address: str) -> bool:
 
 
 def _register_bench() -> None:
-    from .bench import bench_command
-
     main.add_command(bench_command)
 
 
 def _make_beat(app, lease: float | None = None):
-    from .beat import Beat
-    from .exceptions import ImproperlyConfigured
-
     try:
         return Beat(app, lease=lease)
     except ImproperlyConfigured as exc:
@@ -810,8 +789,6 @@ def beat(state: _AppState, list_only: bool, lease: float | None, loglevel: str, 
     app = state.app(check_broker=True, wait=True)
     service = _make_beat(app, lease)
     if list_only:
-        from .exceptions import ImproperlyConfigured
-
         try:
             click.echo(service.format_schedule())
         except ImproperlyConfigured as exc:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from . import states
 from ._speedups import Request, current_request
+from .coroutines import call_limited, run_coroutine
 from .exceptions import Retry, format_exception
 from .messages import Message, ResultMeta
 from .result import EagerResult
@@ -92,8 +93,6 @@ def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: di
         with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
-                from .coroutines import run_coroutine
-
                 value = run_coroutine(value, task.soft_time_limit)
             run.succeeded(value)
     return run.result
@@ -107,8 +106,6 @@ async def run_eagerly_async(task, args: list, kwargs: dict, task_id: str | None,
         with run.attempt():
             value = task.run(*args, **kwargs)
             if task.is_async:
-                from .coroutines import call_limited
-
                 value = await call_limited(value, task.soft_time_limit)
             run.succeeded(value)
     return run.result

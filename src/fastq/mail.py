@@ -34,6 +34,7 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .broker.redis import CONNECTION_ERRORS
+from .exceptions import ImproperlyConfigured
 
 log = logging.getLogger("fastq.mail")
 
@@ -52,8 +53,6 @@ class SMTPConfig:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES:
-            from .exceptions import ImproperlyConfigured
-
             raise ImproperlyConfigured(
                 f"error_email_smtp_url must start with smtp://, smtps:// or smtp+starttls://, not {parts.scheme}://"
             )

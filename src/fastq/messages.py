@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from .exceptions import ImproperlyConfigured
+
 #: Stream/delayed-set field name per serializer.
 SERIALIZER_FIELDS = {"msgpack": b"p", "json": b"j"}
 
@@ -60,8 +62,6 @@ class Serializer:
 
     def __init__(self, name: str = "msgpack") -> None:
         if name not in SERIALIZER_FIELDS:
-            from .exceptions import ImproperlyConfigured
-
             raise ImproperlyConfigured(
                 f"task_serializer must be one of {sorted(SERIALIZER_FIELDS)}, not {name!r} (pickle is never supported)"
             )

@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 from . import events
 from .broker.redis import CONNECTION_ERRORS
+from .control import online_workers
+from .exceptions import ImproperlyConfigured
 
 log = logging.getLogger("fastq.metrics")
 
@@ -49,8 +51,6 @@ def _require():
     try:
         import prometheus_client
     except ImportError:  # pragma: no cover - depends on the install
-        from .exceptions import ImproperlyConfigured
-
         raise ImproperlyConfigured("metrics need prometheus-client: pip install 'fastq[metrics]'") from None
     return prometheus_client
 
@@ -107,8 +107,6 @@ class RedisCollector:
         _require()
         from prometheus_client.core import GaugeMetricFamily
 
-        from .control import online_workers
-
         length = GaugeMetricFamily("fastq_queue_length", "Messages waiting in a queue.", labels=["queue"])
         flight = GaugeMetricFamily("fastq_in_flight", "Messages fetched by workers and not yet acknowledged.",
                                    labels=["queue"])
@@ -144,8 +142,6 @@ class WorkerCollector:
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
-
-        from .worker.maintenance import tree_rss
 
         yield GaugeMetricFamily("fastq_worker_memory_bytes", "Resident memory of the worker and its pool.",
                                 value=tree_rss())
@@ -257,5 +253,18 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
 
+
+def tree_rss() -> int:
+    """Resident memory of this process and its children, in bytes (psutil)."""
+    import psutil
+
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children():
+        try:
+            rss += child.memory_info().rss
+        except psutil.Error:  # a child that just exited
+            pass
+    return rss
 
 __all__ = ["EventFeed", "RedisCollector", "TaskMetrics", "WorkerMetrics", "exposition", "new_registry"]

@@ -10,8 +10,17 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import states
 from ._speedups import current_request
+from .aio import send
+from .broker.keys import validate_queue_name
+from .canvas import Signature, chunks
+from .eager import run_eagerly
+from .events import publish_progress
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry, ValidationError
+from .messages import ResultMeta
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
+from .typed import TypedCall, call_signature
+from .unique import check_seconds, prepare
+from .workflow import register_builtins
 
 if TYPE_CHECKING:
     from .result import AsyncResult
@@ -89,12 +98,8 @@ class Task(Generic[P, R]):
         #: The argument converter of a typed task (fastq.typed), else None.
         self._typed = None
         if self.typed:
-            from .typed import TypedCall
-
             self._typed = TypedCall(name, fn, self.bind)
         if self.unique:
-            from .typed import call_signature
-
             self._signature = call_signature(fn, self.bind)
         #: True when a send needs more than the plain path (typed or unique tasks).
         self._special = self.typed or self.unique
@@ -117,8 +122,6 @@ class Task(Generic[P, R]):
     def _validate(self) -> None:
         where = f"task {self.name!r}"
         if self.queue is not None:
-            from .broker.keys import validate_queue_name
-
             validate_queue_name(self.queue)
         if self.priority is not None and (not isinstance(self.priority, int) or not 0 <= self.priority <= 9):
             raise ImproperlyConfigured(f"{where}: priority must be an integer from 0 to 9, not {self.priority!r}")
@@ -135,8 +138,6 @@ class Task(Generic[P, R]):
                 if not (isinstance(exc, type) and issubclass(exc, BaseException)):
                     raise ImproperlyConfigured(f"{where}: {opt} entries must be exception classes, not {exc!r}")
         if self.unique_for is not None:
-            from .unique import check_seconds
-
             try:
                 check_seconds(self.unique_for, "unique_for", where)
             except (TypeError, ValueError) as exc:
@@ -176,8 +177,6 @@ class Task(Generic[P, R]):
         if self._typed is not None:
             args, kwargs = self._typed.convert(args, kwargs)
         if self.unique:
-            from .unique import prepare
-
             prepare(self, args, kwargs, options)
         return args, kwargs
 
@@ -190,14 +189,10 @@ class Task(Generic[P, R]):
         """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for
         async code, with the same options. In eager mode the task runs here (a
         coroutine task on the caller's loop)."""
-        from .aio import send
-
         return await send(self.app, self.name, args, kwargs, options, self)
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""
-        from .eager import run_eagerly
-
         if self._typed is not None:
             args, kwargs = self._typed.convert(args, kwargs)
 
@@ -206,8 +201,6 @@ class Task(Generic[P, R]):
     # --- signatures ---------------------------------------------------------------
 
     def signature(self, args: Iterable | None = None, kwargs: dict | None = None, options: dict | None = None, **opts: Any):
-        from .canvas import Signature
-
         return Signature(self.name, args, kwargs, {**(options or {}), **opts}, app=self.app)
 
     def s(self, *args: Any, **kwargs: Any):
@@ -220,33 +213,22 @@ class Task(Generic[P, R]):
 
     def map_async(self, iterable: Iterable) -> list:
         """Send one task per item, pipelined: ``add.map_async([(1, 2), (3, 4)])``."""
-        from .canvas import Signature
-
         return self.app.send_many(Signature(self.name, tuple(a), None, app=self.app) for a in iterable)
 
     def map(self, it: Iterable):
         """A signature of one task calling this one for each item: ``add.map([...])``
         (``fastq.map``; the result is the list of results)."""
-        from .canvas import Signature
-        from .workflow import register_builtins
-
         register_builtins(self.app)
         return Signature("fastq.map", (), {"task": self.name, "it": list(it)}, app=self.app)
 
     def starmap(self, it: Iterable):
         """Like ``map`` with each item unpacked as arguments: ``add.starmap([(1, 2), (3, 4)])``."""
-        from .canvas import Signature
-        from .workflow import register_builtins
-
         register_builtins(self.app)
         return Signature("fastq.starmap", (), {"task": self.name, "it": [list(a) for a in it]}, app=self.app)
 
     def chunks(self, it: Iterable, n: int):
         """Split the calls into chunks of ``n``, one task each: ``add.chunks(zip(xs, ys), 10)``.
         ``apply_async()`` sends them as a group (a GroupResult of lists); ``.group()`` gives the group."""
-        from .canvas import chunks
-        from .workflow import register_builtins
-
         register_builtins(self.app)
         return chunks(self.s(), it, n, app=self.app)
 
@@ -254,8 +236,6 @@ class Task(Generic[P, R]):
         """Record a custom state, e.g. progress, while the task runs:
         ``self.update_state(state="PROGRESS", meta={"done": 40, "total": 100})``.
         Readers see ``r.state == "PROGRESS"`` and ``r.info == meta``."""
-        from .messages import ResultMeta
-
         req = self.request
         task_id = task_id or req.id
         if task_id is None:
@@ -268,8 +248,6 @@ class Task(Generic[P, R]):
                               retries=req.retries, task=self.name, meta=meta)
         self.app.backend.store(task_id, meta_obj)
         if req.delivery is not None and self.app.conf.worker_send_task_events:  # in a worker: tell the monitors
-            from .events import publish_progress
-
             publish_progress(self.app, req.hostname, task_id, self.name, meta_obj.state, meta)
 
     # --- retries -------------------------------------------------------------------

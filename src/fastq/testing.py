@@ -45,6 +45,7 @@ from typing import Any
 from . import signals
 from .app import FastQ
 from .exceptions import TimeoutError as FastQTimeout
+from .worker import Worker
 
 __all__ = ["WorkerThread", "eager", "start_worker", "wait_for", "wait_for_drain"]
 
@@ -65,8 +66,6 @@ class WorkerThread:
 
     def __init__(self, app: FastQ, queues: Iterable[str] | None = None, concurrency: int = 1,
                  hostname: str | None = None, prefetch: int | None = None, block_timeout: float = 0.1) -> None:
-        from .worker import Worker
-
         if not isinstance(block_timeout, (int, float)) or block_timeout <= 0:
             raise ValueError(f"block_timeout must be a positive number of seconds, not {block_timeout!r}")
         self.app = app

@@ -33,6 +33,7 @@ from ._speedups import current_request, pack_command
 from .broker.due import due_arg
 from .broker.scripts import SCRIPTS
 from .options import SPECIAL_OPTIONS
+from .result import AsyncResult
 
 #: apply_async options handled here (app._send hands calls with any of them over).
 OPTIONS = SPECIAL_OPTIONS
@@ -177,8 +178,6 @@ def _text(reply) -> str:
 
 
 def _result(app, msg, task_id: str, name: str):
-    from .result import AsyncResult
-
     if task_id != msg.id:  # not sent: the running task's children list names the one that was
         parent = current_request.get()
         ids = getattr(parent, "_extra", None) if parent is not None else None

@@ -45,7 +45,12 @@ import msgspec
 
 from . import states
 from ._speedups import new_task_id, pack_command
+from .broker.scripts import SCRIPTS
+from .coroutines import run_coroutine
+from .exceptions import NotRegistered
+from .messages import ResultMeta
 from .options import SEND_OPTIONS, WORKER_OPTIONS, unknown_options
+from .result import AsyncResult, GroupResult
 
 log = logging.getLogger("fastq.worker")
 
@@ -264,8 +269,6 @@ def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None
 
 def result_of(app, node: dict, parent=None):
     """The result handle of a frozen tree: AsyncResult of its last task, or a GroupResult."""
-    from .result import AsyncResult, GroupResult
-
     def walk(n: dict, parent):
         kind = n.get("subtask_type")
         if kind is None:
@@ -433,8 +436,6 @@ class _Step:
             self.out.add_command(c, 1)
 
     def store_failure(self, task_id: str, name: str | None, err: tuple) -> None:
-        from .messages import ResultMeta
-
         exc_type, exc_module, exc_message, tb = err
         meta = ResultMeta(states.FAILURE, None, exc_type, exc_module, exc_message, tb, time.time(), None,
                           self.ex.hostname, 0, name)
@@ -465,8 +466,6 @@ class _Step:
 
     def chord(self, cid: str, mode: str, index: Any, value: bytes, err: tuple | None, failed_id: str) -> None:
         """Record a header result (or failure) and act on the decision, if this call made it."""
-        from .broker.scripts import SCRIPTS
-
         if cid in self.acted:
             return
         meta, res = chord_keys(self.app.broker.keys.prefix, cid)
@@ -582,8 +581,6 @@ def register_builtins(app) -> None:
     """``fastq.map`` and ``fastq.starmap`` (``task.map()``, ``starmap()``, ``chunks()``)."""
     if "fastq.starmap" in app.tasks:
         return
-    from .exceptions import NotRegistered
-
     def target(name: str):
         t = app.tasks.get(name)
         if t is None:
@@ -612,8 +609,6 @@ def _await_each(coros) -> list:
     """A coroutine task's calls in fastq.map/starmap: run one after another (as for
     sync tasks) on one event loop (this is a sync task: a thread of its own in the
     asyncio pool)."""
-    from .coroutines import run_coroutine
-
     async def each() -> list:
         return [await c for c in coros]
 

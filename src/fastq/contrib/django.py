@@ -32,6 +32,7 @@ from typing import Any
 from django.db import transaction
 
 from .._speedups import new_task_id
+from ..result import AsyncResult
 from ..task import Task
 
 __all__ = ["DjangoTask", "autodiscover_tasks"]
@@ -54,8 +55,6 @@ class DjangoTask(Task):
     def apply_async_on_commit(self, args: Iterable | None = None, kwargs: dict | None = None, using: str | None = None,
                               **options: Any):
         """``apply_async()`` once the transaction of database ``using`` commits."""
-        from ..result import AsyncResult
-
         task_id = options.pop("task_id", None) or new_task_id()
         args = tuple(args or ())
         kwargs = dict(kwargs or {})

@@ -44,8 +44,9 @@ from .. import states
 from ..broker.connect import describe_error
 from ..broker.keys import validate_queue_name
 from ..broker.redis import CONNECTION_ERRORS
-from ..control import decode_fields, request_info
+from ..control import request_info
 from ..exceptions import BrokerError, ImproperlyConfigured
+from ..messages import decode_fields
 from ..metrics import exposition
 from ..monitor import locate_task, queue_rows, workers
 from .state import DashboardState

@@ -14,10 +14,16 @@ from ..broker import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.memory import check_memory_policy
 from ..broker.redis import AUTH_ERRORS, CONNECTION_ERRORS, auth_failed
+from ..broker.scripts import SCRIPTS
 from ..exceptions import BrokerOutOfMemory, ImproperlyConfigured
+from ..fairness import warn_unconfigured
 from ..logs import set_hostname
+from ..metrics import WorkerMetrics
+from .async_consumer import DEFAULT_CONCURRENCY
 from .maintenance import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, instance_id
 from .naming import NameTaken, default_names, expand, holder_alive, process_identity
+from .pool import AsyncioPool, ProcessPool, SoloPool
+from .remote_control import WorkerControl
 
 log = logging.getLogger("fastq.worker")
 
@@ -51,8 +57,6 @@ class Worker:
         app.broker.fair  # noqa: B018 - a bad task_queues setting fails here, before the pool starts
         self.pool_name = pool
         if pool == "asyncio":  # coroutines are cheap: the CPU count is far too few
-            from .async_consumer import DEFAULT_CONCURRENCY
-
             self.concurrency = int(concurrency or app.conf.worker_concurrency or DEFAULT_CONCURRENCY)
         else:
             self.concurrency = 1 if pool == "solo" else int(concurrency or app.conf.worker_concurrency or os.cpu_count() or 1)
@@ -191,8 +195,6 @@ class Worker:
         while True:
             try:
                 self.app.broker.client.ping()
-                from ..broker.scripts import SCRIPTS
-
                 SCRIPTS.load_all(self.app.broker.client)
                 for q in self.queues:
                     self.app.broker.ensure_queue(q)
@@ -220,8 +222,6 @@ class Worker:
                         "still apply. Use -P process to enforce hard limits.", self.pool_name, ", ".join(limited))
 
     def start(self) -> int:
-        from .pool import ProcessPool, SoloPool
-
         self.warn_about_limits()
         startup_checks(self)
         self.wait_for_broker()
@@ -233,14 +233,10 @@ class Worker:
         else:
             sys.stdout.write(self.banner())
             sys.stdout.flush()
-        from ..fairness import warn_unconfigured
-
         warn_unconfigured(self.app, self.queues)
         if self.pool_name == "process":
             self.pool = ProcessPool(self, self.concurrency)
         elif self.pool_name == "asyncio":
-            from .pool import AsyncioPool
-
             self.pool = AsyncioPool(self, self.concurrency)
         else:
             self.pool = SoloPool(self, self.concurrency)
@@ -256,16 +252,12 @@ class Worker:
 
     def _start_monitoring(self) -> None:
         """Remote control, and the Prometheus endpoint when ``worker_metrics_port`` is set."""
-        from ..control import WorkerControl
-
         #: Answers ``app.control`` (inspect, ping, pool_grow, revoke, ...).
         self.control = WorkerControl(self)
         self.control.start()
         self.metrics = None
         port = self.app.conf.get("worker_metrics_port")
         if port:
-            from ..metrics import WorkerMetrics
-
             self.metrics = WorkerMetrics(self, int(port), self.app.conf.get("worker_metrics_address") or "127.0.0.1")
             self.metrics.start()
 

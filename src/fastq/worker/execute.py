@@ -20,7 +20,8 @@ from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
 from ..coroutines import run_coroutine
-from ..exceptions import NotRegistered, Reject, Retry, ValidationError, format_exception
+from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
+from ..mail import mailer_for
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..options import Countdown, options_error
 from ..result import pack_store
@@ -66,8 +67,6 @@ class Executor:
         #: Sends e-mail on failure (fastq.mail); None unless ``error_email_to`` is set.
         self.mailer = None
         if app.conf.get("error_email_to"):
-            from ..mail import mailer_for
-
             self.mailer = mailer_for(app, hostname)
         #: Queue -> the gate arguments of its retries and dead letters (fair queues: fastq.fairness).
         self.gate_args = app.broker.gate_args
@@ -376,8 +375,6 @@ class Executor:
                                       terminated=False, signum=None, expired=reason == "expired")
         log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason,
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.REVOKED})
-        from ..exceptions import TaskRevokedError
-
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         if msg.options:
             workflow.on_failure(self, msg, TaskRevokedError(reason), None, out)

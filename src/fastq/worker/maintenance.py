@@ -25,9 +25,13 @@ import uuid
 from collections.abc import Callable
 
 from .. import events
+from .._speedups import pack_command
+from ..broker.fair import heal, promote_command
 from ..broker.redis import CONNECTION_ERRORS, safe_url
+from ..broker.scripts import SCRIPTS
 from ..exceptions import BrokerError
 from ..messages import dead_letter_row
+from ..metrics import tree_rss
 from .naming import process_identity
 
 log = logging.getLogger("fastq.worker")
@@ -56,20 +60,6 @@ def log_dead_letters(broker, physical: str, ids: list, client=None) -> None:
         log.error("Dead-lettered task %s[%s] on %r (entry %s): %s: %s", row["task"] or "?", row["task_id"] or "?",
                   row["queue"], row["id"], row["reason"], row["error"],
                   extra={"task_name": row["task"], "task_id": row["task_id"], "state": "DEAD"})
-
-
-def tree_rss() -> int:
-    """Resident memory of this process and its children, in bytes (psutil)."""
-    import psutil
-
-    me = psutil.Process()
-    rss = me.memory_info().rss
-    for child in me.children():
-        try:
-            rss += child.memory_info().rss
-        except psutil.Error:  # a child that just exited
-            pass
-    return rss
 
 
 def _process_stats() -> dict:
@@ -153,15 +143,10 @@ class Maintenance:
     def promote(self) -> None:
         # Packed EVALSHAs in one write (routed per slot on a cluster, where
         # redis-py's pipelines refuse scripts); NOSCRIPT is handled there.
-        from .._speedups import pack_command
-        from ..broker.scripts import SCRIPTS
-
         cmds = []
         for q in self.broker.expand_queues(self.queues):
             fq = self.fair.get(q) if self.fair else None
             if fq is not None:  # promotion through the gate, and the gate's pump
-                from ..broker.fair import promote_command
-
                 cmds.append(promote_command(fq))
                 continue
             qk = self.broker.keys.queue(q)
@@ -171,8 +156,6 @@ class Maintenance:
 
     def heal(self) -> None:
         """Recount the gates of the fair queues from their streams (fastq.fairness)."""
-        from ..broker.fair import heal
-
         for q in self.queues:
             fq = self.fair.get(q)
             if fq is not None:

@@ -25,15 +25,18 @@ import time
 
 from redis.exceptions import ResponseError
 
-from .. import states
+from .. import signals, states
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
+from ..control import request_info
 from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..messages import ResultMeta, decode_fields
 from .async_consumer import AsyncConsumer
 from .consumer import Consumer
 from .limits import read_deadline
 from .maintenance import Maintenance
+from .remote_control import ChildAgent
 
 log = logging.getLogger("fastq.worker")
 
@@ -111,8 +114,6 @@ class SoloPool:
                 "active": sum(1 for c in cs if c.runner.current is not None)}
 
     def active(self) -> list[dict]:
-        from ..control import request_info
-
         out = []
         for c in list(self.consumers):
             d = c.runner.current
@@ -211,15 +212,11 @@ def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weight
         consumer = AsyncConsumer(app, queues, hostname, name, async_concurrency, prefetch, slot=slot, weights=weights)
     else:
         consumer = Consumer(app, queues, hostname, name, prefetch, slot=slot, weights=weights)
-    from ..control import ChildAgent
-
     # revokes and rate limits from the control channel; counters for the parent
     ChildAgent(app, hostname, consumer, counts).start()
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     if early:
         consumer.stop()
-    from .. import signals
-
     signals.worker_process_init.send(sender=None)
     consumer.run()
 
@@ -308,8 +305,6 @@ class ProcessPool:
         return out
 
     def active(self) -> list[dict]:
-        from ..control import decode_fields, request_info
-
         out = []
         for c, q, entry in self._running():
             found = self.worker.app.broker.read_entry(q, entry)
@@ -463,8 +458,6 @@ class ProcessPool:
             except Exception:  # noqa: BLE001
                 msg = None
             if msg is not None:
-                from ..messages import ResultMeta
-
                 exc = TimeLimitExceeded(f"task {msg.task}[{msg.id}] ran past its hard time limit")
                 app.backend.store(msg.id, ResultMeta(states.FAILURE, None, "TimeLimitExceeded", "fastq.exceptions",
                                                      str(exc), None, time.time(), None, self.worker.hostname,
@@ -554,8 +547,6 @@ class ProcessPool:
                 return
             dc = int(fields.get(b"dc", 0)) + 1
             final = dc >= int(app.conf.worker_max_deliveries)
-            from ..messages import ResultMeta
-
             exc = WorkerLostError(f"worker process died with {how} while running the task (delivery {dc})")
             meta = ResultMeta(states.FAILURE if final else states.RETRY, None, "WorkerLostError",
                               "fastq.exceptions", str(exc), None, time.time(), None, self.worker.hostname,
@@ -587,8 +578,6 @@ class AsyncioPool(SoloPool):
                 "active": sum(c.busy() for c in cs)}
 
     def active(self) -> list[dict]:
-        from ..control import request_info
-
         out = []
         for c in list(self.consumers):
             for r in list(c.running.values()):
