@@ -315,3 +315,33 @@ def test_an_asyncio_worker_frees_its_tenants_places(redis_url, worker, ledger, r
     worker("-P", "asyncio", "-Q", "capped", app=APP)
     wait_for(lambda: _done(ledger, "Z") == 10, 60, message="10 tasks of one tenant")
     wait_for(lambda: _idle(app, "capped") and _gate_is_empty(r, "capped"), 10, message="an empty gate")
+
+
+def test_unique_debounced_and_periodic_sends_pass_the_gate(redis_url, r):
+    """unique_publish.lua and beat_send.lua wrote straight to the stream (no group,
+    no gate), and debounced sends lost their group in the delayed set."""
+    import time
+
+    from fastq.beat import Beat
+    from fastq.broker.fair import split_member
+
+    app = _app(redis_url)
+    results = [fair.concurrent.apply_async(("a", i), group_key="a", unique_key=f"u{i}") for i in range(3)]
+    assert fair.concurrent.apply_async(("a", 0), group_key="a", unique_key="u0").id == results[0].id  # still unique
+    assert groups(app, "capped")["a"] == {"active": 2, "backlog": 1}
+
+    fair.concurrent.apply_async(("d", 0), group_key="d", debounce_key="k", countdown=30)
+    (member,) = r.zrange("fastq:{capped}:delayed", 0, -1)
+    assert split_member(member)[0] == "d"
+
+    app.conf.beat_schedule = {"every": {"task": "fair.concurrent", "schedule": 10.0, "args": ("b",),
+                                        "options": {"group_key": "b"}}}
+    try:
+        beat = Beat(app)
+        beat.is_leader, beat._valid_until = True, time.monotonic() + 3600
+        t0 = 1_700_000_000_000
+        for i in range(4):  # the first tick anchors the entry; three runs follow
+            beat.tick(t0 + i * 10_000)
+    finally:
+        app.conf.beat_schedule = {}
+    assert groups(app, "capped")["b"] == {"active": 2, "backlog": 1}

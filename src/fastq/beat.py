@@ -273,14 +273,14 @@ class Beat:
         task = app.tasks.get(entry.task)
         options = dict(entry.options)
         options["queue"] = entry.queue  # the state hash is in this queue's slot
-        headers = {**(options.pop("headers", None) or {}), HEADER_ENTRY: entry.name, HEADER_DUE: due_ms}
         # (countdown and eta are refused at load, so the run goes straight to its stream)
         msg, queue, priority, _ = app._build(entry.task, entry.args, entry.kwargs, options, task)
-        msg = msgspec.structs.replace(msg, headers=headers)
+        # the headers _build made (the entry's, and a group_key's) plus the run's own
+        msg = msgspec.structs.replace(msg, headers={**(msg.headers or {}), HEADER_ENTRY: entry.name, HEADER_DUE: due_ms})
         payload = app._encode(msg, task)
-        stream = app.broker.keys.queue(queue).streams[priority]
-        return bool(SCRIPTS.beat_send(self.client, [entry.state_key, stream],
-                                      [due_ms, msg.id, app.serializer.field, payload]))
+        cmd = app.broker.beat_send_command(entry.state_key, queue, priority, app.serializer.field, payload,
+                                           due_ms, msg.id)
+        return bool(app.broker.execute_packed([cmd], confirm=True)[0])  # BrokerError is a ConnectionError
 
     def _fmt(self, ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, self.tz).isoformat(timespec="milliseconds")

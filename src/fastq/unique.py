@@ -30,7 +30,6 @@ from typing import Any
 import msgspec
 
 from ._speedups import current_request, pack_command
-from .broker.due import due_arg
 from .broker.scripts import SCRIPTS
 from .options import SPECIAL_OPTIONS
 from .result import AsyncResult
@@ -131,17 +130,8 @@ def _send_unique(app, name, args, kwargs, options, task, key: str, ttl: float):
     lock = lock_key(broker.keys.prefix, queue, key)
     msg.options = {**(msg.options or {}), "unique": lock}
     payload = app._encode(msg, task)
-    qk = broker.keys.queue(queue)
-    field = app.serializer.field
-    if due is None:
-        target, due_ms, a4, a5 = qk.streams[priority], b"0", field, payload
-    else:
-        target, due_ms, a4, a5 = qk.delayed, due_arg(due), field + b"%d" % priority + payload, b""
-    cmds = [pack_command((b"EVALSHA", SCRIPTS.unique_publish.sha_bytes, 2, lock, target,
-                          msg.id, max(1, math.ceil(ttl * 1000)), due_ms, a4, a5))]
-    reg = broker._register_queue_cmd(queue)
-    if reg is not None:
-        cmds.append(reg)
+    cmds = broker.unique_publish_commands(queue, priority, app.serializer.field, payload, due, lock,
+                                          max(1, math.ceil(ttl * 1000)), msg.id)
     holder = _text(broker.execute_packed(cmds)[0])
     return _result(app, msg, holder, name)
 
@@ -159,16 +149,9 @@ def _send_debounced(app, name, args, kwargs, options, task, key: str):
     msg, queue, priority, due = app._build(name, args, kwargs, options, task)
     payload = app._encode(msg, task)
     broker = app.broker
-    qk = broker.keys.queue(queue)
-    member = app.serializer.field + b"%d" % priority + payload
-    offset = 2 + payload.find(msg.id.encode())  # the id is the envelope's first field
     record = debounce_record_key(broker.keys.prefix, queue, key)
-    record_ttl = math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000)
-    cmds = [pack_command((b"EVALSHA", SCRIPTS.debounce.sha_bytes, 2, record, qk.delayed,
-                          msg.id, due_arg(due), member, offset, record_ttl))]
-    reg = broker._register_queue_cmd(queue)
-    if reg is not None:
-        cmds.append(reg)
+    cmds = broker.debounce_commands(queue, priority, app.serializer.field, payload, due, record,
+                                    math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000), msg.id)
     holder = _text(broker.execute_packed(cmds)[0])
     return _result(app, msg, holder, name)
 

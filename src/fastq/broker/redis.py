@@ -34,8 +34,17 @@ from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, Improp
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import describe_error, make_client, parse_url, safe_url
-from .due import delay_command
-from .fair import backlog_size, fair_ack_command, heal, parse_task_queues, publish_commands, purge_backlogs
+from .due import delay_command, due_arg
+from .fair import (
+    backlog_size,
+    delayed_member,
+    fair_ack_command,
+    group_of,
+    heal,
+    parse_task_queues,
+    publish_commands,
+    purge_backlogs,
+)
 from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
@@ -411,6 +420,51 @@ class RedisBroker:
             cmds = [self._publish_cmd(queue, priority, field, payload, due)]
         register = self._register_queue_cmd(queue)
         return cmds if register is None else [*cmds, register]
+
+    def _gate(self, queue: str, field: bytes, payload: bytes) -> tuple:
+        """The gate arguments of a fair queue and the message's group, as the
+        gate-aware scripts take them after their own; () for a plain queue."""
+        fq = self.fair.get(queue) if self.fair else None
+        return () if fq is None else (*fq.gate_args, group_of(field, payload).encode())
+
+    def unique_publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None,
+                                lock: str, ttl_ms: int, task_id: str) -> list[bytes]:
+        """Send one message unless ``lock`` is held (unique_publish.lua, which
+        returns the holder's task id); through the gate on a fair queue."""
+        qk = self.keys.queue(queue)
+        gate = self._gate(queue, field, payload)
+        item = field + b"%d" % priority + payload
+        if due is not None:
+            member = delayed_member(gate[-1].decode(), field, priority, payload) if gate else item
+            args: tuple = (qk.delayed, task_id, ttl_ms, due_arg(due), member, b"")
+        elif gate:
+            args = (qk.delayed, task_id, ttl_ms, b"0", item, b"", *gate)  # the delayed key: the queue's slot
+        else:
+            args = (qk.streams[priority], task_id, ttl_ms, b"0", field, payload)
+        cmd = pack_command((b"EVALSHA", SCRIPTS.unique_publish.sha_bytes, 2, lock, *args))
+        register = self._register_queue_cmd(queue)
+        return [cmd] if register is None else [cmd, register]
+
+    def debounce_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float,
+                          record: str, record_ttl_ms: int, task_id: str) -> list[bytes]:
+        """Replace the pending message of a debounce window, or file a new one
+        (debounce.lua, which returns the window's task id); on a fair queue the
+        delayed member carries the message's group, so it passes the gate when due."""
+        gate = self._gate(queue, field, payload)
+        member = delayed_member(gate[-1].decode(), field, priority, payload) if gate else field + b"%d" % priority + payload
+        offset = len(member) - len(payload) + payload.find(task_id.encode())  # the id is in the envelope
+        cmd = pack_command((b"EVALSHA", SCRIPTS.debounce.sha_bytes, 2, record, self.keys.queue(queue).delayed,
+                            task_id, due_arg(due), member, offset, record_ttl_ms))
+        register = self._register_queue_cmd(queue)
+        return [cmd] if register is None else [cmd, register]
+
+    def beat_send_command(self, state_key: str, queue: str, priority: int, field: bytes, payload: bytes,
+                          due_ms: int, task_id: str) -> bytes:
+        """A periodic run, sent once per entry and due time (beat_send.lua: 1 when
+        sent); through the gate on a fair queue."""
+        stream = self.keys.queue(queue).streams[priority]
+        return pack_command((b"EVALSHA", SCRIPTS.beat_send.sha_bytes, 2, state_key, stream, due_ms, task_id,
+                             field, payload, b"%d" % priority, *self._gate(queue, field, payload)))
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
         """Send one message: to its priority stream, or to the delayed set when it has a due time."""

@@ -42,7 +42,7 @@ class Scripts:
     #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness,
     #: and g_due: due times on Redis's clock).
     PRELUDES = {name: "gate" for name in (
-        "delay", "unique_publish", "debounce", "promote", "release", "reap", "bury", "retry",
+        "delay", "unique_publish", "debounce", "beat_send", "promote", "release", "reap", "bury", "retry",
         "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal")}
 
     def __init__(self) -> None:
