@@ -369,6 +369,25 @@ def test_output_collects_acks_and_commands(core):
     assert out.count == 3
 
 
+def test_a_final_state_is_one_result_list_with_its_expiry(core, r):
+    """The one spelling of the final-result write (pack_result, Output.store_result):
+    what AsyncResult waits on (BLMOVE) and what expires."""
+    out = core.Output()
+    out.store_result(b"fastq-test:r:t1", b"blob", 60)
+    assert out.results == core.pack_result(b"fastq-test:r:t1", b"blob", 60)
+    assert out.result_replies == 2
+    r.delete("fastq-test:r:t1")
+    conn = r.connection_pool.get_connection()
+    try:
+        conn.send_packed_command(out.results)
+        assert [conn.read_response() for _ in out.results] == [1, 1]
+    finally:
+        r.connection_pool.release(conn)
+    assert r.lrange("fastq-test:r:t1", 0, -1) == [b"blob"]
+    assert 0 < r.ttl("fastq-test:r:t1") <= 60
+    r.delete("fastq-test:r:t1")
+
+
 def test_output_take_hands_over_and_empties(core):
     # Given an Output with content
     out = core.Output()

@@ -425,6 +425,13 @@ cdef class TokenBucket:
 
 # --- Running a batch -------------------------------------------------------------------
 
+def pack_result(bytes key, bytes blob, expires) -> list:
+    """How a final state is stored: RPUSH on the task's one-element result list
+    (waiters BLMOVE it: no polling) and its expiry. ``Output.store_result``
+    writes the same two commands."""
+    return [pack_command((b"RPUSH", key, blob)), pack_command((b"EXPIRE", key, expires))]
+
+
 cdef class Output:
     """What a consumer must still send: acks per stream and packed result writes."""
 
@@ -460,6 +467,12 @@ cdef class Output:
     cpdef add_result(self, bytes packed, long replies=1):
         self.results.append(packed)
         self.result_replies += replies
+
+    cpdef store_result(self, bytes key, bytes blob, object expires):
+        """A task's final state: ``pack_result`` (the result list and its expiry)."""
+        self.results.append(pack_command((b"RPUSH", key, blob)))
+        self.results.append(pack_command((b"EXPIRE", key, expires)))
+        self.result_replies += 2
 
     cpdef event(self, kind, task_id, name, runtime, info):
         """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
@@ -695,9 +708,7 @@ cdef class Runner:
                 except Exception as exc:
                     handler.result_not_serializable(task, d, msg, exc, runtime, out)
                     return
-                key = self.result_prefix + PyUnicode_AsUTF8String(msg.id)
-                out.add_result(pack_command((b"RPUSH", key, blob)), 1)
-                out.add_result(pack_command((b"EXPIRE", key, self._expire_arg)), 1)
+                out.store_result(self.result_prefix + PyUnicode_AsUTF8String(msg.id), blob, self._expire_arg)
             out.ack(d.stream, d.entry_id)
             if self.events:
                 out.events.append(("task-succeeded", msg.id, msg.task, _time_time(), runtime, None))

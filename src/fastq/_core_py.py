@@ -247,6 +247,13 @@ class TokenBucket:
 # --- Running a batch -------------------------------------------------------------
 
 
+def pack_result(key: bytes, blob: bytes, expires) -> list[bytes]:
+    """How a final state is stored: RPUSH on the task's one-element result list
+    (waiters BLMOVE it: no polling) and its expiry. ``Output.store_result``
+    writes the same two commands."""
+    return [pack_command((b"RPUSH", key, blob)), pack_command((b"EXPIRE", key, expires))]
+
+
 class Output:
     """What a consumer must still send: acks per stream and packed result writes.
 
@@ -284,6 +291,13 @@ class Output:
         with self._lock:
             self.results.append(packed)
             self.result_replies += replies
+
+    def store_result(self, key: bytes, blob: bytes, expires) -> None:
+        """A task's final state: ``pack_result`` (the result list and its expiry)."""
+        cmds = pack_result(key, blob, expires)
+        with self._lock:
+            self.results.extend(cmds)
+            self.result_replies += 2
 
     def event(self, kind: str, task_id: str, name: str, runtime, info) -> None:
         """Record a task event: (kind, task id, task name, wall time, runtime, info)."""
@@ -454,9 +468,7 @@ class Runner:
             except Exception as exc:  # noqa: BLE001 - unserializable result
                 handler.result_not_serializable(task, d, msg, exc, runtime, out)
                 return
-            key = self.result_prefix + msg.id.encode()
-            out.add_result(pack_command((b"RPUSH", key, blob)), 1)
-            out.add_result(pack_command((b"EXPIRE", key, self.result_expires)), 1)
+            out.store_result(self.result_prefix + msg.id.encode(), blob, self.result_expires)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-succeeded", msg.id, msg.task, runtime, None)

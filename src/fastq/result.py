@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from . import states
-from ._speedups import current_request, pack_command
+from ._speedups import current_request, pack_command, pack_result
 from .broker.aioclient import _retrying, client_for
 from .exceptions import TaskError
 from .exceptions import TimeoutError as FastQTimeout
@@ -36,8 +36,7 @@ def pack_store(keys, task_id: str, meta: ResultMeta, expires: int) -> list[bytes
     """The commands that store ``meta`` (a final state goes to the result list)."""
     blob = encode_result(meta)
     if meta.state in states.READY_STATES:
-        key = keys.result(task_id)
-        return [pack_command((b"RPUSH", key, blob)), pack_command((b"EXPIRE", key, expires))]
+        return pack_result(keys.result(task_id).encode(), blob, expires)
     return [pack_command((b"SET", keys.state(task_id), blob, b"EX", expires))]
 
 

@@ -269,9 +269,7 @@ class Executor:
             except Exception as exc:  # noqa: BLE001
                 self.result_not_serializable(task, d, msg, exc, runtime, out)
                 return
-            key = self.keys.result(msg.id)
-            out.add_result(pack_command((b"RPUSH", key, blob)), 1)
-            out.add_result(pack_command((b"EXPIRE", key, self.expires)), 1)
+            out.store_result(self.keys.result(msg.id).encode(), blob, self.expires)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
             workflow.on_success(self, msg, retval, out)
             unique.release(msg, out)
