@@ -12,6 +12,7 @@ from . import states
 from ._speedups import current_request
 from .aio import send
 from .broker.keys import validate_queue_name
+from .builtin_tasks import register_builtins
 from .canvas import Signature, chunks
 from .eager import run_eagerly
 from .events import publish_progress
@@ -20,7 +21,6 @@ from .messages import ResultMeta
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
 from .typed import TypedCall, call_signature
 from .unique import check_seconds, prepare
-from .workflow import register_builtins
 
 if TYPE_CHECKING:
     from .result import AsyncResult

@@ -1,4 +1,7 @@
-"""Workflows on the wire, and what a worker does when a workflow step ends.
+"""Workflows on the wire: the message tree, freezing it, and sending its first steps.
+
+What a worker does when a step ends is in ``fastq.worker.steps``; the built-in
+``fastq.map``/``fastq.starmap`` tasks are in ``fastq.builtin_tasks``.
 
 A workflow travels as a tree of plain dicts (msgspec-encodable) inside the
 messages themselves:
@@ -37,18 +40,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
-from . import states
 from ._speedups import new_task_id, pack_command
-from .broker.scripts import SCRIPTS
-from .coroutines import run_coroutine
-from .exceptions import NotRegistered
-from .messages import ResultMeta
 from .options import SEND_OPTIONS, WORKER_OPTIONS, unknown_options
 from .result import AsyncResult, GroupResult
 
@@ -396,220 +393,3 @@ def publish(app, commands: list[bytes], batch: int = 1000) -> None:
     broker = app.broker
     for i in range(0, len(commands), batch):
         broker.execute_packed(commands[i : i + batch], confirm=True)
-
-
-# --- the worker side -------------------------------------------------------------------------
-
-
-def is_workflow(options: dict | None) -> bool:
-    return bool(options) and any(k in options for k in WORKFLOW_KEYS)
-
-
-class _Step:
-    """One finished message's workflow follow-up, written to the worker's output."""
-
-    def __init__(self, ex, msg, out) -> None:
-        self.ex = ex
-        self.app = ex.app
-        self.msg = msg
-        self.out = out
-        self.parent_id = msg.id
-        self.root_id = msg.root_id or msg.id
-        self.acted: set[str] = set()  #: chords decided in this step (acted on once)
-
-    # --- sending follow-ups --------------------------------------------------
-
-    def send(self, node: dict, args: tuple, rest: list | None = None, error_of: str | None = None) -> None:
-        """Add the commands that start ``node`` to the output; a node that cannot
-        be sent (bad options, unencodable arguments...) fails instead."""
-        try:
-            cmds = launch(self.app, node, args, None, rest or (), self.parent_id, self.root_id)
-        except Exception as exc:  # noqa: BLE001 - a bad signature must not stop the worker
-            log.error("Workflow step after %s[%s] could not be sent: %s: %s", self.msg.task, self.msg.id,
-                      type(exc).__name__, exc)
-            err = _error(exc, None)
-            self.fail_tree(node, err, error_of or self.msg.id)
-            for r in rest or ():
-                self.fail_tree(r, err, error_of or self.msg.id)
-            return
-        for c in cmds:
-            self.out.add_command(c, 1)
-
-    def store_failure(self, task_id: str, name: str | None, err: tuple) -> None:
-        exc_type, exc_module, exc_message, tb = err
-        meta = ResultMeta(states.FAILURE, None, exc_type, exc_module, exc_message, tb, time.time(), None,
-                          self.ex.hostname, 0, name)
-        self.ex._store(self.out, task_id, meta)
-
-    def fail_tree(self, node: dict, err: tuple, failed_id: str, inside: set | None = None) -> None:
-        """Every task of a tree that will never run fails with ``err``; a header
-        task of an enclosing (already sent) chord fails that chord."""
-        inside = set() if inside is None else inside
-        kind = node.get("subtask_type")
-        if kind is None:
-            opts = node["options"]
-            self.store_failure(opts["task_id"], node["task"], err)
-            cid = opts.get("chord")
-            if cid is not None and cid not in inside:
-                self.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, failed_id)
-            return
-        if kind == CHORD:
-            inside.add(node["options"]["chord_id"])
-            for t in node["header"]:
-                self.fail_tree(t, err, failed_id, inside)
-            self.fail_tree(node["body"], err, failed_id, inside)
-            return
-        for t in node["tasks"]:
-            self.fail_tree(t, err, failed_id, inside)
-
-    # --- chords ------------------------------------------------------------------
-
-    def chord(self, cid: str, mode: str, index: Any, value: bytes, err: tuple | None, failed_id: str) -> None:
-        """Record a header result (or failure) and act on the decision, if this call made it."""
-        if cid in self.acted:
-            return
-        meta, res = chord_keys(self.app.broker.keys.prefix, cid)
-        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode,
-                            -1 if index is None else int(index), value, int(self.app.conf.result_expires)))
-        # Synchronous: the answer decides what goes into this flush. A lost
-        # connection raises (ConnectionError): the message stays unacked and runs again.
-        (reply,) = self.app.broker.execute_packed([cmd])
-        code = reply[0]
-        if code == -1:
-            log.warning("Chord %s is unknown (expired or never sent): header result of %s[%s] dropped",
-                        cid, self.msg.task, self.msg.id)
-            return
-        if code == 0:
-            return
-        self.acted.add(cid)
-        body = _unpack(reply[1])
-        if code == 1:
-            try:
-                values = [_unpack(v) for v in reply[2]]
-            except Exception as exc:  # noqa: BLE001
-                self.fail_tree(body, _error(exc, None), failed_id)
-            else:
-                self.send(body, (values,), error_of=failed_id)
-        else:
-            if err is None:
-                stored = _unpack(reply[2]) if reply[2] else ["ChordError", "fastq.exceptions", "a header task failed"]
-                err = (*stored[:3], None)
-            log.info("Chord %s failed: header task %s raised %s: %s", cid, failed_id, err[0], err[2])
-            self.fail_tree(body, err, failed_id)
-            for eb in errbacks_of(body):
-                self.send(eb, (failed_id,))
-        # After the body (or its failure): the decision was acted on; a replay is a
-        # no-op from now on, so the body and the results are no longer needed.
-        self.out.add_command(pack_command((b"HSET", meta, b"sent", b"1")), 1)
-        self.out.add_command(pack_command((b"HDEL", meta, b"body")), 1)
-        self.out.add_command(pack_command((b"DEL", res)), 1)
-
-
-def errbacks_of(node: dict) -> list[dict]:
-    """The errbacks that stand for a whole tree (deduplicated by their frozen id)."""
-    seen: dict[str, dict] = {}
-
-    def walk(n: dict) -> None:
-        kind = n.get("subtask_type")
-        if kind is None:
-            for eb in n["options"].get("link_error") or ():
-                seen.setdefault(_first_id(eb), eb)
-        elif kind == CHAIN:
-            walk(n["tasks"][0])
-        elif kind == GROUP:
-            for t in n["tasks"]:
-                walk(t)
-        else:
-            walk(n["body"])
-
-    walk(node)
-    return list(seen.values())
-
-
-def _first_id(node: dict) -> str:
-    return next(task_ids(node))[0]
-
-
-def _error(exc: BaseException, tb: str | None) -> tuple:
-    cls = type(exc)
-    return cls.__name__, cls.__module__, str(exc), tb
-
-
-def on_success(ex, msg, retval, out) -> None:
-    """A workflow task succeeded: callbacks, the next chain step, the chord count."""
-    opts = msg.options
-    if not is_workflow(opts):
-        return
-    step = _Step(ex, msg, out)
-    cid = opts.get("chord")
-    if cid is not None:
-        try:
-            value = _pack(retval)
-        except Exception as exc:  # noqa: BLE001 - msgspec raises several types
-            err = _error(TypeError(f"chord header result of {msg.task!r} cannot be serialized: {exc}"), None)
-            step.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, msg.id)
-        else:
-            step.chord(cid, "ok", opts.get("group_index"), value, None, msg.id)
-    for cb in opts.get("link") or ():
-        step.send(cb, (retval,))
-    rest = opts.get("chain")
-    if rest:
-        step.send(rest[0], (retval,), rest[1:])
-
-
-def on_failure(ex, msg, exc: BaseException, tb: str | None, out) -> None:
-    """A workflow task failed for good: errbacks run, the rest of its chain fails,
-    and so does its chord."""
-    opts = msg.options
-    if not is_workflow(opts):
-        return
-    step = _Step(ex, msg, out)
-    err = _error(exc, tb)
-    cid = opts.get("chord")
-    if cid is not None:
-        step.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, msg.id)
-    for eb in opts.get("link_error") or ():
-        step.send(eb, (msg.id,))
-    for node in opts.get("chain") or ():
-        step.fail_tree(node, err, msg.id)
-
-
-# --- built-in tasks ---------------------------------------------------------------------------
-
-
-def register_builtins(app) -> None:
-    """``fastq.map`` and ``fastq.starmap`` (``task.map()``, ``starmap()``, ``chunks()``)."""
-    if "fastq.starmap" in app.tasks:
-        return
-    def target(name: str):
-        t = app.tasks.get(name)
-        if t is None:
-            raise NotRegistered(f"task {name!r} is not registered in this worker")
-        return t
-
-    def xmap(task, it):
-        """Call ``task(item)`` for each item; the list of results."""
-        t = target(task)
-        if t.is_async:
-            return _await_each(t(item) for item in it)
-        return [t(item) for item in it]
-
-    def xstarmap(task, it):
-        """Call ``task(*args)`` for each args; the list of results."""
-        t = target(task)
-        if t.is_async:
-            return _await_each(t(*args) for args in it)
-        return [t(*args) for args in it]
-
-    app.task(name="fastq.map")(xmap)
-    app.task(name="fastq.starmap")(xstarmap)
-
-
-def _await_each(coros) -> list:
-    """A coroutine task's calls in fastq.map/starmap: run one after another (as for
-    sync tasks) on one event loop (this is a sync task: a thread of its own in the
-    asyncio pool)."""
-    async def each() -> list:
-        return [await c for c in coros]
-
-    return run_coroutine(each())

@@ -13,12 +13,13 @@ import time
 
 import msgspec
 
-from .. import signals, states, unique, workflow
+from .. import signals, states, unique
 from .._speedups import Request, current_request, pack_command
 from ..broker.due import due_arg
 from ..broker.keys import GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
+from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
 from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
 from ..mail import mailer_for
@@ -26,6 +27,7 @@ from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..options import Countdown, options_error
 from ..result import pack_store
 from ..workflow import CHILDREN
+from . import steps
 from .limits import SoftLimit, write_deadline
 
 log = logging.getLogger("fastq.worker")
@@ -57,7 +59,7 @@ class Executor:
         self.flush_now = None
         #: Record task events in the output (set by the consumer).
         self.events = False
-        workflow.register_builtins(app)  # fastq.map / fastq.starmap (task.map(), chunks())
+        register_builtins(app)  # fastq.map / fastq.starmap (task.map(), chunks())
         #: Rate limits (a ratelimit.Limiter), set by the consumer.
         self.limiter = None
         #: The process pool child's shared slot (hard time limits), set by the consumer.
@@ -165,7 +167,7 @@ class Executor:
         log.error("Dead-lettered task %s[%s] (entry %s): %s", msg.task, msg.id, d.entry_id.decode(), error,
                   extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
         if msg.options:  # a workflow step: its chain, chord and errbacks fail now, not hang
-            workflow.on_failure(self, msg, NotRegistered(error), None, out)
+            steps.on_failure(self, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
         unique.release(msg, out)
@@ -271,7 +273,7 @@ class Executor:
                 return
             out.store_result(self.keys.result(msg.id).encode(), blob, self.expires)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
-            workflow.on_success(self, msg, retval, out)
+            steps.on_success(self, msg, retval, out)
             unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
@@ -288,7 +290,7 @@ class Executor:
         log.error("Task %s[%s] failed in %.6fs: %s", msg.task, msg.id, runtime, error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
         if msg.options:
-            workflow.on_failure(self, msg, error, None, out)
+            steps.on_failure(self, msg, error, None, out)
             unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
 
@@ -304,7 +306,7 @@ class Executor:
             log.warning("Task %s[%s] rejected, dead-lettered: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
-                workflow.on_failure(self, msg, exc, None, out)
+                steps.on_failure(self, msg, exc, None, out)
                 unique.release(msg, out)
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
             if self.events:
@@ -320,7 +322,7 @@ class Executor:
         if not (task.ignore_result or opts.get("ignore_result")):
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
         if opts:  # errbacks, the rest of the chain and the chord fail: before the ack
-            workflow.on_failure(self, msg, exc, tb, out)
+            steps.on_failure(self, msg, exc, tb, out)
             unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
@@ -375,7 +377,7 @@ class Executor:
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.REVOKED})
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         if msg.options:
-            workflow.on_failure(self, msg, TaskRevokedError(reason), None, out)
+            steps.on_failure(self, msg, TaskRevokedError(reason), None, out)
             unique.release(msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
