@@ -256,24 +256,24 @@ def test_parse_xread_reply(core):
 
 def test_parse_real_fetch_and_xread_replies(core, redis_url):
     # Given a queue with two messages, read through fastq's fetch script and XREADGROUP
-    from fastq.broker.keys import GROUP, Keys
+    from fastq.broker.keys import CONSUMER_GROUP, Keys
     from fastq.broker.scripts import SCRIPTS
 
     client = redis.Redis.from_url(f"{MAIN_REDIS}/{TEST_DB}")
     qk = Keys("fastq:").queue("coretest")
     for key in qk.fetch_order:
-        client.xgroup_create(key, GROUP, id="0", mkstream=True)
+        client.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
     id1 = client.xadd(qk.streams[3], {"p": b"three"})
     id2 = client.xadd(qk.streams[0], {"j": b"zero", "dc": 1})
     id3 = client.xadd(qk.streams[0], {"p": b"later"})
     # When the fetch script takes two and XREADGROUP (raw reply) the rest
-    reply = SCRIPTS.fetch(client, qk.fetch_order, [GROUP, "consumer-1", 2])
+    reply = SCRIPTS.fetch(client, qk.fetch_order, [CONSUMER_GROUP, "consumer-1", 2])
     fetched = core.parse_fetch_reply(reply, qk.fetch_order)
     conn = redis.Connection(host="127.0.0.1", port=6379, db=TEST_DB, protocol=2)
     conn.connect()
     try:
         conn.send_packed_command((core.pack_command(
-            (b"XREADGROUP", b"GROUP", GROUP, b"consumer-2", b"COUNT", 10, b"STREAMS", qk.streams[0], b">")),))
+            (b"XREADGROUP", b"GROUP", CONSUMER_GROUP, b"consumer-2", b"COUNT", 10, b"STREAMS", qk.streams[0], b">")),))
         raw = conn.read_response(disable_decoding=True)
     finally:
         conn.disconnect()

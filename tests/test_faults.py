@@ -33,7 +33,7 @@ BASE = f"fastq:{{{QUEUE}}}"
 STREAMS = [s for p in range(9, -1, -1) for s in (f"{BASE}:ret{p or ''}", f"{BASE}:s{p or ''}")]
 DELAYED = f"{BASE}:delayed"
 DLQ = f"{BASE}:dlq"
-GROUP = "fastq"
+CONSUMER_GROUP = "fastq"
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def queue_state(client: redis.Redis) -> dict:
     for s in STREAMS:
         pipe.xlen(s)
     for s in STREAMS:
-        pipe.xpending(s, GROUP)
+        pipe.xpending(s, CONSUMER_GROUP)
     pipe.zcard(DELAYED)
     pipe.xlen(DLQ)
     replies = pipe.execute(raise_on_error=False)
@@ -90,7 +90,7 @@ def pending_of(client: redis.Redis, consumer_prefix: str) -> int:
     n = 0
     for s in STREAMS:
         try:
-            for c in client.xinfo_consumers(s, GROUP):
+            for c in client.xinfo_consumers(s, CONSUMER_GROUP):
                 if c["name"].decode().startswith(consumer_prefix):
                     n += c["pending"]
         except redis.ResponseError:
@@ -300,7 +300,7 @@ def test_worker_cut_off_from_redis(fq, worker, redis_server, netns):
         def stuck():
             rows = []
             for s_ in STREAMS:
-                rows += broker.xpending_range(s_, GROUP, "-", "+", 100)
+                rows += broker.xpending_range(s_, CONSUMER_GROUP, "-", "+", 100)
             return [(r["consumer"].decode(), r["time_since_delivered"], r["times_delivered"]) for r in rows]
 
         wait_for(lambda: led.hlen("after") >= m, 60, 0.1,

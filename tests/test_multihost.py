@@ -33,7 +33,7 @@ APP = "tests.apps.multihost:app"
 BASE = "fastq:{default}"
 # every stream of the queue, in the order fetch.lua serves them (returned p, priority p, p = 9 .. 0)
 STREAMS = [s for p in range(9, -1, -1) for s in (f"{BASE}:ret{p or ''}", f"{BASE}:s{p or ''}")]
-GROUP = "fastq"
+CONSUMER_GROUP = "fastq"
 
 
 class Lan:
@@ -129,7 +129,7 @@ def queue_state(client: redis.Redis) -> dict:
     for s in STREAMS:
         pipe.xlen(s)
     for s in STREAMS:
-        pipe.xpending(s, GROUP)
+        pipe.xpending(s, CONSUMER_GROUP)
     replies = pipe.execute(raise_on_error=False)
     n = len(STREAMS)
     return {"entries": sum(r for r in replies[:n] if isinstance(r, int)),
@@ -146,7 +146,8 @@ def pending_of(client: redis.Redis, worker_name: str) -> int:
     n = 0
     for s in STREAMS:
         try:
-            n += sum(c["pending"] for c in client.xinfo_consumers(s, GROUP) if c["name"].decode().startswith(worker_name + "/"))
+            n += sum(c["pending"] for c in client.xinfo_consumers(s, CONSUMER_GROUP)
+                     if c["name"].decode().startswith(worker_name + "/"))
         except redis.ResponseError:  # no such stream (yet)
             pass
     return n

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .broker.fair import split_member
-from .broker.keys import GROUP, validate_queue_name
+from .broker.keys import CONSUMER_GROUP, validate_queue_name
 from .broker.redis import CONNECTION_ERRORS
 from .messages import decode_fields, message_decoder_for
 from .ratelimit import set_rate_limit as store_rate_limit
@@ -294,7 +294,7 @@ def held_entries(app, queues: list[str], consumer_names: list[str], client=None,
     for q in queues:
         for stream in app.broker.keys.queue(q).fetch_order:
             for name in consumer_names:
-                rows = c.xpending_range(stream, GROUP, min="-", max="+", count=limit, consumername=name)
+                rows = c.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=limit, consumername=name)
                 out.extend((q, r["message_id"], name) for r in rows)
                 if len(out) >= limit:
                     return out[:limit]

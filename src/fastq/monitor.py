@@ -17,7 +17,7 @@ import time
 from redis.exceptions import ResponseError
 
 from . import states
-from .broker.keys import GROUP
+from .broker.keys import CONSUMER_GROUP
 from .control import ONLINE_WINDOW, decode_delayed, request_info
 from .messages import dead_letter_row, decode_fields
 
@@ -176,7 +176,7 @@ def locate_task(app, task_id: str, limit: int = 5000) -> dict | None:
                 msg = decode_fields(fields)
                 if msg is not None and msg.id == task_id:
                     try:
-                        pending = c.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                        pending = c.xpending_range(stream, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1)
                     except ResponseError:  # no consumer group yet: no worker ever read this queue
                         pending = []
                     return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,

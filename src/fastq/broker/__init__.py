@@ -1,6 +1,6 @@
 """The Redis broker: queues, in-flight records, delayed set and dead letters."""
 
-from .keys import GROUP, Keys, QueueKeys, validate_queue_name
+from .keys import CONSUMER_GROUP, Keys, QueueKeys, validate_queue_name
 from .redis import RedisBroker, safe_url
 
-__all__ = ["GROUP", "Keys", "QueueKeys", "RedisBroker", "safe_url", "validate_queue_name"]
+__all__ = ["CONSUMER_GROUP", "Keys", "QueueKeys", "RedisBroker", "safe_url", "validate_queue_name"]

@@ -12,7 +12,7 @@ from ..exceptions import ImproperlyConfigured
 from ..messages import message_decoder_for
 from ..options import parse_rate
 from .due import delay_command
-from .keys import GROUP, validate_queue_name
+from .keys import CONSUMER_GROUP, validate_queue_name
 from .scripts import SCRIPTS
 
 #: Message header that carries the group (``self.request.headers["fastq-group"]``).
@@ -216,7 +216,7 @@ def backlog_size(client, fq: FairQueue) -> int:
 
 def fair_ack_command(gate_args: tuple, stream: str, ids: list) -> bytes:
     """The ack of ``ids`` on a fair queue's stream (fair_ack.lua): also frees their tenants' running slots."""
-    return pack_command((b"EVALSHA", SCRIPTS.fair_ack.sha_bytes, 1, stream, GROUP, *gate_args, *ids))
+    return pack_command((b"EVALSHA", SCRIPTS.fair_ack.sha_bytes, 1, stream, CONSUMER_GROUP, *gate_args, *ids))
 
 
 def group_counts(client, fq: FairQueue, streams: list[str]) -> dict[str, dict]:

@@ -13,7 +13,7 @@ from ..exceptions import ImproperlyConfigured
 #: Priorities run from 0 (lowest, the default) to 9 (highest).
 PRIORITIES = range(10)
 #: The consumer group every worker joins, on every stream.
-GROUP = "fastq"
+CONSUMER_GROUP = "fastq"
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
 #: Shard i of queue q is the queue "q~i" (``~`` is not allowed in queue names).

@@ -45,7 +45,7 @@ from .fair import (
     publish_commands,
     purge_backlogs,
 )
-from .keys import GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
+from .keys import CONSUMER_GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
@@ -106,7 +106,7 @@ def pack_output(out, events_key: bytes | str, hostname: str, gates: dict | None,
             parts.append(fair_ack_command(gate, stream, ids))
             n += 1
             continue
-        ack = (pack_command((b"XACK", stream, GROUP, *ids)), pack_command((b"XDEL", stream, *ids)))
+        ack = (pack_command((b"XACK", stream, CONSUMER_GROUP, *ids)), pack_command((b"XDEL", stream, *ids)))
         if in_tx:
             parts.extend(ack)
             n += 2
@@ -527,7 +527,7 @@ class RedisBroker:
         c = client or self.client
         pipe = c.pipeline(transaction=False)
         for key in qk.fetch_order:
-            pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
+            pipe.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
         pipe.sadd(self.keys.queues_set, logical_queue(name))
         replies = pipe.execute(raise_on_error=False)
         for key, r in zip(qk.fetch_order, replies):
@@ -539,7 +539,7 @@ class RedisBroker:
                     groups = c.xinfo_groups(key)
                 except ResponseError:  # no such stream
                     groups = []
-                if not any(g["name"] == GROUP.encode() for g in groups):
+                if not any(g["name"] == CONSUMER_GROUP.encode() for g in groups):
                     raise out_of_memory(self.url, r)
             elif isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
                 raise r
@@ -563,7 +563,7 @@ class RedisBroker:
         pipe = self.client.pipeline(transaction=False)
         for key in qk.fetch_order:
             pipe.xlen(key)
-            pipe.xpending(key, GROUP)
+            pipe.xpending(key, CONSUMER_GROUP)
         pipe.zcard(qk.delayed)
         pipe.xlen(qk.dlq)
         replies = pipe.execute(raise_on_error=False)
@@ -610,7 +610,7 @@ class RedisBroker:
 
     def renew(self, name: str, consumers: list[str], min_idle_ms: int, client=None) -> int:
         qk = self.keys.queue(name)
-        return SCRIPTS.renew(client or self.client, qk.fetch_order, [GROUP, min_idle_ms, *consumers])
+        return SCRIPTS.renew(client or self.client, qk.fetch_order, [CONSUMER_GROUP, min_idle_ms, *consumers])
 
     def reap(self, name: str, reaper: str, lease_ms: int, max_deliveries: int, lock_ms: int, client=None):
         qk = self.keys.queue(name)
@@ -618,7 +618,7 @@ class RedisBroker:
         return SCRIPTS.reap(
             client or self.client,
             [qk.reap_lock, qk.dlq, *qk.fetch_order],
-            [GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name, *(fq.gate_args if fq else ())],
+            [CONSUMER_GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name, *(fq.gate_args if fq else ())],
         )
 
     def promote(self, name: str, limit: int = 1000, client=None) -> int:
@@ -637,7 +637,7 @@ class RedisBroker:
             moved, buried = SCRIPTS.release(
                 client or self.client,
                 [stream, qk.returned_of[stream], qk.dlq],
-                [GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *gate, *ids[i : i + 2000]],
+                [CONSUMER_GROUP, consumer, strike, int(self.conf.worker_max_deliveries), queue, *gate, *ids[i : i + 2000]],
             )
             total[0] += moved
             total[1] += buried
@@ -650,7 +650,7 @@ class RedisBroker:
         start = "-"
         while True:
             try:
-                rows = c.xpending_range(stream, GROUP, min=start, max="+", count=1000, consumername=consumer)
+                rows = c.xpending_range(stream, CONSUMER_GROUP, min=start, max="+", count=1000, consumername=consumer)
             except ResponseError:  # no group (the stream was deleted): nothing is pending
                 return out
             if not rows:
@@ -686,7 +686,7 @@ class RedisBroker:
         total = [0, 0]
         for stream in self.keys.queue(name).fetch_order:
             try:
-                consumers = c.xinfo_consumers(stream, GROUP)
+                consumers = c.xinfo_consumers(stream, CONSUMER_GROUP)
             except ResponseError:  # no stream or group yet: nothing is held
                 continue
             for info in consumers:

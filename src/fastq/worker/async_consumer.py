@@ -40,7 +40,7 @@ from redis.exceptions import ResponseError
 from .. import states
 from .._speedups import Output, current_request, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.fair import ack_gates
-from ..broker.keys import GROUP
+from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
 from ..broker.scripts import SCRIPTS
 from ..coroutines import Limits, call_limited
@@ -347,7 +347,7 @@ class AsyncConsumer:
             qk = self.queues[self._turns[self._rr % len(self._turns)]]
             self._rr += 1
             await ch.send(pack_command((b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order,
-                                        GROUP, self.name, n)))
+                                        CONSUMER_GROUP, self.name, n)))
             try:
                 reply = await ch.read()
             except ResponseError as exc:
@@ -361,7 +361,7 @@ class AsyncConsumer:
             if batch:
                 return batch
         keys = [k for qk in self.queues for k in qk.fetch_order]
-        await ch.send(pack_command((b"XREADGROUP", b"GROUP", GROUP, self.name, b"COUNT", n, b"BLOCK", self.block_ms,
+        await ch.send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", n, b"BLOCK", self.block_ms,
                                     b"STREAMS", *keys, *([b">"] * len(keys)))))
         try:
             reply = await ch.read()
@@ -392,7 +392,7 @@ class AsyncConsumer:
         batch: list = []
         for qk in self.queues:
             for key in qk.fetch_order:
-                await self._fetch_ch.send(pack_command((b"XREADGROUP", b"GROUP", GROUP, self.name, b"COUNT", 100000,
+                await self._fetch_ch.send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", 100000,
                                                         b"STREAMS", key, b"0")))
                 batch.extend(d for d in parse_xread_reply(await self._fetch_ch.read(), self.by_name) if d.payload)
         known |= self._known()

@@ -38,7 +38,7 @@ from .. import signals
 from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
 from ..broker.fair import ack_gates
-from ..broker.keys import GROUP, logical_queue
+from ..broker.keys import CONSUMER_GROUP, logical_queue
 from ..broker.memory import check_memory_policy
 from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
 from ..broker.scripts import SCRIPTS
@@ -174,7 +174,7 @@ class Consumer:
 
         def block(queues, block_ms):
             keys = [k for qk in queues for k in qk.fetch_order]
-            return pack_command((b"XREADGROUP", b"GROUP", GROUP, self.name, b"COUNT", count,
+            return pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", count,
                                  b"BLOCK", block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
         if not self.broker.is_cluster:
             cmds = [block(self.queues, self.block_ms)]
@@ -249,7 +249,7 @@ class Consumer:
         if cmd is None:
             qk = self.queues[i]
             cmd = self._fetch_cmds[(i, n)] = pack_command(
-                (b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order, GROUP, self.name, n))
+                (b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order, CONSUMER_GROUP, self.name, n))
         self._outstanding.append(("fetch", self.queues[i], time.monotonic()))
         self._send(cmd)
 
@@ -519,7 +519,7 @@ class Consumer:
         batch: list = []
         for qk in self.queues:
             for key in qk.fetch_order:
-                self._send(pack_command((b"XREADGROUP", b"GROUP", GROUP, self.name, b"COUNT", 100000,
+                self._send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", 100000,
                                          b"STREAMS", key, b"0")))
                 batch.extend(d for d in parse_xread_reply(self._read(), self.by_name) if d.payload)
         if batch:

@@ -16,7 +16,7 @@ import msgspec
 from .. import signals, states, unique
 from .._speedups import Request, current_request, pack_command
 from ..broker.due import due_arg
-from ..broker.keys import GROUP
+from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.scripts import SCRIPTS
 from ..builtin_tasks import register_builtins
@@ -110,7 +110,7 @@ class Executor:
     def _bury(self, d, out, reason: str, error: str) -> None:
         """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
         qk = self.keys.queue(self.queue_of[d.stream])
-        cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, GROUP, self.consumer_name, qk.name,
+        cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, CONSUMER_GROUP, self.consumer_name, qk.name,
                *self.gate_args(qk.name), d.entry_id, reason, error[:_MAX_ERROR])
         out.add_command(pack_command(cmd), 1)
 
@@ -367,7 +367,7 @@ class Executor:
     def _retry_command(self, qk, d, target: str, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
         """retry.lua (on a fair queue the message keeps its group)."""
         return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                             GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))
+                             CONSUMER_GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:
