@@ -7,7 +7,7 @@ functions too: a circle closed inside a function is still a circle. Imports unde
 Layers, lowest first; a module may import its own layer and those below:
 
 - base: exceptions, states, settings, messages, options, the core, signals, logs,
-  events, coroutines, typed, schedules (and bench_realistic, which imports nothing);
+  events, coroutines, typed, schedules;
 - broker: ``fastq.broker`` and below, the only code that speaks Redis;
 - api: the producer side (app, task, canvas, workflow, result, aio, eager, unique,
   fairness, ratelimit, routing, beat, control's client, monitoring, mail, contrib);
@@ -27,8 +27,8 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastq"
 #: Compiled modules (no .py file): the Cython core.
 COMPILED = {"fastq._core"}
 BASE = {"exceptions", "states", "settings", "messages", "options", "_speedups", "_core", "_core_py", "signals", "logs",
-        "events", "coroutines", "typed", "schedules", "bench_realistic"}
-APPS = {"cli", "__main__", "bench", "testing"}
+        "events", "coroutines", "typed", "schedules"}
+APPS = {"cli", "__main__", "bench", "bench_realistic", "testing"}
 LAYERS = ["base", "broker", "api", "worker", "apps"]
 #: Imports allowed inside a function: the core's selector (compiled or pure Python), and
 #: optional dependencies, which only the feature that needs them loads.
@@ -170,3 +170,29 @@ def test_module_names_are_not_repeated(module):
         return
     same = [m for m in MODS if m.rpartition(".")[2] == leaf]
     assert same == [module], f"{same} share a name"
+
+
+def test_the_readme_layout_names_every_module_in_its_layer():
+    """README.md's Layout table is the map a newcomer reads first: every module is on
+    it, in the layer this test enforces."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Layout"):]
+    rows: dict[str, str] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in LAYERS:
+            for path in cells[1].replace("`", "").split(","):
+                rows[path.strip()] = cells[0]
+    missing, wrong = [], []
+    for name, path in MODS.items():
+        rel = path.relative_to(SRC).as_posix()
+        if rel == "__main__.py" or rel == "__init__.py":
+            continue
+        folder = rel.rsplit("/", 1)[0] + "/" if "/" in rel else None
+        layer = rows.get(rel) or (rows.get(folder) if folder else None)
+        if layer is None:
+            missing.append(rel)
+        elif layer != layer_of(name):
+            wrong.append(f"{rel}: README says {layer}, the code is {layer_of(name)}")
+    assert missing == [], f"modules missing from README's Layout: {missing}"
+    assert wrong == [], "\n".join(wrong)
