@@ -1,4 +1,7 @@
-"""fastq: a fast, reliable distributed task queue with Celery's API, on Redis."""
+"""fastq: a fast, reliable distributed task queue with Celery's API, on Redis.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
+"""
 
 from __future__ import annotations
 

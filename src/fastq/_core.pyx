@@ -3,6 +3,8 @@
 same behaviour; that module documents each piece). Only per-message work lives
 here: RESP packing, task ids, decoding fetched batches, the token bucket, and
 the loop that runs a batch and collects acks and results.
+
+Layer: base; imports only other base modules.
 """
 
 import os

@@ -4,6 +4,8 @@
 ``fastq._speedups`` picks one (``FASTQ_NO_EXTENSIONS=1`` forces this one). Only
 per-message work lives here: RESP packing, decoding fetched batches, the
 token bucket, and the loop that runs a batch and collects acks and results.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

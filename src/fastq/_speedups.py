@@ -3,6 +3,8 @@
 ``FASTQ_NO_EXTENSIONS=1`` forces the twin; so does any interpreter other than
 CPython. Nothing else imports ``_core`` directly. ``COMPILED`` says which one
 is in use (``fastq --version`` prints it).
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ coroutine holds one connection from the loop's pool while it waits.
 
 Call ``await fastq.aio.aclose()`` when the loop's work is done (e.g. in the
 lifespan shutdown of a web app) to close the connections of the running loop.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The application: settings, the task registry, and the way messages leave."""
+"""The application: settings, the task registry, and the way messages leave.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
+"""
 
 from __future__ import annotations
 

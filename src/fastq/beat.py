@@ -28,6 +28,8 @@ High availability, unlike Celery beat:
   then the schedule continues (not once per missed interval).
 - **One clock.** Due times are compared with the Redis server's clock (offset
   measured at every lock call), so skewed hosts agree.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

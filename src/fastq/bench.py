@@ -15,6 +15,8 @@ not used: it often names a production Redis). With ``--broker`` every key the be
 workers write lies under a random ``fastq-bench-<hex>:`` prefix (its own queues, results,
 registry and events), and only those keys are deleted afterwards: no FLUSHDB, no purge of
 anything else. Every scenario runs that way, so none needs to clear a database.
+
+Layer: apps; may import any layer.
 """
 
 from __future__ import annotations

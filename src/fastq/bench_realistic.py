@@ -16,6 +16,8 @@ queued before the workers start or sent to running ones, and prints:
 This module is data and arithmetic only (the standard library, no fastq):
 ``fastq bench`` (bench.py) runs the rows on fastq, and benchmarks/compare.py
 loads this file by path to run the same rows on Celery and Dramatiq.
+
+Layer: apps; may import any layer.
 """
 
 from __future__ import annotations

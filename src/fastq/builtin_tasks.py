@@ -1,6 +1,8 @@
 """Built-in tasks: ``fastq.map`` and ``fastq.starmap``, which ``task.map()``,
 ``task.starmap()`` and ``task.chunks()`` send; registered on an app when first
 used and by every worker.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A signature is a task call packaged to be sent later or elsewhere. Workflows
 are trees of signatures; sending one turns the tree into plain dicts (see
 ``fastq.workflow``) that travel inside the messages, so the continuation of a
 workflow lives in Redis, never in a worker's memory.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

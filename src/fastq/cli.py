@@ -1,5 +1,8 @@
 """The ``fastq`` command line (click). ``fastq -A proj.tasks:app worker`` and
-``fastq worker -A proj.tasks:app`` both work, as in Celery."""
+``fastq worker -A proj.tasks:app`` both work, as in Celery.
+
+Layer: apps; may import any layer.
+"""
 
 from __future__ import annotations
 

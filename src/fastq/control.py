@@ -17,6 +17,8 @@ Process-pool children listen too, without answering: they apply what changes
 their own state (``revoke``, ``rate_limit``). Revokes are also kept in the ZSET
 ``<prefix>revoked`` (task id -> expiry), so a worker that starts later, or a
 child that missed a message while reconnecting, still knows them.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ SoftTimeLimitExceeded does. Hard time limit (asyncio pool): the coroutine is
 cancelled and the task fails with ``TimeLimitExceeded`` whatever it does then.
 In the sync pools the process pool's hard limit (killing the process) applies
 to coroutine tasks as to any other.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

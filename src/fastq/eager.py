@@ -1,4 +1,7 @@
-"""Running a task locally: ``task.apply()`` and ``task_always_eager``."""
+"""Running a task locally: ``task.apply()`` and ``task_always_eager``.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
+"""
 
 from __future__ import annotations
 

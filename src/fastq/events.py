@@ -12,6 +12,8 @@ task-retried, task-revoked, task-rejected, task-progress (``update_state()``
 in a worker, info ``{"state": "PROGRESS", "meta": {...}}``), worker-heartbeat,
 worker-online, worker-offline. A fast task's succeeded event carries its runtime, so
 received/started need not be sent per task.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Exceptions raised by fastq."""
+"""Exceptions raised by fastq.
+
+Layer: base; imports only other base modules.
+"""
 
 from __future__ import annotations
 

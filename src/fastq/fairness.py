@@ -32,6 +32,8 @@ Messages sent to a fair queue without ``group_key`` share one group (the empty
 name). The group rides in the message's headers (``fastq-group``, readable as
 ``self.request.headers``) and in the stream field ``g``. Plain queues take none
 of these paths.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ JSON lines carry the worker's hostname and, for lines about a task, the task's
 name, id, state and runtime: from the fields the worker passes in ``extra=``
 (its "Task ... succeeded/raised/retry/revoked" lines) or, for a line logged by
 the task's own code, from the running task's request.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ throttled per task name, across all workers (a Redis key per name): at most one
 e-mail per ``error_email_interval`` seconds; the failures in between are
 counted and the next e-mail says how many were folded into it. A broken SMTP
 server is logged once, not per failure.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

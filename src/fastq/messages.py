@@ -4,6 +4,8 @@ Messages are msgpack by default (``task_serializer="json"`` selects JSON). The
 serializer is named by the stream field that carries the payload (``p`` for
 msgpack, ``j`` for JSON), so a worker decodes either without guessing. Pickle is
 never used: a message can only carry plain data.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ worker counts only its own events (filtered on its hostname); the dashboard
 counts everyone's. Labels are task and queue names only, never ids or
 arguments, and at most ``MAX_TASK_NAMES`` task names get their own label (the
 rest are counted as ``task="other"``).
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

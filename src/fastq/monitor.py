@@ -6,6 +6,8 @@ stream ever received (``entries-added``, Redis 7). Finished messages are deleted
 from their stream, so between two samples a queue's *in* rate is the growth of
 ``entries-added`` and its *out* (done) rate is the growth of
 ``entries-added - length``. No per-message bookkeeping is needed.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The same checks run twice: at the call (``apply_async``), where a bad value is
 the caller's mistake and raises at once, and in the worker for every message,
 because a message read from Redis may have been written by anything: there a bad
 option dead-letters that one message instead of reaching the consumer loop.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ rate instead of all at once. Limits changed at run time
 (``app.control.rate_limit`` / ``fastq control rate_limit``) are stored in Redis:
 the bucket uses the new rate at once, and consumers pick up which tasks are
 limited within a second.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ wins and a late duplicate (a cut-off worker coming back) never overwrites it.
 ``get()`` waits with ``BLMOVE key key LEFT LEFT``, a blocking read that moves the
 element onto itself: it wakes the moment the result lands, with no polling.
 Non-final states (STARTED, RETRY, PROGRESS) live in the string ``<prefix>st:<id>``.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

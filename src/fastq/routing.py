@@ -1,4 +1,7 @@
-"""Routing: which queue a task goes to (``app.conf.task_routes``)."""
+"""Routing: which queue a task goes to (``app.conf.task_routes``).
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,8 @@ where the two differ):
 ``day_of_month`` and ``day_of_week`` must *both* match, as in Celery (classic
 cron runs when either does); ``day_of_month="1-7", day_of_week="mon"`` is the
 first Monday of the month.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``app.conf``: the app's settings, with Celery's names where Celery has one."""
+"""``app.conf``: the app's settings, with Celery's names where Celery has one.
+
+Layer: base; imports only other base modules.
+"""
 
 from __future__ import annotations
 

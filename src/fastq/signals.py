@@ -7,6 +7,8 @@
 
 Receivers are called with ``sender`` and keyword arguments; an exception in a
 receiver is logged, never raised into the worker.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

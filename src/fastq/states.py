@@ -1,4 +1,7 @@
-"""Task states, with Celery's names and meanings."""
+"""Task states, with Celery's names and meanings.
+
+Layer: base; imports only other base modules.
+"""
 
 PENDING = "PENDING"  #: unknown id, or not started yet
 RECEIVED = "RECEIVED"  #: taken by a worker

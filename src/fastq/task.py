@@ -1,4 +1,7 @@
-"""Tasks: what ``@app.task`` makes of a function."""
+"""Tasks: what ``@app.task`` makes of a function.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
+"""
 
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ Fixtures: ``fastq_config`` (settings of the default app), ``fastq_app`` (the app
 it), ``fastq_worker_parameters`` (keyword arguments of ``start_worker``), ``fastq_worker``
 (a worker for one test), ``fastq_eager`` (the app in eager mode for one test).
 See docs/testing.md.
+
+Layer: apps; may import any layer.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ argument) before anything reaches Redis; msgspec then encodes them. The worker
 converts the decoded arguments back into the annotated types (a datetime sent
 as JSON arrives as a string, a dataclass as a dict) before the call, and a
 message that does not convert fails that task with ``ValidationError``.
+
+Layer: base; imports only other base modules.
 """
 
 from __future__ import annotations

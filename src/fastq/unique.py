@@ -19,6 +19,8 @@ delayed set and the record ``<prefix>{queue}:db:<key>``). Every send of a
 window returns the same id.
 
 Both keys carry the queue's hash tag: a key is unique per queue.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ Exactly once, on an at-least-once worker:
   followed by ``HSET sent``, then the ack. If the worker dies in between, the
   header task is redelivered, and the script gives the decision again to that
   same header index while ``sent`` is unset; nobody else ever gets it.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

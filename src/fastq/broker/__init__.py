@@ -1,4 +1,7 @@
-"""The Redis broker: queues, in-flight records, delayed set and dead letters."""
+"""The Redis broker: queues, in-flight records, delayed set and dead letters.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
+"""
 
 from .keys import CONSUMER_GROUP, Keys, QueueKeys, validate_queue_name
 from .redis import RedisBroker, safe_url

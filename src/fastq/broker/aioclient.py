@@ -1,7 +1,10 @@
 """The asyncio side of the connection to Redis: one ``redis.asyncio`` client per
 event loop and Redis URL (made on first use), and the retry that turns an
 unreachable server into BrokerError. Used by the async producer (fastq.aio) and
-the async result waits (fastq.result)."""
+the async result waits (fastq.result).
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ by hiredis, without redis-py's per-reply bookkeeping, which cProfile showed
 dominating the producer and the result reads. Error replies come back as
 ``ResponseError`` instances; ``read()`` raises them, ``read_many()`` returns
 them in place so one bad reply does not hide the others.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ A redirection reply (MOVED, ASK: the slot moved, e.g. after a failover) means
 the command did not run. It is returned in place like any error reply;
 ``is_redirect`` tells callers to treat it like a lost connection: drop the
 channel (a new one reads the new slot table) and send again.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@
 Everything else (timeouts, RESP2) is the same for every kind, so the rest of
 fastq never asks which one it talks to, except the worker's blocking fetch and
 the raw channel, which route by slot on a cluster (``cluster.py``).
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

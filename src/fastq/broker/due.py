@@ -5,6 +5,8 @@ seconds from now) and the script that files the message adds it to the Redis
 server's ``TIME``; promote.lua compares with the same clock. A producer whose
 clock is a minute off then runs nothing early or late. An ``eta`` is an absolute
 time and is sent as one (epoch ms): it is honoured as given, against Redis's clock.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The Redis side of fair queues (fastq.fairness is the user's side): the gate's
 settings, how a message carries its group, and the commands of the gate's
 scripts (fair_*.lua, gate.lua), which only the broker and the worker send.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 all of a queue's keys live in one Redis Cluster slot and every Lua script that
 touches a queue touches one slot only. Result keys have no tag: they spread
 over the cluster by task id.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ is told: a producer's send succeeded, the task is simply gone. Under
 safe but results may vanish early. ``noeviction`` refuses the write instead,
 which fastq reports (BrokerOutOfMemory) and never acknowledges a task over
 (docs/reliability.md, "Memory").
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Layout per queue (see ``keys.py``): ten priority streams and, beside each, a
 consumer group; a delayed ZSET; a dead-letter
 stream. A message is never popped without being recorded as in flight: the
 fetch is XREADGROUP, which adds it to the group's pending list atomically.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
 from __future__ import annotations

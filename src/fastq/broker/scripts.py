@@ -1,4 +1,7 @@
-"""Lua scripts: loaded once from ``lua/*.lua`` and called by SHA."""
+"""Lua scripts: loaded once from ``lua/*.lua`` and called by SHA.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ and in a view::
 ``autodiscover_tasks()`` imports ``<app>.tasks`` of every installed app (call it
 once Django is set up: in an ``AppConfig.ready()``, or in the worker's app module
 after ``django.setup()``).
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

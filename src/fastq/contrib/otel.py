@@ -19,6 +19,8 @@ signals): a few microseconds per task, next to the cost of the spans themselves.
 
 The ``send`` span marks the moment the message is built, just before it is
 written to Redis; it does not time the write.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ and when a pool process exits.
 
 A connected ``task_failure`` receiver makes every task take the worker's slow
 path (the one that sends signals): a few microseconds per task.
+
+Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ API (JSON):
 - ``POST /api/tasks/<id>/retry``              send the task again (new id) with the same arguments
 - ``GET  /api/stats?minutes=10``              chart series: tasks per second, queue lengths
 - ``GET  /metrics``                           Prometheus; ``GET /healthcheck``
+
+Layer: apps; may import any layer.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Workers already write task events to the capped stream ``<prefix>events`` once
 per batch; the dashboard tails it (after reading back the newest entries at
 start), so the workers do no extra write for it. Everything else (results,
 queues, workers, dead letters) is read from Redis when asked for.
+
+Layer: apps; may import any layer.
 """
 
 from __future__ import annotations

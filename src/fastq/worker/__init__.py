@@ -1,4 +1,7 @@
-"""The worker: ``fastq worker``."""
+"""The worker: ``fastq worker``.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
+"""
 
 from __future__ import annotations
 

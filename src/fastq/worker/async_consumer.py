@@ -22,6 +22,8 @@ writes are sent again after a reconnect; after a lost connection the consumer
 re-reads the entries it holds and runs the ones it was not running. A killed
 process's messages come back through the lease and the reaper like any other
 worker's (the maintenance thread renews the leases of everything held).
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ results become visible at once and "everything finished so far" is acked in one
 call. Connection loss never loses work: unsent and unconfirmed acks and results
 are kept and sent again after reconnecting (they are idempotent or fenced), and
 the consumer re-reads its own pending entries.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 hands the rest here: bad messages, exceptions, retries, expiry and revokes,
 ``acks_late=False``, ``track_started``. Each method adds what must be sent to
 Redis to the consumer's ``Output``; nothing here raises because of a message.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ mechanisms keep that wait short without giving up batching for fast tasks:
   once to the front of their priority (release.lua, fenced), where any idle
   slot, on this worker or another, takes them. That covers what the window
   cannot predict: a 5 s task among 1 ms ones.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

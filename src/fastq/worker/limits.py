@@ -10,6 +10,8 @@ Hard limit: only a process can be stopped for sure. The running task's deadline
 is written into the child's shared-memory slot, next to the entry id, and the
 process pool's parent kills the child once the deadline passes (see pool.py).
 Solo and thread pools cannot enforce it; the worker says so at start-up.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

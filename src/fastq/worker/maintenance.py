@@ -12,6 +12,8 @@
 
 The process pool runs it in the parent's main loop; solo and thread pools in a
 thread. It never raises: Redis outages are logged once and retried.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

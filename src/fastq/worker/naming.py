@@ -17,6 +17,8 @@ take it. The holder of a name is judged like this:
   intervals. A rewrite means it is alive (refused); silence means it is gone,
   and the name is taken. Its messages are then left to the lease (the reaper):
   silence does not prove that the process is dead.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

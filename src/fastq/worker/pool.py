@@ -10,6 +10,8 @@
 
 Signals: the first SIGINT/SIGTERM is a warm shutdown (stop fetching, hand back
 unstarted messages, finish running tasks, exit 0); a second one exits at once.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ listener on the control channel, the handlers that answer ``inspect`` and act on
 state each process keeps, and the agent of a process-pool child (which applies
 revokes and rate limits without answering). The protocol is described in
 ``fastq.control``.
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations

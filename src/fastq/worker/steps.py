@@ -2,6 +2,8 @@
 callbacks or errbacks, and count chord members (``chord_done.lua``), all in the
 output flushed with the step's ack (see ``fastq.workflow`` for the message tree
 and the exactly-once argument).
+
+Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 """
 
 from __future__ import annotations
