@@ -12,7 +12,7 @@ from tests.apps import extra
 
 import fastq.exceptions
 from conftest import TEST_DB, wait_for
-from fastq import AsyncResult, states
+from fastq import AsyncResult, GroupResult, states
 from fastq.exceptions import TaskError, TaskRevokedError
 
 EXTRA = "tests.apps.extra:app"
@@ -335,3 +335,25 @@ def test_forget_deletes_the_result(app, worker, r):
     assert r.exists(f"fastq:r:{res.id}") == 0
     assert res.state == states.PENDING
     assert app.AsyncResult(res.id).state == states.PENDING
+
+
+def test_a_saved_group_is_restored_forgotten_and_a_garbled_one_reads_as_unknown(app, worker, r):
+    worker("-P", "solo")
+    add = app.tasks["tests.add"]
+    # Given a saved group with a nested group
+    inner = GroupResult("inner-1", [add.delay(1, 1)], app=app)
+    g = GroupResult("outer-1", [add.delay(2, 2), inner], app=app).save()
+    # Then it is restored with the same shape and values
+    back = GroupResult.restore("outer-1", app=app)
+    assert back.get(timeout=30) == [4, [2]]
+    # When the stored value is not a group (anything in Redis may be malformed)
+    r.set("fastq:g:garbled", b"\xc1not msgpack")
+    r.set("fastq:g:scalar", b"\x05")  # msgpack for 5: valid, but no list of ids
+    # Then it reads as unknown, as an expired group does, instead of raising
+    assert GroupResult.restore("garbled", app=app) is None
+    assert GroupResult.restore("scalar", app=app) is None
+    # And forget() deletes the group and its members' results
+    g.forget()
+    assert r.exists("fastq:g:outer-1") == 0
+    assert GroupResult.restore("outer-1", app=app) is None
+    assert all(r.exists(f"fastq:r:{leaf.id}") == 0 for leaf in g._leaves())

@@ -15,13 +15,14 @@ from ._speedups import current_request, new_task_id
 from .aio import send
 from .broker import RedisBroker, safe_url
 from .broker.keys import validate_queue_name
+from .broker.results import RedisBackend
 from .canvas import Signature
 from .control import Control
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .fairness import with_group
 from .messages import Message, Serializer, now
 from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, parse_rate, unknown_options
-from .result import AsyncResult, RedisBackend
+from .result import AsyncResult
 from .schedules import zone
 from .settings import Settings
 from .signals import before_task_publish
@@ -111,9 +112,8 @@ class FastQ:
     @cached_property
     def backend(self):
         if self.backend_url == self.broker_url:
-            return RedisBackend(self.broker.client, self.broker.keys, self.conf, self.broker)
-        other = RedisBroker(self.backend_url, self.conf)
-        return RedisBackend(other.client, other.keys, self.conf, other)
+            return RedisBackend(self.broker)
+        return RedisBackend(RedisBroker(self.backend_url, self.conf))
 
     @cached_property
     def serializer(self) -> Serializer:

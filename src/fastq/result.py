@@ -1,11 +1,7 @@
-"""Results: where workers store them and how producers read and wait for them.
+"""Results as the producer sees them: ``AsyncResult``, ``ResultSet``, ``GroupResult``.
 
-Layout: a task's final state (SUCCESS, FAILURE, REVOKED) is pushed onto the list
-``<prefix>r:<id>``; readers take element 0, so the first final state stored
-wins and a late duplicate (a cut-off worker coming back) never overwrites it.
-``get()`` waits with ``BLMOVE key key LEFT LEFT``, a blocking read that moves the
-element onto itself: it wakes the moment the result lands, with no polling.
-Non-final states (STARTED, RETRY, PROGRESS) live in the string ``<prefix>st:<id>``.
+They ask the app's results store (``fastq.broker.results.RedisBackend``, which
+documents the Redis layout) by name: get, wait, forget, save a group.
 
 Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
@@ -15,31 +11,18 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from . import states
-from ._speedups import current_request, pack_command, pack_result
-from .broker.aioclient import _retrying, client_for
+from ._speedups import current_request
 from .exceptions import TaskError
 from .exceptions import TimeoutError as FastQTimeout
-from .messages import ResultMeta, decode_result, encode_result
+from .messages import ResultMeta
 
 #: The task's return type (``AsyncResult[int]``), for editors and mypy.
 R = TypeVar("R")
-
-#: Longest single blocking wait; a longer timeout waits in several.
-_WAIT_CHUNK = 5.0
-
-
-def pack_store(keys, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
-    """The commands that store ``meta`` (a final state goes to the result list)."""
-    blob = encode_result(meta)
-    if meta.state in states.READY_STATES:
-        return pack_result(keys.result(task_id).encode(), blob, expires)
-    return [pack_command((b"SET", keys.state(task_id), blob, b"EX", expires))]
 
 
 def exception_from_meta(meta: ResultMeta) -> BaseException:
@@ -58,64 +41,6 @@ def exception_from_meta(meta: ResultMeta) -> BaseException:
         except Exception:  # noqa: BLE001 - a constructor wanting other arguments
             pass
     return TaskError(message, name, module)
-
-
-class RedisBackend:
-    """Reads and writes results in Redis."""
-
-    def __init__(self, client, keys, conf, broker) -> None:
-        self.client = client
-        self.keys = keys
-        self.conf = conf
-        self.broker = broker
-        self._local = threading.local()
-
-    def _waiter(self):
-        """A connection for blocking reads, one per thread (BLMOVE holds it)."""
-        c = getattr(self._local, "client", None)
-        if c is None:
-            c = self._local.client = self.broker.new_client(socket_timeout=_WAIT_CHUNK + 5)
-        return c
-
-    def get_meta(self, task_id: str) -> ResultMeta | None:
-        final, partial = self.broker.execute_packed(
-            [pack_command((b"LINDEX", self.keys.result(task_id), b"0")), pack_command((b"GET", self.keys.state(task_id)))]
-        )
-        raw = final if final is not None else partial
-        return decode_result(raw) if raw is not None else None
-
-    def get_many(self, task_ids: list[str]) -> list[ResultMeta | None]:
-        """Final results of many tasks, pipelined in batches of 1000."""
-        out: list[ResultMeta | None] = []
-        key = self.keys.result
-        for i in range(0, len(task_ids), 1000):
-            raws = self.broker.execute_packed(
-                [pack_command((b"LINDEX", key(tid), b"0")) for tid in task_ids[i : i + 1000]]
-            )
-            out.extend(decode_result(r) if r is not None else None for r in raws)
-        return out
-
-    def wait(self, task_id: str, timeout: float | None) -> ResultMeta:
-        """Block until the task's final state is stored."""
-        key = self.keys.result(task_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            chunk = _WAIT_CHUNK if deadline is None else min(_WAIT_CHUNK, deadline - time.monotonic())
-            if chunk <= 0:
-                raise FastQTimeout(f"task {task_id} not ready after {timeout} s")
-            with self.broker.retrying():
-                raw = self._waiter().blmove(key, key, max(chunk, 0.001), "LEFT", "LEFT")
-            if raw is not None:
-                return decode_result(raw)
-
-    def store(self, task_id: str, meta: ResultMeta) -> None:
-        cmds = pack_store(self.keys, task_id, meta, int(self.conf.result_expires))
-        with self.broker.retrying():
-            self.broker.execute_packed(cmds)
-
-    def forget(self, task_id: str) -> None:
-        with self.broker.retrying():
-            self.client.delete(self.keys.result(task_id), self.keys.state(task_id))
 
 
 def _utc(ts: float | None) -> dt.datetime | None:
@@ -266,14 +191,14 @@ class AsyncResult(_ResultBase, Generic[R]):
         blocking the event loop (a blocking BLMOVE on redis.asyncio; no polling)."""
         _check_sync_subtask(disable_sync_subtasks)
         if self._cache is None:
-            self._cache = await wait_async(self.backend, self.id, timeout)
+            self._cache = await self.backend.wait_async(self.id, timeout)
         return self._outcome(self._cache, propagate)
 
     async def state_async(self) -> str:
         """``state`` for async code."""
         if self._cache is not None:
             return self._cache.state
-        meta = await get_meta_async(self.backend, self.id)
+        meta = await self.backend.get_meta_async(self.id)
         if meta is not None and meta.state in states.READY_STATES:
             self._cache = meta
         return meta.state if meta is not None else states.PENDING
@@ -431,9 +356,7 @@ class GroupResult(ResultSet):
         """Store the group (member ids) under its id for ``result_expires`` seconds."""
         if self.id is None:
             raise ValueError("this GroupResult has no id")
-        backend = self.app.backend
-        with backend.broker.retrying():
-            backend.client.set(_group_key(backend, self.id), encode_group(self._ids()), ex=int(self.app.conf.result_expires))
+        self.app.backend.save_group(self.id, self._ids())
         return self
 
     @classmethod
@@ -442,44 +365,24 @@ class GroupResult(ResultSet):
         app = app or cls._default_app
         if app is None:
             raise ValueError("GroupResult.restore() needs the app: GroupResult.restore(group_id, app=app)")
-        backend = app.backend
-        with backend.broker.retrying():
-            raw = backend.client.get(_group_key(backend, id))
-        if raw is None:
+        members = app.backend.restore_group(id)
+        if members is None:
             return None
 
         def build(gid, ids):
             return cls(gid, [build(*i) if isinstance(i, list) else AsyncResult(i, app=app) for i in ids], app=app)
 
-        return build(id, decode_group(raw))
+        return build(id, members)
 
     def forget(self) -> None:
         """Delete the stored group and its members' results."""
         for r in self._leaves():
             r.forget()
         if self.id is not None and self.app is not None:
-            backend = self.app.backend
-            with backend.broker.retrying():
-                backend.client.delete(_group_key(backend, self.id))
+            self.app.backend.forget_group(self.id)
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(str(r.id) for r in self.results[:10])}{', ...' if len(self) > 10 else ''}]>"
-
-
-def _group_key(backend, group_id: str) -> str:
-    return f"{backend.keys.prefix}g:{group_id}"
-
-
-def encode_group(ids: list) -> bytes:
-    import msgspec
-
-    return msgspec.msgpack.encode(ids)
-
-
-def decode_group(raw: bytes) -> list:
-    import msgspec
-
-    return msgspec.msgpack.decode(raw)
 
 
 def _check_sync_subtask(disable: bool) -> None:
@@ -489,36 +392,3 @@ def _check_sync_subtask(disable: bool) -> None:
             "Never call result.get() within a task: it can deadlock the worker pool. "
             "Use a chain or chord, or pass disable_sync_subtasks=False if you must."
         )
-
-
-# --- async waits (redis.asyncio) ----------------------------------------------------
-
-async def wait_async(backend, task_id: str, timeout: float | None) -> ResultMeta:
-    """Wait for a task's final state without blocking the loop: BLMOVE on the
-    result list (in chunks of at most 5 s), like ``RedisBackend.wait``."""
-    key = backend.keys.result(task_id)
-    client = client_for(backend.broker, blocking=True)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        chunk = _WAIT_CHUNK if deadline is None else min(_WAIT_CHUNK, deadline - time.monotonic())
-        if chunk <= 0:
-            raise FastQTimeout(f"task {task_id} not ready after {timeout} s")
-        wait_s = max(chunk, 0.001)
-        raw = await _retrying(backend.broker, lambda: client.blmove(key, key, wait_s, "LEFT", "LEFT"))  # noqa: B023
-        if raw is not None:
-            return decode_result(raw)
-
-
-async def get_meta_async(backend, task_id: str) -> ResultMeta | None:
-    """The stored state (final or not) without waiting."""
-    client = client_for(backend.broker)
-
-    async def call():
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.lindex(backend.keys.result(task_id), 0)
-            pipe.get(backend.keys.state(task_id))
-            return await pipe.execute()
-
-    final, partial = await _retrying(backend.broker, call)
-    raw = final if final is not None else partial
-    return decode_result(raw) if raw is not None else None

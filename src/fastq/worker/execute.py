@@ -20,6 +20,7 @@ from .._speedups import Request, current_request, pack_command
 from ..broker.due import due_arg
 from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS
+from ..broker.results import pack_store
 from ..broker.scripts import SCRIPTS
 from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
@@ -27,7 +28,6 @@ from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, Validat
 from ..mail import mailer_for
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..options import Countdown, options_error
-from ..result import pack_store
 from ..workflow import CHILDREN
 from . import steps
 from .limits import SoftLimit, write_deadline
