@@ -18,8 +18,9 @@ from ..exceptions import BrokerError
 from .connect import make_async_client
 from .redis import CONNECTION_ERRORS, safe_url
 
-#: Longest single blocking wait; a longer timeout waits in several (as result.py).
-_WAIT_CHUNK = 5.0
+#: Longest single blocking wait on a result; a longer timeout waits in several, so a
+#: lost connection or a Ctrl-C is noticed within this many seconds.
+WAIT_CHUNK = 5.0
 
 #: loop -> {(url, blocking): client}
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -37,7 +38,7 @@ def client_for(broker, blocking: bool = False) -> redis.asyncio.Redis:
     if client is None:
         kwargs = dict(broker._kwargs)
         if blocking:
-            kwargs["socket_timeout"] = _WAIT_CHUNK + 5
+            kwargs["socket_timeout"] = WAIT_CHUNK + 5
         client = per_loop[key] = make_async_client(broker.target, **kwargs)
     return client
 

@@ -25,11 +25,7 @@ from .. import states
 from .._speedups import pack_command, pack_result
 from ..exceptions import TimeoutError as FastQTimeout
 from ..messages import ResultMeta, decode_result, encode_result
-from .aioclient import _retrying, client_for
-
-#: Longest single blocking wait; a longer timeout waits in several, so a lost
-#: connection or a Ctrl-C is noticed within this many seconds.
-WAIT_CHUNK = 5.0
+from .aioclient import WAIT_CHUNK, _retrying, client_for
 
 
 def pack_store(keys, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
