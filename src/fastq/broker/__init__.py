@@ -3,7 +3,8 @@
 Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
 
+from .base import Broker
 from .keys import CONSUMER_GROUP, Keys, QueueKeys, validate_queue_name
 from .redis import RedisBroker, safe_url
 
-__all__ = ["CONSUMER_GROUP", "Keys", "QueueKeys", "RedisBroker", "safe_url", "validate_queue_name"]
+__all__ = ["CONSUMER_GROUP", "Broker", "Keys", "QueueKeys", "RedisBroker", "safe_url", "validate_queue_name"]

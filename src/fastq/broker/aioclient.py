@@ -36,7 +36,7 @@ def client_for(broker, blocking: bool = False) -> redis.asyncio.Redis:
     key = (broker.url, blocking)
     client = per_loop.get(key)
     if client is None:
-        kwargs = dict(broker._kwargs)
+        kwargs = broker.connection_options()
         if blocking:
             kwargs["socket_timeout"] = WAIT_CHUNK + 5
         client = per_loop[key] = make_async_client(broker.target, **kwargs)

@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._speedups import pack_command
 from ..events import pack_events
 from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
+from .base import Broker
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
 from .connect import describe_error, make_client, parse_url, safe_url
@@ -143,8 +144,9 @@ def out_of_memory(url: str, exc: BaseException) -> BrokerOutOfMemory:
                              "nothing was written: free memory or raise maxmemory, then retry")
 
 
-class RedisBroker:
-    """The Redis side of fastq, shared by producers, workers and tools."""
+class RedisBroker(Broker):
+    """The Redis side of fastq, shared by producers, workers and tools (the
+    contract, ``fastq.broker.base.Broker``, documents each operation)."""
 
     def __init__(self, url: str, conf) -> None:
         self.url = url
@@ -205,6 +207,10 @@ class RedisBroker:
         else:
             secs, usecs = c.time()
         return secs + usecs / 1e6
+
+    def connection_options(self) -> dict:
+        """Timeouts and RESP2, as every connection of this broker uses them."""
+        return dict(self._kwargs)
 
     def new_client(self, **overrides):
         """A redis-py client (Redis, RedisCluster, or Sentinel's master) with its own connections."""

@@ -173,7 +173,7 @@ class AsyncConsumer:
         self._alone: bytes | None = None  #: the suspect running alone, until its writes are confirmed
         self._careful = False  #: the last fetch brought a suspect: fetch one at a time
         self._threads: ThreadPoolExecutor | None = None
-        kw = dict(self.broker._kwargs)
+        kw = self.broker.connection_options()
         self._fetch_ch = _AsyncChannel(self.broker.url, {**kw, "socket_timeout": self.block_ms / 1000 + 10})
         self._write_ch = _AsyncChannel(self.broker.url, kw)
         self._result_ch = _AsyncChannel(self.result_url, kw) if self.result_url else None

@@ -1,0 +1,243 @@
+"""The broker contract: what the producer, the worker and the tools may ask a broker.
+
+``Broker`` names every operation the code above ``fastq.broker`` uses, each for
+what it does (publish, renew a lease, dead-letter, claim a worker name), so a
+second broker (RabbitMQ) is a second subclass, not a change to app, task,
+canvas or worker code. ``RedisBroker`` is the first; ``tests/test_broker_contract.py``
+fails when code above the broker uses a broker attribute this class does not name.
+
+Two parts are still Redis-shaped, and say so:
+
+- *Packed commands*: the hot path (the compiled core and the consumer loop)
+  sends RESP commands packed once, and several sends are one round trip. The
+  broker builds them (``publish_commands``, ``unique_publish_commands``, ...)
+  and runs them (``execute_packed``); callers only carry them.
+- *Raw access* (``client``, ``new_client``, ``new_channel``, ``keys``): what the
+  features not yet moved behind named methods still use (events, rate limits,
+  control, monitoring, beat's lock, the worker registry). The contract test
+  lists those modules, so the list can only shrink.
+
+Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Any
+
+
+class Broker(abc.ABC):
+    """Queues, leases, dead letters and the worker registry, as fastq uses them.
+
+    Terms: a *queue* is the name a task is routed to; it may stand for several
+    *physical* queues (shards). A *lease* is a fetched message's in-flight record:
+    its consumer renews it while the message waits or runs; an expired lease is
+    *reaped* (the message goes back, or to the dead letters after too many
+    deliveries). *Releasing* hands unstarted messages back at once."""
+
+    #: the broker's URL (log it with ``safe_url``: it may hold a password)
+    url: str
+    #: replicas that must confirm each send before it returns (0: none);
+    #: the asyncio producer sends such messages on the sync path, which waits
+    wait_replicas: int
+
+    # --- connection -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def check_connection(self, wait: float = 0.0) -> None:
+        """Reach the server, retrying for up to ``wait`` s; else BrokerError (one line)."""
+
+    @abc.abstractmethod
+    def retrying(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which a lost connection becomes BrokerError naming the server."""
+
+    @abc.abstractmethod
+    def clock(self, key: str, client: Any = None) -> float:
+        """Seconds since the epoch on the server holding ``key``: the clock that
+        heartbeats and due times are measured on, whatever the hosts' clocks say."""
+
+    @property
+    @abc.abstractmethod
+    def is_cluster(self) -> bool:
+        """Whether keys are spread over several servers (commands route by key)."""
+
+    @property
+    @abc.abstractmethod
+    def db(self) -> int:
+        """The database number (0 on a cluster): part of the control channel's
+        name, since pub/sub channels are shared by all databases of a server."""
+
+    @abc.abstractmethod
+    def connection_options(self) -> dict:
+        """Timeouts and protocol options for a connection of one's own (the
+        asyncio consumer opens its channels with them)."""
+
+    # --- sending ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
+        """Send one encoded message (``due``: not before this epoch second)."""
+
+    @abc.abstractmethod
+    def publish_many(self, batch: list[tuple], field: bytes) -> None:
+        """Send ``(queue, priority, due, payload)`` messages in as few round trips as possible."""
+
+    @abc.abstractmethod
+    def publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes,
+                         due: float | None = None) -> list[bytes]:
+        """The packed commands that send one message (through a fair queue's gate
+        when ``queue`` is fair); run them with ``execute_packed`` or join them to others."""
+
+    @abc.abstractmethod
+    def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
+        """``publish_many`` as packed commands."""
+
+    @abc.abstractmethod
+    def unique_publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None,
+                                lock: str, ttl_ms: int, task_id: str) -> list[bytes]:
+        """Send unless ``lock`` is held: the lock and the send in one atomic step
+        (the reply is the holder's task id)."""
+
+    @abc.abstractmethod
+    def debounce_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float,
+                          record: str, record_ttl_ms: int, task_id: str) -> list[bytes]:
+        """Send at ``due``, replacing the message still waiting in the window ``record`` names."""
+
+    @abc.abstractmethod
+    def beat_send_command(self, state_key: str, queue: str, priority: int, field: bytes, payload: bytes,
+                          due_ms: int, task_id: str) -> bytes:
+        """Send a periodic task's message once per due time, whichever beat process asks first."""
+
+    @abc.abstractmethod
+    def execute_packed(self, commands: list[bytes], confirm: bool = False) -> list:
+        """Run packed commands in one round trip, retrying lost connections
+        (``confirm``: wait for the configured replicas, for sends)."""
+
+    @abc.abstractmethod
+    def start_packed(self, commands: list[bytes]) -> tuple:
+        """Write packed commands now and read the replies later (``finish_packed``):
+        the producer's bulk send overlaps its encoding with the round trip."""
+
+    @abc.abstractmethod
+    def finish_packed(self, handle: tuple) -> list:
+        """The replies to what ``start_packed`` sent."""
+
+    # --- queues ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ensure_queue(self, name: str, client: Any = None) -> Any:
+        """Create the physical queue ``name`` if needed (idempotent); its keys."""
+
+    @abc.abstractmethod
+    def known_queues(self) -> list[str]:
+        """Every queue some producer or worker has used."""
+
+    @abc.abstractmethod
+    def expand_queues(self, names: list[str]) -> list[str]:
+        """Physical queues (shards) behind queue names."""
+
+    @abc.abstractmethod
+    def queue_stats(self, name: str) -> dict:
+        """Waiting, in flight, delayed and dead-lettered counts of a queue."""
+
+    @abc.abstractmethod
+    def purge(self, name: str) -> int:
+        """Delete a queue's waiting messages; how many."""
+
+    @abc.abstractmethod
+    def delete_prefixed(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (the benchmark's own namespace); how many."""
+
+    # --- leases ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def renew(self, name: str, consumers: list[str], min_idle_ms: int, client: Any = None) -> int:
+        """Renew the leases of these consumers' messages; how many."""
+
+    @abc.abstractmethod
+    def reap(self, name: str, reaper: str, lease_ms: int, max_deliveries: int, lock_ms: int, client: Any = None):
+        """Take back messages whose lease expired (dead letters past ``max_deliveries``)."""
+
+    @abc.abstractmethod
+    def promote(self, name: str, limit: int = 1000, client: Any = None) -> int:
+        """Move delayed messages that are due into their queue; how many."""
+
+    @abc.abstractmethod
+    def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"",
+                client: Any = None) -> list:
+        """Hand back unstarted messages this consumer holds, to the front of their priority."""
+
+    @abc.abstractmethod
+    def pending_of(self, stream: str, consumer: str, client: Any = None) -> list[bytes]:
+        """The message ids a consumer holds on one stream."""
+
+    @abc.abstractmethod
+    def release_consumer(self, name: str, consumer: str, strike: bytes = b"", client: Any = None) -> list:
+        """Hand back everything one consumer holds on a queue."""
+
+    @abc.abstractmethod
+    def release_worker(self, name: str, worker: str, strike: bytes = b"*", client: Any = None) -> list:
+        """Hand back everything a (dead or stopping) worker's consumers hold on a queue."""
+
+    @abc.abstractmethod
+    def read_entry(self, name: str, entry_id: bytes, client: Any = None) -> tuple[str, dict] | None:
+        """One message by id, wherever it waits: (stream, fields), or None."""
+
+    @abc.abstractmethod
+    def gate_args(self, queue: str) -> tuple:
+        """What the lease scripts take for ``queue``'s fair gate (none for a plain queue)."""
+
+    # --- dead letters ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def dlq_list(self, name: str, limit: int = 100) -> list[dict]:
+        """The newest dead letters of a queue, with their reasons."""
+
+    @abc.abstractmethod
+    def dlq_entries(self, physical: str, ids: list, client: Any = None) -> list[dict]:
+        """Dead letters by id."""
+
+    @abc.abstractmethod
+    def dlq_requeue(self, name: str, ids: list[str] | None = None) -> int:
+        """Send dead letters back to their queue (all when ``ids`` is None); how many."""
+
+    @abc.abstractmethod
+    def dlq_purge(self, name: str, ids: list[str] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None); how many."""
+
+    # --- worker registry --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def read_worker(self, name: str) -> tuple[bytes | None, int]:
+        """Who holds the worker name ``name`` and for how many more milliseconds."""
+
+    @abc.abstractmethod
+    def claim_worker(self, name: str, expected: bytes | None, value: str, ttl: int) -> bool:
+        """Take the name if its holder is still ``expected`` (compare and set)."""
+
+    # --- raw access (being retired: see the module docstring) ---------------------------
+
+    @abc.abstractmethod
+    def new_client(self, **overrides: Any) -> Any:
+        """A client of the server's own library, with its own connections."""
+
+    @abc.abstractmethod
+    def new_channel(self, **overrides: Any) -> Any:
+        """A raw channel for packed commands, owned by the caller (one per consumer)."""
+
+
+def contract_names() -> set[str]:
+    """Every name the contract gives callers: its methods, properties and attributes,
+    plus the raw-access attributes a subclass sets in ``__init__``."""
+    names = {n for n in vars(Broker) if not n.startswith("_")}
+    names |= set(Broker.__annotations__)
+    return names | RAW_ATTRIBUTES
+
+
+#: Attributes a broker sets in ``__init__`` that features not yet behind named
+#: methods still read: the default client, the key names, the fair-queue table.
+RAW_ATTRIBUTES = {"client", "keys", "fair"}
+
+
+__all__ = ["RAW_ATTRIBUTES", "Broker", "contract_names"]

@@ -1,0 +1,114 @@
+"""The broker contract (fastq.broker.base.Broker) is what the code above the broker uses.
+
+Read from the source with ``ast``: every ``<...>.broker.<name>`` outside ``fastq/broker``
+must be a name the contract documents, and the modules that still reach past the
+named operations (a raw client, key names, the fair-queue table) are listed here,
+so that list can only shrink as features move behind named methods (issue #19).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pathlib
+
+import pytest
+
+from fastq import FastQ
+from fastq.broker.base import RAW_ATTRIBUTES, Broker, contract_names
+from fastq.broker.redis import RedisBroker
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastq"
+
+#: Raw access still used above the broker: module -> the raw names it reads.
+#: Each entry is work left; the test fails when one grows or when one is gone
+#: (then delete it here).
+RAW_USERS = {
+    "beat.py": {"keys", "new_client"},
+    "bench.py": {"client", "keys"},
+    "cli.py": {"keys", "new_client"},
+    "control.py": {"client", "keys"},
+    "dashboard/server.py": {"client", "keys"},
+    "dashboard/state.py": {"client", "keys"},
+    "events.py": {"client", "keys"},
+    "fairness.py": {"client", "fair", "keys"},
+    "mail.py": {"new_client"},
+    "metrics.py": {"keys", "new_client"},
+    "monitor.py": {"client", "keys"},
+    "ratelimit.py": {"client", "new_client"},
+    "testing.py": {"client", "keys"},
+    "unique.py": {"keys"},
+    "worker/__init__.py": {"client", "fair"},
+    "worker/async_consumer.py": {"client", "keys"},
+    "worker/consumer.py": {"client", "keys", "new_channel", "new_client"},
+    "worker/execute.py": {"keys"},
+    "worker/maintenance.py": {"fair", "keys", "new_client"},
+    "worker/pool.py": {"keys"},
+    "worker/remote_control.py": {"client", "keys", "new_client"},
+    "worker/steps.py": {"keys"},
+    "workflow.py": {"keys"},
+}
+RAW = RAW_ATTRIBUTES | {"new_client", "new_channel"}
+
+
+def broker_uses() -> dict[str, dict[str, int]]:
+    """module -> {attribute read on something named ``broker``: first line}."""
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("broker/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else None
+            if name in ("broker", "backend_broker"):
+                out.setdefault(rel, {}).setdefault(node.attr, node.lineno)
+    return out
+
+
+USES = broker_uses()
+
+
+def test_the_reader_sees_broker_calls():
+    assert USES["app.py"].keys() >= {"publish", "publish_many"}
+    assert "renew" in USES["worker/maintenance.py"]
+
+
+def test_code_above_the_broker_uses_only_what_the_contract_names():
+    names = contract_names()
+    outside = [f"src/fastq/{mod}:{line} uses broker.{attr}" for mod, attrs in USES.items()
+               for attr, line in attrs.items() if attr not in names]
+    assert outside == [], "not in fastq.broker.base.Broker:\n" + "\n".join(outside)
+
+
+def test_raw_access_only_shrinks():
+    raw = {mod: {a for a in attrs if a in RAW} for mod, attrs in USES.items()}
+    raw = {mod: attrs for mod, attrs in raw.items() if attrs}
+    grown = {mod: sorted(attrs - RAW_USERS.get(mod, set())) for mod, attrs in raw.items()
+             if attrs - RAW_USERS.get(mod, set())}
+    assert grown == {}, f"new raw broker access (ask the broker by a named method instead): {grown}"
+    gone = {mod: sorted(attrs - raw.get(mod, set())) for mod, attrs in RAW_USERS.items() if attrs - raw.get(mod, set())}
+    assert gone == {}, f"raw access that is gone: remove it from RAW_USERS: {gone}"
+
+
+@pytest.mark.parametrize("name", sorted(Broker.__abstractmethods__))
+def test_redis_broker_keeps_the_contracts_signatures(name):
+    """A caller written against the contract works with RedisBroker: same parameters."""
+    want = getattr(Broker, name)
+    have = getattr(RedisBroker, name)
+    if isinstance(want, property):
+        assert isinstance(have, property)
+        return
+    assert list(inspect.signature(have).parameters) == list(inspect.signature(want).parameters)
+
+
+def test_the_app_broker_is_a_complete_broker(redis_url):
+    broker = FastQ("contract", broker=redis_url).broker
+    assert isinstance(broker, Broker)
+    assert not getattr(type(broker), "__abstractmethods__", None)
+    for attr in RAW_ATTRIBUTES:
+        assert hasattr(broker, attr)
+    broker.check_connection()
+    assert broker.clock("any") > 1.7e9
