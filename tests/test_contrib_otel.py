@@ -101,8 +101,8 @@ def test_failures_retries_and_tasks_sent_by_tasks(redis_url, worker, ledger, tra
 def test_no_headers_without_instrumentation(redis_url, r):
     import msgspec
 
-    from fastq.app import _publish_hooks
     from fastq.canvas import Signature
+    from fastq.producer import _publish_hooks
 
     # Given no instrumentor installed in this process
     assert not _publish_hooks

@@ -1,4 +1,4 @@
-"""The application: settings, the task registry, and the way messages leave.
+"""The application: settings and the task registry (messages leave through ``fastq.producer``).
 
 Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
@@ -10,24 +10,19 @@ from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from . import routing, unique
-from ._speedups import current_request, new_task_id
-from .aio import send
+from . import routing
 from .broker import RedisBroker, safe_url
-from .broker.keys import validate_queue_name
 from .broker.results import RedisBackend
 from .canvas import Signature
 from .control import Control
-from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
-from .fairness import with_group
-from .messages import Message, Serializer, now
-from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, parse_rate, unknown_options
+from .exceptions import ImproperlyConfigured, NotRegistered
+from .messages import Serializer
+from .options import parse_rate
+from .producer import Producer
 from .result import AsyncResult
 from .schedules import zone
 from .settings import Settings
-from .signals import before_task_publish
 from .task import Task
-from .workflow import callbacks, note_child
 
 if TYPE_CHECKING:
     from .task import Task
@@ -36,8 +31,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-#: before_task_publish's receivers (the list itself): empty unless an integration listens.
-_publish_hooks = before_task_publish.receivers
 
 
 class FastQ:
@@ -62,6 +55,8 @@ class FastQ:
         #: Names of tasks whose sends need more than the plain path (typed, unique).
         self._special_tasks: set[str] = set()
         self._pid = os.getpid()
+        #: The one way messages leave (fastq.producer): build, encode, send.
+        self.producer = Producer(self)
 
     # --- configuration ------------------------------------------------------
 
@@ -165,74 +160,15 @@ class FastQ:
             return task.apply_async(args, kwargs, **options)
         if self.conf.task_always_eager:
             raise NotRegistered(f"task {name!r} is not registered, so it cannot run eagerly")
-        return self._send(name, args, kwargs, options, None)
+        return self.producer.send(name, args, kwargs, options, None)
 
     async def send_task_async(self, name: str, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
         """``send_task()`` for async code: ``await app.send_task_async("proj.add", (2, 2))``."""
-        return await send(self, name, args, kwargs, options, self.tasks.get(name))
+        return await self.producer.send_async(name, args, kwargs, options, self.tasks.get(name))
 
     def send_many(self, signatures: Iterable) -> list:
-        """Send many signatures in pipelined batches; return their AsyncResults.
-
-        Signatures without options take a short path: what depends only on the
-        task (queue, priority, expiry, parent) is worked out once per run of
-        same-task signatures, not once per message."""
-        batch, results = [], []
-        in_flight = None  # the previous batch, sent while this one is built
-        broker = self.broker
-        field = self.serializer.field
-        encode = self.serializer.encode
-        limit = self.conf.max_message_size
-        parent = current_request.get()
-        parent_id = parent.id if parent is not None else None
-        root_id = (parent.root_id or parent.id) if parent is not None else None
-        last_name, placement = None, None
-        hooks = _publish_hooks
-        special = self._special_tasks
-        for sig in signatures:
-            name = sig.task
-            task = self.tasks.get(name)
-            own = sig.options and not SPECIAL_OPTIONS.isdisjoint(sig.options)  # unique_key, debounce_key
-            if own or (special and name in special):
-                if own or task.unique:  # unique or debounced: its own atomic send (fastq.unique)
-                    results.append(task.apply_async(sig.args, sig.kwargs, **sig.options) if task is not None
-                                   else self._send(name, sig.args, sig.kwargs, dict(sig.options), None))
-                    continue
-                a, kw = task._typed.convert(sig.args, sig.kwargs)  # typed: convert, then batch as usual
-                sig = sig.clone()
-                sig.args, sig.kwargs = tuple(a), kw
-            if sig.options:
-                msg, queue, priority, due = self._build(name, sig.args, sig.kwargs, dict(sig.options), task)
-                payload = self._encode(msg, task)
-            else:
-                if name != last_name:
-                    queue, priority = self._placement(name, task, sig.args, sig.kwargs, {})
-                    expires = None if task is None or task.expires is None else expiry_time(task.expires, now())
-                    last_name, placement = name, (queue, priority, expires)
-                queue, priority, expires = placement
-                due = None
-                msg = Message(new_task_id(), name, sig.args, sig.kwargs, 0, None, expires, priority, parent_id,
-                              root_id, now(), None, None)
-                if hooks:
-                    self._before_publish(msg, queue, priority, None)
-                try:
-                    payload = encode(msg)
-                except self.serializer.error as exc:
-                    raise _unserializable(msg, exc, self.serializer) from None
-                if len(payload) > limit:
-                    payload = self._encode(msg, task)  # raises MessageTooLarge with the details
-            batch.append((queue, priority, due, payload))
-            results.append(AsyncResult(msg.id, app=self, task_name=name))
-            if len(batch) >= 1000:
-                if in_flight is not None:
-                    broker.finish_packed(in_flight)
-                in_flight = broker.start_packed(broker.publish_many_commands(batch, field))
-                batch = []
-        if in_flight is not None:
-            broker.finish_packed(in_flight)
-        if batch:
-            broker.publish_many(batch, field)
-        return results
+        """Send many signatures in pipelined batches; return their AsyncResults."""
+        return self.producer.send_many(signatures)
 
     def add_periodic_task(self, schedule: Any, sig: Any, name: str | None = None, **options: Any) -> str:
         """Add an entry to ``conf.beat_schedule``: ``app.add_periodic_task(60.0, add.s(1, 1), name="every-minute")``.
@@ -253,177 +189,9 @@ class FastQ:
     def AsyncResult(self, task_id: str, task_name: str | None = None):  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self, task_name=task_name)
 
-    # --- sending --------------------------------------------------------------
-
-    def _build(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
-        """Make the message and decide where it goes: (message, queue, priority, due)."""
-        if options:
-            return self._build_with_options(name, args, kwargs, options, task)
-        # The common call (no options) stays short: it runs once per message.
-        queue, priority = self._placement(name, task, args, kwargs, options)
-        expires = None if task is None or task.expires is None else expiry_time(task.expires, now())
-        parent = current_request.get()
-        if parent is None:
-            parent_id = root_id = None
-        else:
-            parent_id, root_id = parent.id, parent.root_id or parent.id
-        msg = Message(new_task_id(), name, args or [], kwargs or {}, 0, None, expires, priority, parent_id, root_id,
-                      now(), None, None)
-        if parent is not None and parent.delivery is not None:  # sent from a task a worker runs
-            note_child(parent, msg.id)
-        if _publish_hooks:
-            self._before_publish(msg, queue, priority, None)
-        return msg, queue, priority, None
-
-    def _before_publish(self, msg: Message, queue: str, priority: int, due: float | None) -> None:
-        """Send before_task_publish; its receivers may add to ``msg.headers``."""
-        headers = msg.headers = dict(msg.headers) if msg.headers else {}
-        before_task_publish.send(sender=msg.task, body=msg, headers=headers, routing_key=queue, priority=priority,
-                                 eta=due)
-        if not headers:
-            msg.headers = None
-
-    def _placement(self, name: str, task, args, kwargs, options) -> tuple[str, int]:
-        if task is not None and task.queue:
-            queue = task.queue
-        else:
-            queue = self.router.route(name, args, kwargs, options)
-        if task is not None and task.priority is not None:
-            return queue, task.priority
-        return queue, _check_priority(self.conf.task_default_priority)
-
-    def _build_with_options(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
-        task_id = options.pop("task_id", None) or new_task_id()
-        eta = options.pop("eta", None)
-        countdown = options.pop("countdown", None)
-        expires = options.pop("expires", None)
-        priority = options.pop("priority", None)
-        queue = options.pop("queue", None)
-        t = now()
-        due = due_time(eta, countdown, t)
-        if expires is None and task is not None:
-            expires = task.expires
-        if expires is not None:
-            expires = expiry_time(expires, t)
-        default_queue, default_priority = self._placement(name, task, args, kwargs, options)
-        if queue is None:
-            queue = default_queue
-        else:
-            validate_queue_name(queue)
-        priority = default_priority if priority is None else _check_priority(priority)
-        parent = current_request.get()
-        parent_id = options.pop("parent_id", None) or (parent.id if parent is not None else None)
-        root_id = options.pop("root_id", None) or (
-            (parent.root_id or parent.id) if parent is not None else None
-        )
-        retries = options.pop("retries", 0)
-        headers = options.pop("headers", None)
-        _check_envelope(task_id, parent_id, root_id, retries, headers)
-        group_key = options.pop("group_key", None)
-        if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
-            headers = with_group(self, name, queue, group_key, headers)
-        msg = Message(
-            task_id,
-            name,
-            list(args) if args else [],
-            kwargs if kwargs else {},
-            retries,
-            None if due is None else float(due),
-            expires,
-            priority,
-            parent_id,
-            root_id,
-            t,
-            _message_options(options),
-            headers,
-        )
-        if parent is not None and parent.delivery is not None and parent_id == parent.id:
-            note_child(parent, msg.id)
-        if _publish_hooks:
-            self._before_publish(msg, queue, priority, due)
-        return msg, queue, priority, due
-
-    def _encode(self, msg: Message, task) -> bytes:
-        try:
-            payload = self.serializer.encode(msg)
-        except self.serializer.error as exc:
-            raise _unserializable(msg, exc, self.serializer) from None
-        limit = self.conf.max_message_size
-        if len(payload) > limit:
-            raise MessageTooLarge(
-                f"message for task {msg.task!r} is {len(payload)} bytes, more than max_message_size={limit}"
-            )
-        return payload
-
-    def _send(self, name: str, args, kwargs, options: dict, task):
-        if options and not SPECIAL_OPTIONS.isdisjoint(options):  # unique_key, debounce_key
-            return unique.send(self, name, args, kwargs, options, task)
-        msg, queue, priority, due = self._build(name, args, kwargs, options, task)
-        payload = self._encode(msg, task)
-        self.broker.publish(queue, priority, self.serializer.field, payload, due)
-        result = AsyncResult(msg.id, app=self, task_name=name)
-        if msg.parent_id is not None:
-            result.parent = AsyncResult(msg.parent_id, app=self)
-        return result
-
     def __repr__(self) -> str:
         return f"<FastQ {self.main or '__main__'} broker={self.broker_safe_url}>"
 
     @property
     def broker_safe_url(self) -> str:
         return safe_url(self.broker_url)
-
-
-# --- helpers -------------------------------------------------------------------
-
-def _message_options(options: dict) -> dict | None:
-    out = None
-    for key in WORKER_OPTIONS:
-        if key in options:
-            value = options.pop(key)
-            if value is not None:
-                if out is None:
-                    out = {}
-                if key in ("link", "link_error"):  # signatures travel as frozen dicts
-                    value = callbacks(value)
-                else:
-                    check_option(key, value)  # a bad time_limit must fail here, not wedge a worker
-                out[key] = value
-    options.pop("serializer", None)
-    if options:
-        raise unknown_options(options)
-    return out
-
-
-
-
-def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:
-    """The envelope fields a caller may set: wrong types would only fail in the worker."""
-    for name, value in (("task_id", task_id), ("parent_id", parent_id), ("root_id", root_id)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{name} must be a string, not {type(value).__name__}")
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-    if headers is not None and not isinstance(headers, dict):
-        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
-
-
-def _check_priority(priority) -> int:
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise ImproperlyConfigured(f"priority must be an integer from 0 to 9, not {priority!r}")
-    return priority
-
-
-def _unserializable(msg: Message, exc: Exception, serializer: Serializer) -> TypeError:
-    """Name the argument that cannot be serialized."""
-    for i, a in enumerate(msg.args):
-        try:
-            serializer.encode(a)
-        except serializer.error as e:
-            return TypeError(f"task {msg.task!r}: argument {i} ({type(a).__name__}) cannot be serialized: {e}")
-    for k, v in msg.kwargs.items():
-        try:
-            serializer.encode(v)
-        except serializer.error as e:
-            return TypeError(f"task {msg.task!r}: argument {k!r} ({type(v).__name__}) cannot be serialized: {e}")
-    return TypeError(f"task {msg.task!r}: message cannot be serialized: {exc}")

@@ -129,9 +129,9 @@ def load_entries(app, schedule_conf: dict | None = None) -> list[ScheduleEntry]:
             if bad in options:
                 raise ImproperlyConfigured(f"{where}: option {bad!r} makes no sense for a periodic task")
         try:  # a trial message: unknown options, bad priority, unserializable args fail now
-            trial = {k: v for k, v in options.items() if k != "headers"}  # set after _build, as in _send
-            msg, queue, _, _ = app._build(task, tuple(args), dict(kwargs), trial, app.tasks[task])
-            app._encode(msg, app.tasks[task])
+            trial = {k: v for k, v in options.items() if k != "headers"}  # set after build, as in _send
+            msg, queue, _, _ = app.producer.build(task, tuple(args), dict(kwargs), trial, app.tasks[task])
+            app.producer.encode(msg, app.tasks[task])
         except (TypeError, ValueError, ImproperlyConfigured) as exc:
             raise ImproperlyConfigured(f"{where}: {exc}") from None
         state_key = f"{prefix}{{{queue}}}:beat:{name}"
@@ -276,10 +276,10 @@ class Beat:
         options = dict(entry.options)
         options["queue"] = entry.queue  # the state hash is in this queue's slot
         # (countdown and eta are refused at load, so the run goes straight to its stream)
-        msg, queue, priority, _ = app._build(entry.task, entry.args, entry.kwargs, options, task)
-        # the headers _build made (the entry's, and a group_key's) plus the run's own
+        msg, queue, priority, _ = app.producer.build(entry.task, entry.args, entry.kwargs, options, task)
+        # the headers build made (the entry's, and a group_key's) plus the run's own
         msg = msgspec.structs.replace(msg, headers={**(msg.headers or {}), HEADER_ENTRY: entry.name, HEADER_DUE: due_ms})
-        payload = app._encode(msg, task)
+        payload = app.producer.encode(msg, task)
         cmd = app.broker.beat_send_command(entry.state_key, queue, priority, app.serializer.field, payload,
                                            due_ms, msg.id)
         return bool(app.broker.execute_packed([cmd], confirm=True)[0])  # BrokerError is a ConnectionError

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import states
 from ._speedups import current_request
-from .aio import send
 from .broker.keys import validate_queue_name
 from .builtin_tasks import register_builtins
 from .canvas import Signature, chunks
@@ -172,7 +171,7 @@ class Task(Generic[P, R]):
             args, kwargs = self._prepare(args, kwargs, options)
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=options.get("task_id"))
-        return app._send(self.name, args, kwargs, options, self)
+        return app.producer.send(self.name, args, kwargs, options, self)
 
     def _prepare(self, args, kwargs, options: dict) -> tuple:
         """What a send of a typed or unique task does first (raises ValidationError
@@ -192,7 +191,7 @@ class Task(Generic[P, R]):
         """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for
         async code, with the same options. In eager mode the task runs here (a
         coroutine task on the caller's loop)."""
-        return await send(self.app, self.name, args, kwargs, options, self)
+        return await self.app.producer.send_async(self.name, args, kwargs, options, self)
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):
         """Run the task here and now; returns an EagerResult."""

@@ -31,12 +31,11 @@ from typing import Any
 
 import msgspec
 
-from ._speedups import current_request, pack_command
+from ._speedups import pack_command
 from .broker.scripts import SCRIPTS
 from .options import SPECIAL_OPTIONS
-from .result import AsyncResult
 
-#: apply_async options handled here (app._send hands calls with any of them over).
+#: apply_async options of unique and debounced sends (fastq.producer sends them).
 OPTIONS = SPECIAL_OPTIONS
 #: Lock lifetime when neither the call nor the task says (seconds).
 DEFAULT_UNIQUE_FOR = 3600.0
@@ -100,80 +99,6 @@ def prepare(task, args, kwargs, options: dict) -> None:
         options["unique_key"] = derived_key(task, args, kwargs)
 
 
-# --- sending ------------------------------------------------------------------------------
-
-
-def send(app, name: str, args, kwargs, options: dict, task):
-    """``app._send`` for a call with unique/debounce options."""
-    where = f"task {name!r}"
-    unique_key = options.pop("unique_key", None)
-    unique_for = options.pop("unique_for", None)
-    debounce = options.pop("debounce_key", None)
-    if debounce is not None:
-        if unique_key is not None:
-            raise ValueError(f"{where}: unique_key and debounce_key cannot be combined")
-        if unique_for is not None:
-            raise ValueError(f"{where}: unique_for is an option of unique_key, not of debounce_key")
-        return _send_debounced(app, name, args, kwargs, options, task, check_key(debounce, "debounce_key", where))
-    if unique_key is None:
-        if unique_for is not None:
-            raise ValueError(f"{where}: unique_for needs unique_key (or @app.task(unique=True))")
-        return app._send(name, args, kwargs, options, task)
-    key = check_key(unique_key, "unique_key", where)
-    if unique_for is None:
-        unique_for = getattr(task, "unique_for", None) or DEFAULT_UNIQUE_FOR
-    ttl = check_seconds(unique_for, "unique_for", where)
-    return _send_unique(app, name, args, kwargs, options, task, key, ttl)
-
-
-def _send_unique(app, name, args, kwargs, options, task, key: str, ttl: float):
-    msg, queue, priority, due = app._build(name, args, kwargs, options, task)
-    broker = app.broker
-    lock = lock_key(broker.keys.prefix, queue, key)
-    msg.options = {**(msg.options or {}), "unique": lock}
-    payload = app._encode(msg, task)
-    cmds = broker.unique_publish_commands(queue, priority, app.serializer.field, payload, due, lock,
-                                          max(1, math.ceil(ttl * 1000)), msg.id)
-    holder = _text(broker.execute_packed(cmds)[0])
-    return _result(app, msg, holder, name)
-
-
-def _send_debounced(app, name, args, kwargs, options, task, key: str):
-    where = f"task {name!r}"
-    countdown = options.get("countdown")
-    if countdown is None:
-        raise ValueError(f"{where}: debounce_key needs countdown= (the debounce window, in seconds)")
-    window = check_seconds(countdown, "countdown", where)
-    if options.get("eta") is not None:
-        raise ValueError(f"{where}: debounce_key takes countdown= (the window), not eta=")
-    if options.get("task_id") is not None:
-        raise ValueError(f"{where}: debounce_key cannot be combined with task_id: the sends of a window share one id")
-    msg, queue, priority, due = app._build(name, args, kwargs, options, task)
-    payload = app._encode(msg, task)
-    broker = app.broker
-    record = debounce_record_key(broker.keys.prefix, queue, key)
-    cmds = broker.debounce_commands(queue, priority, app.serializer.field, payload, due, record,
-                                    math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000), msg.id)
-    holder = _text(broker.execute_packed(cmds)[0])
-    return _result(app, msg, holder, name)
-
-
-def _text(reply) -> str:
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
-
-
-def _result(app, msg, task_id: str, name: str):
-    if task_id != msg.id:  # not sent: the running task's children list names the one that was
-        parent = current_request.get()
-        ids = getattr(parent, "_extra", None) if parent is not None else None
-        if ids and msg.id in ids:
-            ids[ids.index(msg.id)] = task_id
-    result: AsyncResult[Any] = AsyncResult(task_id, app=app, task_name=name)
-    if msg.parent_id is not None:
-        result.parent = AsyncResult(msg.parent_id, app=app)
-    return result
-
-
 # --- the worker side -----------------------------------------------------------------------
 
 
@@ -187,4 +112,5 @@ def release(msg, out) -> None:
             out.add_command(pack_command((b"EVALSHA", SCRIPTS.unique_release.sha_bytes, 1, lock, msg.id)), 1)
 
 
-__all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "derived_key", "lock_key", "release", "send"]
+__all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "check_key", "check_seconds", "debounce_record_key", "derived_key",
+           "lock_key", "prepare", "release"]

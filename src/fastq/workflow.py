@@ -363,8 +363,8 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
         task = app.tasks.get(name)
         if task is not None and task._typed is not None:  # a typed step: its final arguments are known now
             a, kw = task._typed.convert(a, kw)
-        msg, queue, priority, due = app._build(name, a, kw, opts, task)
-        out.append((queue, priority, due, app._encode(msg, task)))
+        msg, queue, priority, due = app.producer.build(name, a, kw, opts, task)
+        out.append((queue, priority, due, app.producer.encode(msg, task)))
         return
     if kind == CHAIN:
         tasks = node["tasks"]

@@ -1,7 +1,7 @@
 """The asyncio side of the connection to Redis: one ``redis.asyncio`` client per
 event loop and Redis URL (made on first use), and the retry that turns an
-unreachable server into BrokerError. Used by the async producer (fastq.aio) and
-the async result waits (fastq.result).
+unreachable server into BrokerError. Used by the broker's async sends and the
+results store's async waits.
 
 Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
@@ -13,10 +13,11 @@ import random
 import weakref
 
 import redis.asyncio
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..exceptions import BrokerError
-from .connect import make_async_client
-from .redis import CONNECTION_ERRORS, safe_url
+from .connect import CONNECTION_ERRORS, make_async_client, safe_url
+from .scripts import SCRIPTS
 
 #: Longest single blocking wait on a result; a longer timeout waits in several, so a
 #: lost connection or a Ctrl-C is noticed within this many seconds.
@@ -62,4 +63,40 @@ async def _retrying(broker, call):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["aclose", "client_for"]
+async def execute_packed_async(broker, cmds: list[bytes]) -> None:
+    """``broker.execute_packed`` for async code: the commands in one write on the
+    running loop's connection, every reply read; a script Redis lost (a restart)
+    is loaded and its command sent again; connection errors retried with backoff.
+    A cluster's slot redirects are followed by the sync path, in a thread."""
+    if broker.is_cluster:
+        await asyncio.to_thread(broker.execute_packed, cmds, True)
+        return
+    client = client_for(broker)
+    await _retrying(broker, lambda: _send_packed(client, cmds))
+
+
+async def _send_packed(client: redis.asyncio.Redis, cmds: list[bytes]) -> None:
+    todo = cmds
+    for _ in range(2):
+        conn = await client.connection_pool.get_connection()
+        errors = []
+        try:
+            await conn.send_packed_command(b"".join(todo))
+            for cmd in todo:
+                try:
+                    await conn.read_response(disable_decoding=True)
+                except ResponseError as exc:  # the reply was read: the others follow on the connection
+                    errors.append((cmd, exc))
+        finally:
+            await client.connection_pool.release(conn)
+        missing = [cmd for cmd, exc in errors if isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc)]
+        if len(missing) < len(errors):
+            raise next(exc for _, exc in errors if not ("NOSCRIPT" in str(exc) or isinstance(exc, NoScriptError)))
+        if not missing:
+            return
+        await SCRIPTS.load_all_async(client)
+        todo = missing
+    raise BrokerError("Redis lost its scripts twice in a row while a message was sent")
+
+
+__all__ = ["WAIT_CHUNK", "aclose", "client_for", "execute_packed_async"]

@@ -80,6 +80,11 @@ class Broker(abc.ABC):
         """Send one encoded message (``due``: not before this epoch second)."""
 
     @abc.abstractmethod
+    async def publish_async(self, queue: str, priority: int, field: bytes, payload: bytes,
+                            due: float | None = None) -> None:
+        """``publish`` for async code: the same commands, on the running loop's connection."""
+
+    @abc.abstractmethod
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send ``(queue, priority, due, payload)`` messages in as few round trips as possible."""
 
@@ -113,6 +118,10 @@ class Broker(abc.ABC):
     def execute_packed(self, commands: list[bytes], confirm: bool = False) -> list:
         """Run packed commands in one round trip, retrying lost connections
         (``confirm``: wait for the configured replicas, for sends)."""
+
+    @abc.abstractmethod
+    async def execute_packed_async(self, commands: list[bytes]) -> None:
+        """``execute_packed`` for async code (replies are not returned)."""
 
     @abc.abstractmethod
     def start_packed(self, commands: list[bytes]) -> tuple:

@@ -23,10 +23,19 @@ from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
 from ..exceptions import ImproperlyConfigured
+
+#: Refused credentials: ConnectionError subclasses in redis-py, but no outage (not retried).
+AUTH_ERRORS = (AuthenticationError, AuthorizationError)
+
+#: Errors that mean "Redis could not be reached"; worth retrying.
+#: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/;]*):(?P<password>[^@/;]*)@")
 
@@ -178,7 +187,7 @@ def make_client(target: BrokerTarget, **kwargs):
 
 
 def make_async_client(target: BrokerTarget, **kwargs):
-    """The ``redis.asyncio`` counterpart of ``make_client`` (for ``fastq.aio``)."""
+    """The ``redis.asyncio`` counterpart of ``make_client`` (for the asyncio sends and waits)."""
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster

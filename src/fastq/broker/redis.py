@@ -22,21 +22,19 @@ from collections.abc import Iterator
 
 from redis.exceptions import (
     AuthenticationError,
-    AuthorizationError,
     OutOfMemoryError,
     RedisClusterException,
     ResponseError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._speedups import pack_command
 from ..events import pack_events
 from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
+from .aioclient import execute_packed_async
 from .base import Broker
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
-from .connect import describe_error, make_client, parse_url, safe_url
+from .connect import AUTH_ERRORS, CONNECTION_ERRORS, describe_error, make_client, parse_url, safe_url
 from .due import delay_command, due_arg
 from .fair import (
     backlog_size,
@@ -53,12 +51,6 @@ from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
-#: Refused credentials: ConnectionError subclasses in redis-py, but no outage (not retried).
-AUTH_ERRORS = (AuthenticationError, AuthorizationError)
-
-#: Errors that mean "Redis could not be reached"; worth retrying.
-#: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
 
 
 def is_oom(reply) -> bool:
@@ -491,6 +483,17 @@ class RedisBroker(Broker):
             self.execute_packed([cmd], confirm=True)  # retries, reconnects, raises BrokerError
             return
         self.execute_packed(self.publish_commands(queue, priority, field, payload, due), confirm=True)
+
+    async def publish_async(self, queue: str, priority: int, field: bytes, payload: bytes,
+                            due: float | None = None) -> None:
+        """``publish`` for async code: the same commands (``publish_commands``: a
+        fair queue's gate, the stream or the delayed set) on the running loop's
+        connection; only the waiting differs."""
+        await execute_packed_async(self, self.publish_commands(queue, priority, field, payload, due))
+
+    async def execute_packed_async(self, commands: list[bytes]) -> None:
+        """``execute_packed`` for async code (the replies are not returned)."""
+        await execute_packed_async(self, commands)
 
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send (queue, priority, due, payload) tuples in one pipelined round trip."""
