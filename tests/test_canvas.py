@@ -88,8 +88,8 @@ def test_composing_something_that_is_not_a_signature_raises_type_error(capp):
 def test_chord_done_script_counts_each_header_once_and_decides_once(capp, r):
     """chord_done.lua on its own: idempotent per header index, one decision, which
     only the deciding index gets again (a redelivered message) until ``sent``."""
+    from fastq.broker.keys import chord_keys
     from fastq.broker.scripts import SCRIPTS
-    from fastq.workflow import chord_keys
 
     def call(cid, mode, idx, value=b"\x01"):
         meta, res = chord_keys("fastq:", cid)
@@ -365,7 +365,7 @@ def test_worker_killed_during_a_chord_still_completes_it_once(capp, cworker, led
 def test_worker_killed_after_completing_a_chord_but_before_sending_the_body(capp, cworker, ledger, r):
     """The narrow window: the header task that completed the chord's count dies
     before its output (body, ack) is flushed. Its redelivery gets the decision again."""
-    from fastq.workflow import chord_keys
+    from fastq.broker.keys import chord_keys
 
     env = {"FASTQ_TEST_LEASE": "3"}
     # Given a chord whose last header task to finish also has a callback that takes

@@ -31,8 +31,6 @@ from typing import Any
 
 import msgspec
 
-from ._speedups import pack_command
-from .broker.scripts import SCRIPTS
 from .options import SPECIAL_OPTIONS
 
 #: apply_async options of unique and debounced sends (fastq.producer sends them).
@@ -102,14 +100,14 @@ def prepare(task, args, kwargs, options: dict) -> None:
 # --- the worker side -----------------------------------------------------------------------
 
 
-def release(msg, out) -> None:
+def release(broker, msg, out) -> None:
     """The message's task ended for good: free its unique lock in the same flush
     as its ack (a no-op for other messages)."""
     opts = msg.options
     if opts:
         lock = opts.get("unique")
         if lock:
-            out.add_command(pack_command((b"EVALSHA", SCRIPTS.unique_release.sha_bytes, 1, lock, msg.id)), 1)
+            out.add_command(broker.unique_release_command(lock, msg.id), 1)
 
 
 __all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "check_key", "check_seconds", "debounce_record_key", "derived_key",

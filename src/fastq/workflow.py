@@ -47,7 +47,7 @@ from typing import Any
 
 import msgspec
 
-from ._speedups import new_task_id, pack_command
+from ._speedups import new_task_id
 from .options import SEND_OPTIONS, WORKER_OPTIONS, unknown_options
 from .result import AsyncResult, GroupResult
 
@@ -303,12 +303,6 @@ def task_ids(node: dict) -> Iterator[tuple[str, str]]:
 # --- sending ---------------------------------------------------------------------------------
 
 
-def chord_keys(prefix: str, chord_id: str) -> tuple[str, str]:
-    """The chord's state hash and results hash (one hash tag: one slot)."""
-    base = f"{prefix}chord:{{{chord_id}}}"
-    return f"{base}:m", f"{base}:r"
-
-
 def _when(value: Any) -> Any:
     """An eta/expires that crossed JSON as an ISO string comes back a datetime."""
     if isinstance(value, str):
@@ -380,11 +374,8 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
     if not header:
         _launch(app, body, ([],), {}, [], parent_id, root_id, out)
         return
-    meta, _ = chord_keys(app.broker.keys.prefix, node["options"]["chord_id"])
-    # HSETNX: sending the same chord again (a re-run step) never reopens a decided chord
-    out.append(pack_command((b"HSET", meta, b"n", len(header), b"body", _pack(body))))
-    out.append(pack_command((b"HSETNX", meta, b"state", b"open")))
-    out.append(pack_command((b"EXPIRE", meta, int(app.conf.result_expires))))
+    out.extend(app.broker.chord_open_commands(node["options"]["chord_id"], len(header), _pack(body),
+                                              int(app.conf.result_expires)))
     for t in header:
         _launch(app, t, args, kwargs, [], parent_id, root_id, out)
 

@@ -173,6 +173,10 @@ class Broker(abc.ABC):
         """Move delayed messages that are due into their queue; how many."""
 
     @abc.abstractmethod
+    def promote_commands(self, names: list[str], limit: int = 1000) -> list[bytes]:
+        """``promote`` for many queues, as packed commands to send in one write."""
+
+    @abc.abstractmethod
     def release(self, stream: str, queue: str, consumer: str, ids: list, strike: bytes = b"",
                 client: Any = None) -> list:
         """Hand back unstarted messages this consumer holds, to the front of their priority."""
@@ -196,6 +200,37 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def gate_args(self, queue: str) -> tuple:
         """What the lease scripts take for ``queue``'s fair gate (none for a plain queue)."""
+
+    # --- a message's end (added to the flush that acks it) ----------------------------
+
+    @abc.abstractmethod
+    def bury_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, reason: str | bytes,
+                     error: str | bytes) -> bytes:
+        """Move one held message to the dead letters with a reason, atomically."""
+
+    @abc.abstractmethod
+    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, target: str, due: bytes,
+                      arg5: bytes, arg6: bytes) -> bytes:
+        """Move one held message to the delayed set, due at ``due`` (a retry, a rate-limit wait)."""
+
+    @abc.abstractmethod
+    def unique_release_command(self, lock: str, task_id: str) -> bytes:
+        """Free a unique lock if ``task_id`` still holds it."""
+
+    # --- chords ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def chord_open_commands(self, chord_id: str, size: int, body: bytes, expires: int) -> list[bytes]:
+        """Record a chord (its size and body) before its header tasks are sent."""
+
+    @abc.abstractmethod
+    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int) -> list:
+        """Count one header task's result or failure; the reply says whether this
+        call decided the chord (then: the body, and the results or the error)."""
+
+    @abc.abstractmethod
+    def chord_sent_commands(self, chord_id: str) -> list[bytes]:
+        """The chord's body went out: forget what a replay no longer needs."""
 
     # --- dead letters ---------------------------------------------------------------
 

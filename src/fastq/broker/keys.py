@@ -32,6 +32,12 @@ def shard_names(name: str, shards: int) -> list[str]:
     return [f"{name}~{i}" for i in range(shards)]
 
 
+def chord_keys(prefix: str, chord_id: str) -> tuple[str, str]:
+    """A chord's state hash and results hash (one hash tag: one slot)."""
+    base = f"{prefix}chord:{{{chord_id}}}"
+    return f"{base}:m", f"{base}:r"
+
+
 def validate_queue_name(name: str) -> str:
     if not isinstance(name, str) or not _QUEUE_NAME.match(logical_queue(name)):
         raise ImproperlyConfigured(

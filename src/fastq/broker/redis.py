@@ -46,7 +46,10 @@ from .fair import (
     publish_commands,
     purge_backlogs,
 )
-from .keys import CONSUMER_GROUP, Keys, QueueKeys, logical_queue, shard_names, validate_queue_name
+from .fair import (
+    promote_command as fair_promote_command,
+)
+from .keys import CONSUMER_GROUP, Keys, QueueKeys, chord_keys, logical_queue, shard_names, validate_queue_name
 from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
@@ -631,6 +634,68 @@ class RedisBroker(Broker):
             [qk.reap_lock, qk.dlq, *qk.fetch_order],
             [CONSUMER_GROUP, lease_ms, max_deliveries, 10000, reaper, lock_ms, name, *(fq.gate_args if fq else ())],
         )
+
+    def promote_commands(self, names: list[str], limit: int = 1000) -> list[bytes]:
+        """Packed promotions of due delayed messages, one per physical queue
+        (through the gate on a fair queue, which also pumps its backlog)."""
+        cmds = []
+        for q in self.expand_queues(names):
+            fq = self.fair.get(q) if self.fair else None
+            if fq is not None:
+                cmds.append(fair_promote_command(fq, limit))
+                continue
+            qk = self.keys.queue(q)
+            cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 2 + len(qk.streams), qk.delayed,
+                                      *qk.streams, qk.dlq, limit, q)))
+        return cmds
+
+    # --- a message's end (the worker adds these to the flush that acks it) ------------
+
+    def bury_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, reason: str | bytes,
+                     error: str | bytes) -> bytes:
+        """Move one held entry to its queue's dead letters with a reason (bury.lua: fenced,
+        atomic; on a fair queue its gate place is freed)."""
+        qk = self.keys.queue(queue)
+        return pack_command((b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, stream, qk.dlq, CONSUMER_GROUP, consumer,
+                             qk.name, *self.gate_args(queue), entry_id, reason, error))
+
+    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, target: str, due: bytes,
+                      arg5: bytes, arg6: bytes) -> bytes:
+        """Move one held entry to the delayed set, due at ``due``, bound for ``target``
+        (retry.lua: fenced, atomic; on a fair queue the message keeps its group)."""
+        qk = self.keys.queue(queue)
+        return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, stream, qk.delayed, target,
+                             CONSUMER_GROUP, consumer, entry_id, due, arg5, arg6, *self.gate_args(queue)))
+
+    def unique_release_command(self, lock: str, task_id: str) -> bytes:
+        """Free a unique lock if ``task_id`` still holds it (unique_release.lua)."""
+        return pack_command((b"EVALSHA", SCRIPTS.unique_release.sha_bytes, 1, lock, task_id))
+
+    # --- chords ----------------------------------------------------------------------
+
+    def chord_open_commands(self, chord_id: str, size: int, body: bytes, expires: int) -> list[bytes]:
+        """Record a chord before its header tasks are sent: its size and body. HSETNX
+        on the state: sending the same chord again (a re-run step) never reopens a
+        decided chord."""
+        meta, _ = chord_keys(self.keys.prefix, chord_id)
+        return [pack_command((b"HSET", meta, b"n", size, b"body", body)),
+                pack_command((b"HSETNX", meta, b"state", b"open")),
+                pack_command((b"EXPIRE", meta, expires))]
+
+    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int) -> list:
+        """Record one header task's result or failure (chord_done.lua); the script's
+        reply says whether this call decided the chord, and with what. Synchronous:
+        the decision shapes the caller's flush."""
+        meta, res = chord_keys(self.keys.prefix, chord_id)
+        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode, index, value, expires))
+        return self.execute_packed([cmd])[0]
+
+    def chord_sent_commands(self, chord_id: str) -> list[bytes]:
+        """After the body (or its failure) went out: a replay is a no-op from now on,
+        so the body and the header results are no longer needed."""
+        meta, res = chord_keys(self.keys.prefix, chord_id)
+        return [pack_command((b"HSET", meta, b"sent", b"1")), pack_command((b"HDEL", meta, b"body")),
+                pack_command((b"DEL", res))]
 
     def promote(self, name: str, limit: int = 1000, client=None) -> int:
         qk = self.keys.queue(name)

@@ -15,19 +15,18 @@ import time
 
 import msgspec
 
-from .. import signals, states, unique
-from .._speedups import Request, current_request, pack_command
+from .. import signals, states
+from .._speedups import Request, current_request
 from ..broker.due import due_arg
-from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS
 from ..broker.results import pack_store
-from ..broker.scripts import SCRIPTS
 from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
 from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
 from ..mail import mailer_for
 from ..messages import ResultMeta, encode_result, message_decoder_for
 from ..options import Countdown, options_error
+from ..unique import release as release_unique
 from ..workflow import CHILDREN
 from . import steps
 from .limits import SoftLimit, write_deadline
@@ -46,6 +45,7 @@ def _exc_fields(exc: BaseException) -> tuple[str, str, str]:
 class Executor:
     def __init__(self, app, hostname: str, consumer_name: str, queue_of: dict) -> None:
         self.app = app
+        self.broker = app.broker
         self.keys = app.broker.keys
         self.hostname = hostname
         self.consumer_name = consumer_name
@@ -72,8 +72,6 @@ class Executor:
         self.mailer = None
         if app.conf.get("error_email_to"):
             self.mailer = mailer_for(app, hostname)
-        #: Queue -> the gate arguments of its retries and dead letters (fair queues: fastq.fairness).
-        self.gate_args = app.broker.gate_args
         #: ``result_extended``: store args, kwargs, queue and parent with final states.
         self.extended = bool(app.conf.get("result_extended"))
         if self.extended:  # chosen once here, so the default path pays nothing
@@ -111,10 +109,8 @@ class Executor:
 
     def _bury(self, d, out, reason: str, error: str) -> None:
         """Move the entry to its queue's dead-letter stream (fenced, atomic)."""
-        qk = self.keys.queue(self.queue_of[d.stream])
-        cmd = (b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, d.stream, qk.dlq, CONSUMER_GROUP, self.consumer_name, qk.name,
-               *self.gate_args(qk.name), d.entry_id, reason, error[:_MAX_ERROR])
-        out.add_command(pack_command(cmd), 1)
+        out.add_command(self.broker.bury_command(d.stream, self.queue_of[d.stream], self.consumer_name, d.entry_id,
+                                                 reason, error[:_MAX_ERROR]), 1)
 
     def undecodable(self, d, out, error: str) -> None:
         task_id = _salvage_id(d)
@@ -172,7 +168,7 @@ class Executor:
             steps.on_failure(self, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
-        unique.release(msg, out)
+        release_unique(self.broker, msg, out)
         if self.events:
             out.event("task-rejected", msg.id, msg.task, None, {"reason": "unknown_task"})
 
@@ -276,7 +272,7 @@ class Executor:
             out.store_result(self.keys.result(msg.id).encode(), blob, self.expires)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
             steps.on_success(self, msg, retval, out)
-            unique.release(msg, out)
+            release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-succeeded", msg.id, msg.task, runtime, None)
@@ -293,7 +289,7 @@ class Executor:
         self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
         if msg.options:
             steps.on_failure(self, msg, error, None, out)
-            unique.release(msg, out)
+            release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
 
     def failed(self, task, d, msg, exc: BaseException, runtime: float, out) -> None:
@@ -309,7 +305,7 @@ class Executor:
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
                 steps.on_failure(self, msg, exc, None, out)
-                unique.release(msg, out)
+                release_unique(self.broker, msg, out)
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
             if self.events:
                 out.event("task-rejected", msg.id, msg.task, runtime, {"reason": "rejected"})
@@ -325,7 +321,7 @@ class Executor:
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
         if opts:  # errbacks, the rest of the chain and the chord fail: before the ack
             steps.on_failure(self, msg, exc, tb, out)
-            unique.release(msg, out)
+            release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-failed", msg.id, msg.task, runtime, {"exception": f"{type(exc).__name__}: {exc}"[:500]})
@@ -368,8 +364,7 @@ class Executor:
 
     def _retry_command(self, qk, d, target: str, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
         """retry.lua (on a fair queue the message keeps its group)."""
-        return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, d.stream, qk.delayed, target,
-                             CONSUMER_GROUP, self.consumer_name, d.entry_id, due, arg5, arg6, *self.gate_args(qk.name)))
+        return self.broker.retry_command(d.stream, qk.name, self.consumer_name, d.entry_id, target, due, arg5, arg6)
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:
@@ -380,7 +375,7 @@ class Executor:
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         if msg.options:
             steps.on_failure(self, msg, TaskRevokedError(reason), None, out)
-            unique.release(msg, out)
+            release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
             out.event("task-revoked", msg.id, msg.task, None, {"reason": reason})

@@ -27,10 +27,8 @@ import uuid
 from collections.abc import Callable
 
 from .. import events
-from .._speedups import pack_command
-from ..broker.fair import heal, promote_command
+from ..broker.fair import heal
 from ..broker.redis import CONNECTION_ERRORS, safe_url
-from ..broker.scripts import SCRIPTS
 from ..exceptions import BrokerError
 from ..messages import dead_letter_row
 from ..metrics import tree_rss
@@ -145,16 +143,7 @@ class Maintenance:
     def promote(self) -> None:
         # Packed EVALSHAs in one write (routed per slot on a cluster, where
         # redis-py's pipelines refuse scripts); NOSCRIPT is handled there.
-        cmds = []
-        for q in self.broker.expand_queues(self.queues):
-            fq = self.fair.get(q) if self.fair else None
-            if fq is not None:  # promotion through the gate, and the gate's pump
-                cmds.append(promote_command(fq))
-                continue
-            qk = self.broker.keys.queue(q)
-            cmds.append(pack_command((b"EVALSHA", SCRIPTS.promote.sha_bytes, 2 + len(qk.streams), qk.delayed,
-                                      *qk.streams, qk.dlq, 1000, q)))
-        self.broker.execute_packed(cmds)
+        self.broker.execute_packed(self.broker.promote_commands(self.queues))
 
     def heal(self) -> None:
         """Recount the gates of the fair queues from their streams (fastq.fairness)."""

@@ -15,10 +15,8 @@ from typing import Any
 import msgspec
 
 from .. import states
-from .._speedups import pack_command
-from ..broker.scripts import SCRIPTS
 from ..messages import ResultMeta
-from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, chord_keys, launch, task_ids
+from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, launch, task_ids
 
 log = logging.getLogger("fastq.worker")
 
@@ -93,12 +91,10 @@ class _Step:
         """Record a header result (or failure) and act on the decision, if this call made it."""
         if cid in self.acted:
             return
-        meta, res = chord_keys(self.app.broker.keys.prefix, cid)
-        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode,
-                            -1 if index is None else int(index), value, int(self.app.conf.result_expires)))
         # Synchronous: the answer decides what goes into this flush. A lost
         # connection raises (ConnectionError): the message stays unacked and runs again.
-        (reply,) = self.app.broker.execute_packed([cmd])
+        reply = self.app.broker.chord_done(cid, mode, -1 if index is None else int(index), value,
+                                           int(self.app.conf.result_expires))
         code = reply[0]
         if code == -1:
             log.warning("Chord %s is unknown (expired or never sent): header result of %s[%s] dropped",
@@ -125,9 +121,8 @@ class _Step:
                 self.send(eb, (failed_id,))
         # After the body (or its failure): the decision was acted on; a replay is a
         # no-op from now on, so the body and the results are no longer needed.
-        self.out.add_command(pack_command((b"HSET", meta, b"sent", b"1")), 1)
-        self.out.add_command(pack_command((b"HDEL", meta, b"body")), 1)
-        self.out.add_command(pack_command((b"DEL", res)), 1)
+        for cmd in self.app.broker.chord_sent_commands(cid):
+            self.out.add_command(cmd, 1)
 
 
 def errbacks_of(node: dict) -> list[dict]:
