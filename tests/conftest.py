@@ -7,13 +7,16 @@ DB 10 as the execution ledger. Tests that stop or restart Redis start their own
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -185,14 +188,28 @@ def worker(redis_url, request):
         return wp
 
     yield start
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if failed:  # what each process of a worker was doing when the test gave up (SIGUSR1: stacks)
+        for wp in started:
+            if wp.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(wp.pid, signal.SIGUSR1)
+        time.sleep(1.0)
     # Workers still running when the test ends are killed, not warm-stopped: an
     # idle warm stop takes seconds, and warm shutdown has tests of its own.
     for wp in started:
         wp.kill_all()
         wp._log.close()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+    if failed:
         for wp in started:
-            sys.stderr.write(f"\n----- log of {wp.name} -----\n{wp.log()[-20000:]}\n")
+            text = wp.log()
+            # every line but the per-task ones, then the tail: a warning from early on
+            # (a lost connection, a recovery) is often the clue
+            notable = [line for line in text.splitlines()
+                       if not re.search(r"INFO/\S+\] Task \S+ (succeeded|received)", line)]
+            sys.stderr.write(f"\n----- log of {wp.name}, without per-task lines -----\n"
+                             + "\n".join(notable)[-30000:]
+                             + f"\n----- log of {wp.name}, the end -----\n{text[-8000:]}\n")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

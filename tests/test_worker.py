@@ -565,3 +565,22 @@ def test_two_live_workers_cannot_share_a_name(app, worker, r):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "already named 'twin@test'" in lines[0], out.stderr
     assert out.stdout == ""
+
+
+@pytest.mark.parametrize("pool", ["thread", "process", "asyncio"])
+def test_sigusr1_writes_every_threads_stack_and_the_worker_runs_on(app, worker, pool):
+    # Given a running worker (for the process pool: its children too, one process group)
+    w = worker("-P", pool, "-c", "2")
+    if pool == "process":
+        wait_for(lambda: len(w.children()) >= 2, 30, message="the pool's children")
+    # When it gets SIGUSR1, as Celery's worker does for the same purpose
+    os.killpg(w.pid, signal.SIGUSR1)
+    # Then every process writes its threads' stacks to the log ...
+    expected = 3 if pool == "process" else 1
+    wait_for(lambda: w.log().count("Current thread") >= expected, 30, message="the stacks in the log")
+    assert "Thread 0x" in w.log() and 'File "' in w.log()
+    # ... and runs on: a task still runs, and no process died of the signal
+    assert app.tasks["tests.add"].delay(2, 3).get(timeout=30) == 5
+    assert w.proc.poll() is None
+    if pool == "process":
+        assert len(w.children()) >= 2

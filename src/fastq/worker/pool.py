@@ -17,11 +17,13 @@ Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -46,6 +48,14 @@ log = logging.getLogger("fastq.worker")
 SLOT_SIZE = 48
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` writes every thread's stack to stderr and the process
+    runs on (Celery's worker does the same): what a stuck worker is doing, without
+    a debugger. faulthandler writes from the signal handler itself, so it answers
+    even when the process's Python code is blocked."""
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+
+
 class _Signals:
     """Counts shutdown signals; the pool decides what each one means."""
 
@@ -57,6 +67,7 @@ class _Signals:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+        dump_stacks_on_sigusr1()
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
@@ -210,6 +221,7 @@ def _child_main(app, queues, hostname, name, prefetch, slot, counts=None, weight
     early: list = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
     signal.signal(signal.SIGTERM, lambda *_: early.append(1))
+    dump_stacks_on_sigusr1()
     if async_concurrency:
         consumer = AsyncConsumer(app, queues, hostname, name, async_concurrency, prefetch, slot=slot, weights=weights)
     else:
