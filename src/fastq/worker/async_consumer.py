@@ -451,26 +451,11 @@ class AsyncConsumer:
         out = self.out
         handed_back = False
         try:
-            if d.error is not None:
-                ex.malformed(d, out, d.error)
+            admitted = ex.admit(d, out, self.max_size)
+            if admitted is None:  # dead-lettered with its reason
                 return
-            if len(d.payload) > self.max_size:
-                ex.too_large(d, out, self.max_size)
-                return
-            decode = ex.decoders.get(d.field)
-            if decode is None:
-                ex.undecodable(d, out, f"unknown payload field {d.field!r}")
-                return
-            try:
-                msg = decode(d.payload)
-            except Exception as exc:  # noqa: BLE001 - any bad payload
-                ex.undecodable(d, out, str(exc))
-                return
-            d.message = run.msg = msg
-            task = self.app.tasks.get(msg.task)
-            if task is None:
-                ex.unknown_task(d, msg, out)
-                return
+            msg, task = admitted
+            run.msg = msg
             await self._execute(task, d, msg, run)
         except asyncio.CancelledError:
             raise  # the loop is going away: not acked, the lease returns it

@@ -172,6 +172,35 @@ class Executor:
         if self.events:
             out.event("task-rejected", msg.id, msg.task, None, {"reason": "unknown_task"})
 
+    def admit(self, d, out, max_size: int) -> tuple | None:
+        """The checks every delivery passes before it runs, in the core's order
+        (``Runner._run_one`` inlines the same steps on the hot path): a malformed
+        entry, an oversize payload, an undecodable one, an unknown task are
+        dead-lettered with their reason. Returns (message, task) to run, or None."""
+        if d.error is not None:
+            self.malformed(d, out, d.error)
+            return None
+        if len(d.payload) > max_size:
+            self.too_large(d, out, max_size)
+            return None
+        msg = d.message
+        if msg is None:
+            decode = self.decoders.get(d.field)
+            if decode is None:
+                self.undecodable(d, out, f"unknown payload field {d.field!r}")
+                return None
+            try:
+                msg = decode(d.payload)
+            except Exception as exc:  # noqa: BLE001 - any bad payload
+                self.undecodable(d, out, str(exc))
+                return None
+            d.message = msg
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            self.unknown_task(d, msg, out)
+            return None
+        return msg, task
+
     # --- running ------------------------------------------------------------------
 
     def execute(self, task, d, msg, out) -> None:
