@@ -337,6 +337,6 @@ def test_add_periodic_task(bapp):
                                "kwargs": {}, "options": {"queue": "reports"}}
     entries = {e.name: e for e in Beat(bapp).entries}
     assert entries["hourly"].queue == "reports" and entries["beat.tick('m')"].schedule.seconds == 60
-    assert entries["hourly"].state_key == "fastq:{reports}:beat:hourly"
+    assert bapp.broker.keys.beat_state("reports", "hourly") == "fastq:{reports}:beat:hourly"
     with pytest.raises(TypeError, match="signature"):
         bapp.add_periodic_task(60.0, "beat.tick")

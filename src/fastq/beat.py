@@ -47,7 +47,6 @@ from typing import Any
 import msgspec
 
 from .broker.redis import CONNECTION_ERRORS, safe_url
-from .broker.scripts import SCRIPTS
 from .exceptions import ImproperlyConfigured
 from .schedules import BaseSchedule, crontab, schedule, to_schedule, zone
 
@@ -65,10 +64,10 @@ HEADER_DUE = "fastq-beat-due"
 class ScheduleEntry:
     """One validated entry of the schedule."""
 
-    __slots__ = ("args", "kwargs", "name", "options", "queue", "schedule", "state_key", "task")
+    __slots__ = ("args", "kwargs", "name", "options", "queue", "schedule", "task")
 
     def __init__(self, name: str, task: str, sched: BaseSchedule, args: tuple, kwargs: dict, options: dict,
-                 queue: str, state_key: str) -> None:
+                 queue: str) -> None:
         self.name = name
         self.task = task
         self.schedule = sched
@@ -76,8 +75,6 @@ class ScheduleEntry:
         self.kwargs = kwargs
         self.options = options
         self.queue = queue
-        #: Hash with the latest due time sent (``due``), when (``sent``) and the task id (``id``).
-        self.state_key = state_key
 
     def __repr__(self) -> str:
         return f"<ScheduleEntry {self.name!r}: {self.task} {self.schedule!r}>"
@@ -94,7 +91,6 @@ def load_entries(app, schedule_conf: dict | None = None) -> list[ScheduleEntry]:
         return []
     if not isinstance(conf, dict):
         raise ImproperlyConfigured(f"beat_schedule must be a dict of entries, not {type(conf).__name__}")
-    prefix = app.broker.keys.prefix
     out = []
     for name, spec in conf.items():
         where = f"beat_schedule entry {name!r}"
@@ -134,8 +130,7 @@ def load_entries(app, schedule_conf: dict | None = None) -> list[ScheduleEntry]:
             app.producer.encode(msg, app.tasks[task])
         except (TypeError, ValueError, ImproperlyConfigured) as exc:
             raise ImproperlyConfigured(f"{where}: {exc}") from None
-        state_key = f"{prefix}{{{queue}}}:beat:{name}"
-        out.append(ScheduleEntry(name, task, sched, tuple(args), dict(kwargs), dict(options), queue, state_key))
+        out.append(ScheduleEntry(name, task, sched, tuple(args), dict(kwargs), dict(options), queue))
     return out
 
 
@@ -160,8 +155,7 @@ class Beat:
         self.renew_interval = lease / 4
         self.poll_interval = min(0.5, max(0.05, lease / 20))
         self.id = f"{hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.client = app.broker.new_client()
-        self.lock_key = f"{app.broker.keys.prefix}beat:leader"
+        self.broker = app.broker
         self.is_leader = False
         self._valid_until = 0.0  # monotonic: leadership is certain until then
         self._lock_due = 0.0  # monotonic: next lock call
@@ -185,9 +179,9 @@ class Beat:
         """Take or renew leadership; return whether this process leads."""
         sent = time.monotonic()
         sent_wall = time.time()
-        status, sec, usec = SCRIPTS.beat_lock(self.client, [self.lock_key], [self.id, self.ttl_ms])
+        status, server_time = self.broker.beat_lock(self.id, self.ttl_ms)
         got = time.monotonic()
-        self._offset = int(sec) + int(usec) / 1e6 - (sent_wall + (got - sent) / 2)
+        self._offset = server_time - (sent_wall + (got - sent) / 2)
         if status:
             # the key's TTL started after `sent`; keep a margin for clock-rate drift
             self._valid_until = sent + self.ttl_ms / 1000 * 0.95
@@ -210,15 +204,14 @@ class Beat:
             return
         self.is_leader = False
         try:
-            SCRIPTS.beat_release(self.client, [self.lock_key], [self.id])
+            self.broker.beat_release(self.id)
             log.info("beat %s released leadership", self.id)
         except CONNECTION_ERRORS:
             pass
 
     def leader(self) -> str | None:
         """The id of the beat that leads now, if any."""
-        v = self.client.get(self.lock_key)
-        return v.decode() if v is not None else None
+        return self.broker.beat_leader()
 
     def _leads(self) -> bool:
         return self.is_leader and time.monotonic() < self._valid_until
@@ -227,18 +220,13 @@ class Beat:
 
     def _register_queues(self) -> None:
         if not self._registered:
-            queues = {e.queue for e in self.entries}
-            if queues:
-                self.client.sadd(self.app.broker.keys.queues_set, *sorted(queues))
+            self.broker.register_queues(sorted({e.queue for e in self.entries}))
             self._registered = True
 
     def _load(self, entry: ScheduleEntry, now_ms: int) -> None:
         """Read an entry's state; anchor a new entry at ``now_ms``."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hsetnx(entry.state_key, "due", now_ms)
-        pipe.hget(entry.state_key, "due")
-        _, due = pipe.execute()
-        self._last[entry.name] = last = int(due)
+        due = self.broker.beat_due(entry.queue, entry.name, now_ms)
+        self._last[entry.name] = last = now_ms if due is None else due
         self._next[entry.name] = entry.schedule.next_after_ms(last, self.tz)
 
     def tick(self, now_ms: int | None = None) -> float:
@@ -263,7 +251,7 @@ class Beat:
                 log.info("Sent %s for %r, due %s%s", entry.task, entry.name, self._fmt(due), missed)
                 self._last[entry.name] = due
             else:  # another beat sent it: take its state
-                self._last[entry.name] = max(due, int(self.client.hget(entry.state_key, "due") or due))
+                self._last[entry.name] = max(due, self.broker.beat_due(entry.queue, entry.name) or due)
                 log.info("Run of %r due %s was already sent", entry.name, self._fmt(due))
             self._next[entry.name] = entry.schedule.next_after_ms(self._last[entry.name], self.tz)
         if not self._next:
@@ -277,10 +265,10 @@ class Beat:
         options["queue"] = entry.queue  # the state hash is in this queue's slot
         # (countdown and eta are refused at load, so the run goes straight to its stream)
         msg, queue, priority, _ = app.producer.build(entry.task, entry.args, entry.kwargs, options, task)
-        # the headers build made (the entry's, and a group_key's) plus the run's own
+        # the headers build made (the entry's, and a tenant_key's) plus the run's own
         msg = msgspec.structs.replace(msg, headers={**(msg.headers or {}), HEADER_ENTRY: entry.name, HEADER_DUE: due_ms})
         payload = app.producer.encode(msg, task)
-        cmd = app.broker.beat_send_command(entry.state_key, queue, priority, app.serializer.field, payload,
+        cmd = app.broker.beat_send_command(entry.name, queue, priority, app.serializer.field, payload,
                                            due_ms, msg.id)
         return bool(app.broker.execute_packed([cmd], confirm=True)[0])  # BrokerError is a ConnectionError
 
@@ -361,14 +349,10 @@ class Beat:
     def describe(self) -> list[dict[str, Any]]:
         """Each entry with its last and next run (epoch ms), from the state in Redis."""
         now = self.now_ms()
-        pipe = self.client.pipeline(transaction=False)
-        for e in self.entries:
-            pipe.hgetall(e.state_key)
-        states = pipe.execute()
+        states = self.broker.beat_states([(e.queue, e.name) for e in self.entries])
         rows = []
         for e, st in zip(self.entries, states, strict=True):
-            last = int(st[b"due"]) if st.get(b"due") else None
-            sent = int(st[b"sent"]) if st.get(b"sent") else None
+            last, sent = st["due"], st["sent"]
             nxt = e.schedule.next_after_ms(last if last is not None else now, self.tz)
             rows.append({"name": e.name, "task": e.task, "schedule": describe_schedule(e.schedule),
                          "queue": e.queue, "last_run": sent, "next_run": max(nxt, now) if last else nxt,
@@ -378,8 +362,7 @@ class Beat:
     def format_schedule(self) -> str:
         """The ``fastq beat --list`` table."""
         try:
-            sec, usec = self.client.time()
-            self._offset = sec + usec / 1e6 - time.time()
+            self._offset = self.broker.clock("beat") - time.time()  # any node's clock will do for a listing
             leader = self.leader()
             rows = self.describe()
         except CONNECTION_ERRORS as exc:

@@ -423,7 +423,7 @@ def events(state: _AppState, as_json: bool) -> None:
 
     app = state.app()
     try:
-        for ev in tail(app.broker.new_client(socket_timeout=None), app.broker.keys.events):
+        for ev in tail(app.broker, client=app.broker.new_client(socket_timeout=None)):
             if as_json:
                 click.echo(json.dumps(ev, default=str))
                 continue

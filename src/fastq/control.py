@@ -77,9 +77,8 @@ def channel_prefix(app) -> str:
 
 def online_workers(app, window: float = ONLINE_WINDOW) -> list[str]:
     """Hostnames whose heartbeat is younger than ``window`` seconds (on Redis's clock)."""
-    keys = app.broker.keys
-    rows = app.broker.client.zrangebyscore(keys.workers, app.broker.clock(keys.workers) - window, "+inf")
-    return sorted(h.decode() for h in rows)
+    _now, rows = app.broker.workers_seen(window)
+    return sorted(host for host, _ts, _info in rows)
 
 
 # --- client side --------------------------------------------------------------------
@@ -171,14 +170,9 @@ class Control:
         cancels the coroutine running it (``-P asyncio``: recorded as REVOKED)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         app = self.app
-        keys = app.broker.keys
-        now = time.time()
-        until = now + float(expires if expires is not None else app.conf.worker_revoke_expires)
+        until = time.time() + float(expires if expires is not None else app.conf.worker_revoke_expires)
         with app.broker.retrying():
-            pipe = app.broker.client.pipeline(transaction=False)
-            pipe.zadd(keys.revoked, {i: until for i in ids})
-            pipe.zremrangebyscore(keys.revoked, "-inf", now)
-            pipe.execute()
+            app.broker.revoke(ids, until)
         return self.broadcast("revoke", {"task_id": ids, "terminate": terminate, "signal": signal, "expires": until},
                               destination, reply, timeout)
 

@@ -23,8 +23,6 @@ from collections.abc import Iterator
 
 import msgspec
 
-from ._speedups import pack_command
-
 #: Approximate number of stream entries kept (each holds a batch of events).
 MAXLEN = 10_000
 
@@ -32,13 +30,9 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
-def pack_events(key: str, hostname: str, events: list) -> bytes:
-    """The XADD that publishes a batch of events."""
-    return pack_command((b"XADD", key, b"MAXLEN", b"~", MAXLEN, b"*", b"h", hostname, b"e", _encode(events)))
-
-
-def publish(client, key: str, hostname: str, events: list) -> None:
-    client.execute_command("XADD", key, "MAXLEN", "~", MAXLEN, "*", "h", hostname, "e", _encode(events))
+def encode_events(events: list) -> bytes:
+    """A batch of event tuples as one stream entry's ``e`` field."""
+    return _encode(events)
 
 
 #: Largest progress meta (msgpack bytes) carried in a task-progress event; a
@@ -57,7 +51,7 @@ def publish_progress(app, hostname: str, task_id: str, name: str, state: str, me
             pass  # the backend stored it; the event goes without it
     broker = app.broker
     with broker.retrying():
-        publish(broker.client, broker.keys.events, hostname, [("task-progress", task_id, name, time.time(), None, info)])
+        broker.publish_events(hostname, [("task-progress", task_id, name, time.time(), None, info)])
 
 
 def worker_event(kind: str, hostname: str, info: dict) -> tuple:
@@ -65,8 +59,9 @@ def worker_event(kind: str, hostname: str, info: dict) -> tuple:
 
 
 def unpack_entry(fields: dict) -> list[dict]:
-    """A stream entry -> events as dicts. An entry fastq did not write (anything
-    may XADD to the stream) carries no task: it is skipped, with nothing raised."""
+    """A stream entry's fields -> events as dicts. An entry fastq did not write
+    (anything may XADD to the stream) carries no task: it is skipped, with
+    nothing raised."""
     host = fields.get(b"h", b"").decode(errors="replace")
     out = []
     try:
@@ -89,11 +84,10 @@ def unpack_entry(fields: dict) -> list[dict]:
     return out
 
 
-def tail(client, key: str, since: str = "$", block_ms: int = 1000) -> Iterator[dict]:
+def tail(broker, since: str = "$", block_ms: int = 1000, client=None) -> Iterator[dict]:
     """Follow the event stream forever, yielding events as dicts."""
     last = since
     while True:
-        for _stream, entries in client.xread({key: last}, block=block_ms, count=100) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                yield from unpack_entry(fields)
+        for entry_id, _host, fields in broker.read_events(last, block_ms, 100, client):
+            last = entry_id
+            yield from unpack_entry(fields)

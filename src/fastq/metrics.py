@@ -178,25 +178,22 @@ class EventFeed:
             self._thread.join(timeout=3)
 
     def _run(self) -> None:
-        key = self.app.broker.keys.events
-        host = self.hostname.encode() if self.hostname else None
+        broker = self.app.broker
         last = self.since
         client = None
         down = False
         while not self._stop.is_set():
             try:
                 if client is None:
-                    client = self.app.broker.new_client(socket_timeout=10)
+                    client = broker.new_client(socket_timeout=10)
                     if last == "$":  # a fixed id, so a reconnect resumes where we were
-                        info = client.xinfo_stream(key) if client.exists(key) else None
-                        last = info["last-generated-id"].decode() if info else "0-0"
-                for _stream, entries in client.xread({key: last}, block=1000, count=500) or []:
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        if host is not None and fields.get(b"h") != host:
-                            continue
-                        for ev in events.unpack_entry(fields):
-                            self.callback(ev)
+                        last = broker.last_event_id()
+                for entry_id, host, fields in broker.read_events(last, 1000, 500, client):
+                    last = entry_id
+                    if self.hostname and host != self.hostname:
+                        continue
+                    for ev in events.unpack_entry(fields):
+                        self.callback(ev)
                 if down:
                     log.warning("Event feed reconnected")
                     down = False

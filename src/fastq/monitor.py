@@ -28,15 +28,9 @@ def workers(app, forget_after: float = 3600.0) -> list[dict]:
     """Every worker seen in the last ``forget_after`` seconds: its last heartbeat
     (hostname, pid, queues, pool, concurrency, processed, failed, active, rss,
     loadavg) and ``online`` (heartbeat younger than 10 s)."""
-    keys = app.broker.keys
-    client = app.broker.client
-    now = app.broker.clock(keys.workers)  # heartbeats are stamped on Redis's clock
-    rows = client.zrangebyscore(keys.workers, now - forget_after, "+inf", withscores=True)
-    if not rows:
-        return []
-    infos = client.mget([keys.worker(h.decode()) for h, _ in rows])
+    now, rows = app.broker.workers_seen(forget_after)
     out = []
-    for (host, ts), raw in zip(rows, infos):
+    for host, ts, raw in rows:
         info = {}
         if raw:
             try:
@@ -45,7 +39,7 @@ def workers(app, forget_after: float = 3600.0) -> list[dict]:
                 info = {}
             if not isinstance(info, dict):  # anything may write to the key: keep only what the heartbeat says
                 info = {}
-        info["hostname"] = host.decode()
+        info["hostname"] = host
         info["last_heartbeat"] = ts
         info["online"] = now - ts < ONLINE_WINDOW
         out.append(info)

@@ -25,7 +25,6 @@ import time
 
 from ._speedups import TokenBucket
 from .broker.keys import logical_queue
-from .broker.scripts import SCRIPTS
 from .options import parse_rate
 
 #: Share of a second's worth of tokens a consumer claims at once.
@@ -36,31 +35,14 @@ REFRESH_INTERVAL = 1.0
 BURST_SECONDS = 0.1
 
 
-def bucket_key(prefix: str, kind: str, name: str) -> str:
-    # The name is the hash tag: each bucket hashes on its own (Redis Cluster).
-    return f"{prefix}rl:{kind}:{{{name}}}"
-
-
-def overrides_key(prefix: str) -> str:
-    return f"{prefix}rate_limits"
-
-
 def capacity_for(rate: float) -> float:
     return max(1.0, rate * BURST_SECONDS)
 
 
 def set_rate_limit(app, task_name: str, rate_limit) -> float | None:
     """Change a task's limit for the whole cluster (None or 0 removes it)."""
-    prefix = app.conf.key_prefix
     rate = None if rate_limit in (None, 0, "0") else parse_rate(rate_limit, f"task {task_name!r}")
-    pipe = app.broker.client.pipeline(transaction=True)
-    if rate is None:
-        pipe.hset(overrides_key(prefix), task_name, "0")
-        pipe.delete(bucket_key(prefix, "task", task_name))
-    else:
-        pipe.hset(overrides_key(prefix), task_name, repr(rate))
-        pipe.hset(bucket_key(prefix, "task", task_name), "rate", repr(rate))
-    pipe.execute()
+    app.broker.store_rate_limit(task_name, rate)
     return rate
 
 
@@ -70,11 +52,11 @@ class Limiter:
     def __init__(self, app, queue_names: list[str]) -> None:
         conf = app.conf
         self.app = app
-        self.prefix = conf.key_prefix
+        self.broker = app.broker
         self.scope = conf.get("rate_limit_scope", "cluster")
-        self.client = app.broker.new_client()
-        self.buckets: dict[str, TokenBucket] = {}
-        self.next_slot: dict[str, float] = {}
+        #: Local buckets by (kind, name): claimed tokens (cluster scope) or the whole bucket (worker scope).
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
+        self.next_slot: dict[tuple[str, str], float] = {}
         self.queue_rates = {
             q: parse_rate(r, f"queue_rate_limits[{q!r}]") for q, r in (conf.get("queue_rate_limits") or {}).items()
         }
@@ -89,19 +71,17 @@ class Limiter:
         if now - self._refreshed < REFRESH_INTERVAL:
             return
         self._refreshed = now
-        overrides = self.client.hgetall(overrides_key(self.prefix))
         tasks = self.app.tasks
-        for raw_name, raw_rate in overrides.items():
-            task = tasks.get(raw_name.decode())
+        for name, rate in self.broker.rate_limit_overrides().items():
+            task = tasks.get(name)
             if task is None:
                 continue
-            rate = float(raw_rate) or None
             if task.rate != rate:
                 task.rate = rate
                 task._refresh()
-                self.buckets.pop(bucket_key(self.prefix, "task", task.name), None)
+                self.buckets.pop(("task", task.name), None)
 
-    def _acquire(self, key: str, rate: float, scope: str) -> float:
+    def _acquire(self, key: tuple[str, str], rate: float, scope: str) -> float:
         """0.0 when a token was taken, else seconds until one may be there."""
         bucket = self.buckets.get(key)
         if scope == "worker":
@@ -113,7 +93,7 @@ class Limiter:
             bucket = self.buckets[key] = TokenBucket(rate, claim, False)
         if bucket.consume(1.0):
             return 0.0
-        granted, wait_ms, _ = SCRIPTS.rate_claim(self.client, [key], [repr(rate), capacity_for(rate), int(claim)])
+        granted, wait_ms = self.broker.claim_rate(key[0], key[1], rate, capacity_for(rate), int(claim))
         if granted:
             bucket.add(float(granted))
             if bucket.consume(1.0):
@@ -124,22 +104,22 @@ class Limiter:
         """Take the tokens a message of ``task`` from ``queue`` needs; 0.0 when it may
         run now, else the earliest delay after which to try again."""
         if task.rate:
-            key = bucket_key(self.prefix, "task", task.name)
+            key = ("task", task.name)
             wait = self._acquire(key, task.rate, getattr(task, "rate_limit_scope", None) or self.scope)
             if wait:
                 return self._slot(key, task.rate, wait)
         queue = logical_queue(queue)
         qrate = self.queue_rates.get(queue)
         if qrate:
-            key = bucket_key(self.prefix, "queue", queue)
+            key = ("queue", queue)
             wait = self._acquire(key, qrate, self.scope)
             if wait:
                 if task.rate:  # give back the task token we took
-                    self.buckets[bucket_key(self.prefix, "task", task.name)].add(1.0)
+                    self.buckets["task", task.name].add(1.0)
                 return self._slot(key, qrate, wait)
         return 0.0
 
-    def _slot(self, key: str, rate: float, wait: float) -> float:
+    def _slot(self, key: tuple[str, str], rate: float, wait: float) -> float:
         """The delay for the next deferred message of this limit: deferred messages
         take successive slots 1/rate apart, so they come back spread out."""
         now = time.time()

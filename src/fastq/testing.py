@@ -112,7 +112,7 @@ class WorkerThread:
         # registry (its maintenance thread runs: heartbeats, delayed messages).
         try:
             deadline = time.monotonic() + timeout
-            while not (self._ready.wait(0.02) and broker.client.zscore(broker.keys.workers, self.hostname) is not None):
+            while not (self._ready.wait(0.02) and broker.last_heartbeat(self.hostname) is not None):
                 if self._error is not None or not self._thread.is_alive():
                     raise RuntimeError(f"fastq.testing: worker {self.hostname} failed to start: {self._error!r}")
                 if time.monotonic() > deadline:

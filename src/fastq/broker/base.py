@@ -110,7 +110,7 @@ class Broker(abc.ABC):
         """Send at ``due``, replacing the message still waiting in the window ``record`` names."""
 
     @abc.abstractmethod
-    def beat_send_command(self, state_key: str, queue: str, priority: int, field: bytes, payload: bytes,
+    def beat_send_command(self, entry: str, queue: str, priority: int, field: bytes, payload: bytes,
                           due_ms: int, task_id: str) -> bytes:
         """Send a periodic task's message once per due time, whichever beat process asks first."""
 
@@ -259,6 +259,93 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def claim_worker(self, name: str, expected: bytes | None, value: str, ttl: int) -> bool:
         """Take the name if its holder is still ``expected`` (compare and set)."""
+
+    # --- fair queues ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def tenant_counts(self, name: str) -> dict[str, dict]:
+        """Per tenant of a fair queue: ``{"active": n, "backlog": n}``."""
+
+    @abc.abstractmethod
+    def queues_with_gates(self, names: list[str]) -> list[str]:
+        """Which of ``names`` some process used as fair queues."""
+
+    # --- periodic tasks (beat) ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def beat_lock(self, holder: str, ttl_ms: int) -> tuple[int, float]:
+        """Take or keep leadership: (2 taken, 1 kept, 0 another leads; server clock, seconds)."""
+
+    @abc.abstractmethod
+    def beat_release(self, holder: str) -> None:
+        """Give leadership up if ``holder`` has it."""
+
+    @abc.abstractmethod
+    def beat_leader(self) -> str | None:
+        """Who leads now."""
+
+    @abc.abstractmethod
+    def register_queues(self, names: list[str]) -> None:
+        """Record queues as in use before anything is sent to them."""
+
+    @abc.abstractmethod
+    def beat_due(self, queue: str, entry: str, anchor_ms: int | None = None) -> int | None:
+        """The latest due time sent for an entry (a new one anchored at ``anchor_ms``)."""
+
+    @abc.abstractmethod
+    def beat_states(self, entries: list[tuple[str, str]]) -> list[dict[str, int | None]]:
+        """Latest due time and send time of each (queue, entry)."""
+
+    # --- rate limits ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def store_rate_limit(self, task_name: str, rate: float | None) -> None:
+        """Set a task's rate for the whole cluster, at once (None: no limit)."""
+
+    @abc.abstractmethod
+    def rate_limit_overrides(self) -> dict[str, float | None]:
+        """Rates set at run time, by task name (None: the limit was removed)."""
+
+    @abc.abstractmethod
+    def claim_rate(self, kind: str, name: str, rate: float, capacity: float, want: int) -> tuple[int, int]:
+        """Take up to ``want`` tokens from a shared bucket: (granted, ms until the next)."""
+
+    # --- events -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish_events(self, hostname: str, batch: list) -> None:
+        """Add a batch of events now."""
+
+    @abc.abstractmethod
+    def last_event_id(self) -> str:
+        """Where a reader starting now reads on from."""
+
+    @abc.abstractmethod
+    def read_events(self, since: str, block_ms: int = 1000, count: int = 500,
+                    client: Any = None) -> list[tuple[str, str, dict]]:
+        """Batches after ``since``: (id, worker hostname, fields), waiting up to ``block_ms``."""
+
+    @abc.abstractmethod
+    def recent_events(self, count: int) -> list[tuple[str, str, dict]]:
+        """The newest ``count`` batches, oldest first."""
+
+    @abc.abstractmethod
+    def workers_seen(self, window: float) -> tuple[float, list[tuple[str, float, bytes | None]]]:
+        """Workers heard from in the last ``window`` s: (server now, [(name, last heartbeat, entry)])."""
+
+    @abc.abstractmethod
+    def last_heartbeat(self, hostname: str) -> float | None:
+        """When a worker last said it is alive."""
+
+    # --- revokes ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def revoke(self, task_ids: list[str], until: float) -> None:
+        """Keep tasks revoked until ``until`` (epoch seconds), for workers started later too."""
+
+    @abc.abstractmethod
+    def is_revoked(self, task_id: str) -> bool:
+        """Is the task revoked now?"""
 
     # --- raw access (being retired: see the module docstring) ---------------------------
 

@@ -87,6 +87,8 @@ class Keys:
         self.revoked = f"{prefix}revoked"  #: ZSET task id -> expiry
         self.events = f"{prefix}events"  #: capped event stream
         self.control = f"{prefix}control"  #: pub/sub channel
+        self.beat_leader = f"{prefix}beat:leader"  #: the leading beat's id, with a TTL
+        self.rate_overrides = f"{prefix}rate_limits"  #: HASH task name -> rate set at run time ("0": none)
 
     def queue(self, name: str) -> QueueKeys:
         qk = self._queues.get(name)
@@ -104,3 +106,14 @@ class Keys:
 
     def worker(self, hostname: str) -> str:
         return f"{self.prefix}worker:{hostname}"
+
+    def beat_state(self, queue: str, entry: str) -> str:
+        """A periodic entry's HASH: the latest due time sent (``due``), when (``sent``),
+        the task id (``id``). In its queue's hash slot, so the send script's keys
+        live on one node of a cluster."""
+        return f"{self.prefix}{{{queue}}}:beat:{entry}"
+
+    def rate_bucket(self, kind: str, name: str) -> str:
+        """The cluster-wide token bucket of a task or queue (``kind``) limit."""
+        # The name is the hash tag: each bucket hashes on its own (Redis Cluster).
+        return f"{self.prefix}rl:{kind}:{{{name}}}"

@@ -28,7 +28,8 @@ from redis.exceptions import (
 )
 
 from .._speedups import pack_command
-from ..events import pack_events
+from ..events import MAXLEN as EVENTS_MAXLEN
+from ..events import encode_events
 from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
 from .aioclient import execute_packed_async
 from .base import Broker
@@ -40,11 +41,13 @@ from .fair import (
     backlog_size,
     delayed_member,
     fair_ack_command,
-    group_of,
     heal,
     parse_task_queues,
     publish_commands,
     purge_backlogs,
+    queues_with_gates,
+    tenant_counts,
+    tenant_of,
 )
 from .fair import (
     promote_command as fair_promote_command,
@@ -95,7 +98,7 @@ def pack_output(out, events_key: bytes | str, hostname: str, gates: dict | None,
         parts = list(out.commands)
         n = out.replies
     if out.events:
-        parts.append(pack_events(events_key, hostname, out.events))
+        parts.append(_events_command(events_key, hostname, out.events))
         n += 1
     in_tx = with_results and bool(out.results)
     for stream, ids in out.acks.items():
@@ -166,12 +169,12 @@ class RedisBroker(Broker):
         self._known_queues: set[str] = set()
         self.shards = _parse_shards(conf.get("queue_shards"))
         self._next_shard = itertools.count()
-        #: Fair queues (``task_queues`` with ``fair_groups``): name -> broker.fair.FairQueue.
+        #: Fair queues (``task_queues`` with ``fair_tenants``): name -> broker.fair.FairQueue.
         self.fair = parse_task_queues(conf)
         self._fair_known: set[str] = set()
         both = sorted(set(self.shards) & set(self.fair or ()))
         if both:
-            raise ImproperlyConfigured(f"queue {both[0]!r} is in queue_shards and has fair_groups: "
+            raise ImproperlyConfigured(f"queue {both[0]!r} is in queue_shards and has fair_tenants: "
                                        "a fair queue cannot be sharded (its gate lives in one slot)")
 
     # --- connections ------------------------------------------------------------
@@ -428,7 +431,7 @@ class RedisBroker(Broker):
         """The gate arguments of a fair queue and the message's group, as the
         gate-aware scripts take them after their own; () for a plain queue."""
         fq = self.fair.get(queue) if self.fair else None
-        return () if fq is None else (*fq.gate_args, group_of(field, payload).encode())
+        return () if fq is None else (*fq.gate_args, tenant_of(field, payload).encode())
 
     def unique_publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None,
                                 lock: str, ttl_ms: int, task_id: str) -> list[bytes]:
@@ -461,12 +464,13 @@ class RedisBroker(Broker):
         register = self._register_queue_cmd(queue)
         return [cmd] if register is None else [cmd, register]
 
-    def beat_send_command(self, state_key: str, queue: str, priority: int, field: bytes, payload: bytes,
+    def beat_send_command(self, entry: str, queue: str, priority: int, field: bytes, payload: bytes,
                           due_ms: int, task_id: str) -> bytes:
         """A periodic run, sent once per entry and due time (beat_send.lua: 1 when
         sent); through the gate on a fair queue."""
         stream = self.keys.queue(queue).streams[priority]
-        return pack_command((b"EVALSHA", SCRIPTS.beat_send.sha_bytes, 2, state_key, stream, due_ms, task_id,
+        state = self.keys.beat_state(queue, entry)
+        return pack_command((b"EVALSHA", SCRIPTS.beat_send.sha_bytes, 2, state, stream, due_ms, task_id,
                              field, payload, b"%d" % priority, *self._gate(queue, field, payload)))
 
     def publish(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None = None) -> None:
@@ -852,6 +856,150 @@ class RedisBroker(Broker):
         """Write ``value`` as worker ``name``'s entry if it still is ``expected`` (None: absent)."""
         return bool(SCRIPTS.claim_name(self.client, [self.keys.worker(name)], [expected or b"", value, ttl]))
 
+    # --- fair queues ----------------------------------------------------------------------
+
+    def tenant_counts(self, name: str) -> dict[str, dict]:
+        """Per tenant of fair queue ``name``: messages in its streams and in its backlog."""
+        return tenant_counts(self.client, self.fair[name], self.keys.queue(name).fetch_order)
+
+    def queues_with_gates(self, names: list[str]) -> list[str]:
+        """Which of ``names`` have fair-queue keys in Redis (some process used them as fair)."""
+        return queues_with_gates(self.client, self.keys.prefix, names)
+
+    # --- periodic tasks (beat) ----------------------------------------------------------
+
+    def beat_lock(self, holder: str, ttl_ms: int) -> tuple[int, float]:
+        """Take or keep beat leadership for ``ttl_ms``: (2 taken now, 1 kept, 0 another
+        beat leads; the server's clock in seconds, so every beat uses one clock)."""
+        status, sec, usec = SCRIPTS.beat_lock(self.client, [self.keys.beat_leader], [holder, ttl_ms])
+        return int(status), int(sec) + int(usec) / 1e6
+
+    def beat_release(self, holder: str) -> None:
+        """Give leadership up if ``holder`` has it, so a standby takes over at once."""
+        SCRIPTS.beat_release(self.client, [self.keys.beat_leader], [holder])
+
+    def beat_leader(self) -> str | None:
+        """The id of the beat that leads now, if any."""
+        v = self.client.get(self.keys.beat_leader)
+        return v.decode(errors="replace") if v is not None else None
+
+    def register_queues(self, names: list[str]) -> None:
+        """Record queues as in use (``fastq queues``, the dashboard) before anything is sent to them."""
+        if names:
+            self.client.sadd(self.keys.queues_set, *sorted(names))
+
+    def beat_due(self, queue: str, entry: str, anchor_ms: int | None = None) -> int | None:
+        """The latest due time (epoch ms) sent for a periodic entry; with ``anchor_ms``,
+        a new entry is anchored there first. A garbled value counts as none."""
+        key = self.keys.beat_state(queue, entry)
+        pipe = self.client.pipeline(transaction=False)
+        if anchor_ms is not None:
+            pipe.hsetnx(key, "due", anchor_ms)
+        pipe.hget(key, "due")
+        return _int_or_none(pipe.execute()[-1])
+
+    def beat_states(self, entries: list[tuple[str, str]]) -> list[dict[str, int | None]]:
+        """For each (queue, entry): the latest due time sent and when it was sent (epoch ms)."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue, entry in entries:
+            pipe.hmget(self.keys.beat_state(queue, entry), "due", "sent")
+        return [{"due": _int_or_none(due), "sent": _int_or_none(sent)} for due, sent in pipe.execute()]
+
+    # --- rate limits ----------------------------------------------------------------
+
+    def store_rate_limit(self, task_name: str, rate: float | None) -> None:
+        """Set ``task_name``'s cluster-wide rate (None: unlimited) for every worker:
+        its bucket uses the new rate at once, consumers see the override within a second."""
+        bucket = self.keys.rate_bucket("task", task_name)
+        pipe = self.client.pipeline(transaction=True)
+        if rate is None:
+            pipe.hset(self.keys.rate_overrides, task_name, "0")
+            pipe.delete(bucket)
+        else:
+            pipe.hset(self.keys.rate_overrides, task_name, repr(rate))
+            pipe.hset(bucket, "rate", repr(rate))
+        pipe.execute()
+
+    def rate_limit_overrides(self) -> dict[str, float | None]:
+        """Rates set at run time, by task name (None: the limit was removed). A value
+        that is not a number (anything may write the hash) is left out."""
+        out: dict[str, float | None] = {}
+        for raw_name, raw_rate in self.client.hgetall(self.keys.rate_overrides).items():
+            try:
+                rate = float(raw_rate)
+            except ValueError:
+                continue
+            out[raw_name.decode(errors="replace")] = rate if rate > 0 else None
+        return out
+
+    def claim_rate(self, kind: str, name: str, rate: float, capacity: float, want: int) -> tuple[int, int]:
+        """Take up to ``want`` tokens from the shared bucket of a ``kind`` ("task" or
+        "queue") limit: (tokens granted, ms until one more may be there)."""
+        granted, wait_ms, _ = SCRIPTS.rate_claim(self.client, [self.keys.rate_bucket(kind, name)],
+                                                 [repr(rate), capacity, want])
+        return int(granted), int(wait_ms)
+
+    # --- events -----------------------------------------------------------------------
+
+    def publish_events(self, hostname: str, batch: list) -> None:
+        """Add a batch of events (``fastq.events`` tuples) to the stream now."""
+        self.client.execute_command("XADD", self.keys.events, "MAXLEN", "~", EVENTS_MAXLEN, "*",
+                                    "h", hostname, "e", encode_events(batch))
+
+    def last_event_id(self) -> str:
+        """The id of the newest entry ever added ("0-0" when there is none): a fixed
+        place to read on from, so a reader that reconnects misses nothing."""
+        if not self.client.exists(self.keys.events):
+            return "0-0"
+        return self.client.xinfo_stream(self.keys.events)["last-generated-id"].decode()
+
+    def read_events(self, since: str, block_ms: int = 1000, count: int = 500,
+                    client=None) -> list[tuple[str, str, dict]]:
+        """Entries after ``since``, waiting up to ``block_ms`` for one: (entry id,
+        worker hostname, fields). ``client``: a connection of the reader's own, so
+        a blocking read does not hold one of the shared pool's."""
+        c = client or self.client
+        out = []
+        for _stream, entries in c.xread({self.keys.events: since}, block=block_ms, count=count) or []:
+            for entry_id, fields in entries:
+                out.append((entry_id.decode(), fields.get(b"h", b"").decode(errors="replace"), fields))
+        return out
+
+    def recent_events(self, count: int) -> list[tuple[str, str, dict]]:
+        """The newest ``count`` entries, oldest first, as ``read_events`` gives them."""
+        rows = self.client.xrevrange(self.keys.events, count=count)
+        return [(entry_id.decode(), fields.get(b"h", b"").decode(errors="replace"), fields)
+                for entry_id, fields in reversed(rows)]
+
+    def workers_seen(self, window: float) -> tuple[float, list[tuple[str, float, bytes | None]]]:
+        """Workers whose last heartbeat is younger than ``window`` seconds: (the
+        server's clock now, [(hostname, last heartbeat, its registry entry, raw)]).
+        Heartbeats are stamped and aged on Redis's clock: the hosts' clocks may differ."""
+        now = self.clock(self.keys.workers)
+        rows = self.client.zrangebyscore(self.keys.workers, now - window, "+inf", withscores=True)
+        if not rows:
+            return now, []
+        names = [h.decode(errors="replace") for h, _ in rows]
+        infos = self.client.mget([self.keys.worker(h) for h in names])
+        return now, [(h, ts, raw) for h, (_, ts), raw in zip(names, rows, infos, strict=True)]
+
+    def last_heartbeat(self, hostname: str) -> float | None:
+        """When worker ``hostname`` last said it is alive (None: never, or forgotten)."""
+        return self.client.zscore(self.keys.workers, hostname)
+
+    # --- revokes ------------------------------------------------------------------------
+
+    def revoke(self, task_ids: list[str], until: float) -> None:
+        """Keep ``task_ids`` revoked until ``until`` (epoch seconds), for workers
+        started later too; ids whose time is up are dropped on the way."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.revoked, {i: until for i in task_ids})
+        pipe.zremrangebyscore(self.keys.revoked, "-inf", time.time())
+        pipe.execute()
+
+    def is_revoked(self, task_id: str) -> bool:
+        return self.client.zscore(self.keys.revoked, task_id) is not None
+
     # --- namespaces -----------------------------------------------------------------
 
     def delete_prefixed(self, prefix: str) -> int:
@@ -873,6 +1021,17 @@ class RedisBroker(Broker):
         for key in keys:
             pipe.unlink(key)
         return sum(pipe.execute())
+
+
+def _int_or_none(raw) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _events_command(key: str, hostname: str, batch: list) -> bytes:
+    return pack_command((b"XADD", key, b"MAXLEN", b"~", EVENTS_MAXLEN, b"*", b"h", hostname, b"e", encode_events(batch)))
 
 
 def _dlq_item(entry_id: bytes, fields: dict, queue: str) -> dict:

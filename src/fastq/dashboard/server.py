@@ -367,7 +367,7 @@ class Dashboard:
             out["parent_id"], out["root_id"] = request.get("parent_id"), request.get("root_id")
             out["name"] = out.get("name") or request.get("name")
         out["arguments_known"] = request is not None
-        out["revoked"] = self.app.broker.client.zscore(self.app.broker.keys.revoked, task_id) is not None
+        out["revoked"] = self.app.broker.is_revoked(task_id)
         out["children"] = sorted(set(out.get("children") or []) | set(self._children(task_id)))
         return out
 

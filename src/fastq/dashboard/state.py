@@ -82,12 +82,11 @@ class DashboardState:
             self.feed.stop()
 
     def _backfill(self) -> str:
-        client = self.app.broker.client
-        rows = client.xrevrange(self.app.broker.keys.events, count=BACKFILL_ENTRIES)
-        for _entry_id, fields in reversed(rows):
+        rows = self.app.broker.recent_events(BACKFILL_ENTRIES)
+        for _entry_id, _host, fields in rows:
             for ev in events.unpack_entry(fields):
                 self.on_event(ev, count=False)
-        return rows[0][0].decode() if rows else "$"
+        return rows[-1][0] if rows else "$"
 
     # --- events ----------------------------------------------------------------------
 

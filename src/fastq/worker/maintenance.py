@@ -152,7 +152,7 @@ class Maintenance:
             if fq is not None:
                 fixed = heal(self.client, fq, self.hostname, int(self.heal_interval * 1000))
                 if fixed > 0:
-                    log.warning("Repaired the fair-queue counts of %d group(s) on %r", fixed, q)
+                    log.warning("Repaired the fair-queue counts of %d tenant(s) on %r", fixed, q)
                 elif fixed == -2:
                     log.warning("Fair queue %r has too many messages in its streams to recount them", q)
 
@@ -167,8 +167,7 @@ class Maintenance:
         pipe.set(keys.worker(self.hostname), json.dumps(info), ex=HEARTBEAT_TTL)
         pipe.execute()
         if self.app.conf.worker_send_task_events:
-            events.publish(self.client, keys.events, self.hostname,
-                           [events.worker_event("worker-heartbeat", self.hostname, info)])
+            self.broker.publish_events(self.hostname, [events.worker_event("worker-heartbeat", self.hostname, info)])
 
     def deregister(self) -> None:
         try:
