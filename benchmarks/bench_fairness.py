@@ -1,7 +1,7 @@
 """Per-tenant fairness: one tenant's flood against another tenant's handful.
 
 Tenant A sends 50,000 short tasks, then tenant B sends 100. On a plain queue B's
-tasks wait behind A's whole backlog; on a fair queue (``fair_groups``) the
+tasks wait behind A's whole backlog; on a fair queue (``fair_tenants``) the
 workers serve the groups round-robin, so B's tasks finish long before A's
 backlog drains. Both runs use the same workers in the same run:
 
@@ -30,7 +30,7 @@ from fastq.bench import private_redis
 
 app = FastQ("bench_fairness")
 app.conf.task_ignore_result = True
-app.conf.task_queues = {"fair": {"fair_groups": True}}  # fair_window: the default (1000)
+app.conf.task_queues = {"fair": {"fair_tenants": True}}  # fair_window: the default (1000)
 
 B_DONE = "bench:fair:b"  # list of B's finish times
 
@@ -54,8 +54,8 @@ def tick(tenant: str, ms: float = 0.0) -> None:
 def run_mode(queue: str, n: int, m: int, ms: float, client: redis.Redis) -> dict:
     client.delete(B_DONE)
     fair = queue in app.broker.fair
-    a_opts = {"queue": queue, **({"group_key": "A"} if fair else {})}
-    b_opts = {"queue": queue, **({"group_key": "B"} if fair else {})}
+    a_opts = {"queue": queue, **({"tenant_key": "A"} if fair else {})}
+    b_opts = {"queue": queue, **({"tenant_key": "B"} if fair else {})}
     t_a = time.time()
     app.send_many(tick.s("A", ms).set(**a_opts) for _ in range(n))
     t_b = time.time()
@@ -72,7 +72,7 @@ def run_mode(queue: str, n: int, m: int, ms: float, client: redis.Redis) -> dict
         time.sleep(0.005)
     t_end = time.time()
     b_times = [float(x) for x in client.lrange(B_DONE, 0, -1)]
-    return {"mode": "fair_groups" if fair else "plain", "b_done": max(b_times) - t_b, "a_left": a_left_at_b,
+    return {"mode": "fair_tenants" if fair else "plain", "b_done": max(b_times) - t_b, "a_left": a_left_at_b,
             "a_drain": t_end - t_a, "rate": (n + m) / (t_end - t_a), "send": t_b - t_a}
 
 

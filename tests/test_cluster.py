@@ -107,9 +107,9 @@ def test_fair_queues_serve_groups_on_a_cluster(cluster, capp, worker, ledger):
     fair.app.conf.broker_url = cluster.url
     fair.app._reset()
     # Given tenant A's 600 tasks, then tenant B's 20, on a fair queue (its gate scripts run in the queue's slot)
-    fair.app.send_many(fair.work.s("A", 0.002).set(group_key="A") for _ in range(600))
+    fair.app.send_many(fair.work.s("A", 0.002).set(tenant_key="A") for _ in range(600))
     for _ in range(20):
-        fair.work.apply_async(("B",), group_key="B")
+        fair.work.apply_async(("B",), tenant_key="B")
     worker("-c", "2", "-Q", "fair", app="tests.apps.fair:app", broker=cluster.url)
     # Then B's tasks all run while most of A's wait, and then everything runs
     wait_for(lambda: int(ledger.get("done:B") or 0) == 20, 60, message="B's 20 tasks")

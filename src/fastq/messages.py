@@ -144,4 +144,4 @@ def dead_letter_row(item: dict) -> dict:
             "task_id": msg.id if msg is not None else None, "task": msg.task if msg is not None else None,
             "args": list(msg.args) if msg is not None else None, "kwargs": msg.kwargs if msg is not None else None,
             "reason": item.get("reason"), "error": item.get("error"), "deliveries": deliveries,
-            "dead_lettered_at": dead_at, **({"group": item["g"]} if "g" in item else {})}
+            "dead_lettered_at": dead_at, **({"tenant": item["g"]} if "g" in item else {})}

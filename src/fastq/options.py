@@ -104,7 +104,7 @@ TASK_OPTIONS: dict[str, Any] = {
 
 #: apply_async options the producer acts on (routing, timing, identity).
 SEND_OPTIONS = ("task_id", "eta", "countdown", "expires", "priority", "queue", "parent_id", "root_id", "retries",
-                 "headers", "serializer", "group_key")
+                 "headers", "serializer", "tenant_key", "group_key")
 
 #: apply_async options the worker acts on; carried in ``Message.options``.
 WORKER_OPTIONS = (

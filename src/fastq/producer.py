@@ -25,7 +25,7 @@ from ._speedups import current_request, new_task_id
 from .broker.keys import validate_queue_name
 from .eager import run_eagerly_async
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
-from .fairness import with_group
+from .fairness import with_tenant
 from .messages import Message, Serializer, now
 from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, unknown_options
 from .result import AsyncResult
@@ -121,9 +121,15 @@ class Producer:
         retries = options.pop("retries", 0)
         headers = options.pop("headers", None)
         _check_envelope(task_id, parent_id, root_id, retries, headers)
-        group_key = options.pop("group_key", None)
-        if group_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
-            headers = with_group(self.app, name, queue, group_key, headers)
+        tenant_key = options.pop("tenant_key", None)
+        if "group_key" in options:  # the option's name before the rename (#19)
+            old = options.pop("group_key")
+            if tenant_key is not None and old is not None:
+                raise ValueError(f"task {name!r}: both tenant_key and group_key given (group_key is tenant_key's old name)")
+            if tenant_key is None:
+                tenant_key = old
+        if tenant_key is not None:  # per-tenant fairness: the queue must be fair (fastq.fairness)
+            headers = with_tenant(self.app, name, queue, tenant_key, headers)
         msg = Message(
             task_id,
             name,

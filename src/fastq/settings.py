@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "task_default_queue": "default",
     "task_default_priority": 0,
     "task_routes": None,
-    "task_queues": None,  # {"reports": {"fair_groups": True, "group_concurrency": 2, ...}}: docs/fairness.md
+    "task_queues": None,  # {"reports": {"fair_tenants": True, "tenant_concurrency": 2, ...}}: docs/fairness.md
     # tasks
     "task_always_eager": False,
     "task_eager_propagates": False,

@@ -10,9 +10,9 @@ from fastq import FastQ
 app = FastQ("fair")
 app.conf.task_queues = {
     # a small window, so a test's backlog is mostly held back by the gate
-    "fair": {"fair_groups": True, "fair_window": int(os.environ.get("FAIR_WINDOW", "20"))},
-    "capped": {"fair_groups": True, "group_concurrency": 2},
-    "limited": {"fair_groups": True, "group_rate_limit": "10/s"},
+    "fair": {"fair_tenants": True, "fair_window": int(os.environ.get("FAIR_WINDOW", "20"))},
+    "capped": {"fair_tenants": True, "tenant_concurrency": 2},
+    "limited": {"fair_tenants": True, "tenant_rate_limit": "10/s"},
     "plain": None,
 }
 if os.environ.get("FAIR_BAD"):  # a worker start with a bad setting: FAIR_BAD=option=value (a Python literal)
@@ -86,4 +86,4 @@ def plain():
 @app.task(name="fair.whoami", queue="fair", bind=True, ignore_result=True)
 def whoami(self, tag):
     """Records the group the message carried (its headers)."""
-    ledger().rpush("groups", f"{tag}={(self.request.headers or {}).get('fastq-group')}")
+    ledger().rpush("groups", f"{tag}={(self.request.headers or {}).get('fastq-tenant')}")

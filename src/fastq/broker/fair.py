@@ -1,5 +1,5 @@
 """The Redis side of fair queues (fastq.fairness is the user's side): the gate's
-settings, how a message carries its group, and the commands of the gate's
+settings, how a message carries its tenant, and the commands of the gate's
 scripts (fair_*.lua, gate.lua), which only the broker and the worker send.
 
 Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
@@ -17,19 +17,25 @@ from .due import delay_command
 from .keys import CONSUMER_GROUP, validate_queue_name
 from .scripts import SCRIPTS
 
-#: Message header that carries the group (``self.request.headers["fastq-group"]``).
-GROUP_HEADER = "fastq-group"
-#: The group of messages sent to a fair queue without ``group_key``.
-NO_GROUP = ""
+#: Message header that carries the tenant (``self.request.headers["fastq-tenant"]``).
+TENANT_HEADER = "fastq-tenant"
+#: The header's name before the rename (#19): messages sent by older versions
+#: and still queued carry it, and keep their tenant.
+OLD_TENANT_HEADER = "fastq-group"
+#: The tenant of messages sent to a fair queue without ``tenant_key``.
+NO_TENANT = ""
 #: Default ``fair_window``: counted messages a fair queue keeps in its streams.
 DEFAULT_WINDOW = 1000
-#: Longest group key accepted.
-MAX_GROUP_KEY = 256
+#: Longest tenant key accepted.
+MAX_TENANT_KEY = 256
 #: Options a ``task_queues`` entry may have.
-QUEUE_OPTIONS = ("fair_groups", "group_concurrency", "group_rate_limit", "fair_window")
+QUEUE_OPTIONS = ("fair_tenants", "tenant_concurrency", "tenant_rate_limit", "fair_window")
+#: Their names before the rename (#19), still accepted: old name -> new name.
+OLD_QUEUE_OPTIONS = {"fair_groups": "fair_tenants", "group_concurrency": "tenant_concurrency",
+                     "group_rate_limit": "tenant_rate_limit"}
 #: A recount scans at most this many stream entries (a larger queue is skipped that round).
 HEAL_MAX_ENTRIES = 200_000
-#: Bucket size of a group rate limit, in seconds of the rate (as fastq.ratelimit).
+#: Bucket size of a tenant rate limit, in seconds of the rate (as fastq.ratelimit).
 BURST_SECONDS = 0.1
 
 
@@ -44,7 +50,7 @@ class FairQueue:
         self.window = window
         self.concurrency = concurrency
         self.rate_limit = rate_limit
-        self.rate = parse_rate(rate_limit, f"task_queues[{name!r}] group_rate_limit")
+        self.rate = parse_rate(rate_limit, f"task_queues[{name!r}] tenant_rate_limit")
         #: The queue's key base: every gate key is under its hash tag (one slot).
         self.base = f"{prefix}{{{name}}}"
         burst = max(1.0, self.rate * BURST_SECONDS) if self.rate else 0.0
@@ -56,8 +62,8 @@ class FairQueue:
         return f"{self.base}:{suffix}"
 
     def __repr__(self) -> str:
-        return (f"<FairQueue {self.name} window={self.window} group_concurrency={self.concurrency} "
-                f"group_rate_limit={self.rate_limit!r}>")
+        return (f"<FairQueue {self.name} window={self.window} tenant_concurrency={self.concurrency} "
+                f"tenant_rate_limit={self.rate_limit!r}>")
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -70,7 +76,7 @@ def parse_task_queues(conf) -> dict[str, FairQueue]:
         return {}
     if not isinstance(spec, dict):
         raise ImproperlyConfigured(
-            f"task_queues must be a dict of queue name -> options, e.g. {{'reports': {{'fair_groups': True}}}}, "
+            f"task_queues must be a dict of queue name -> options, e.g. {{'reports': {{'fair_tenants': True}}}}, "
             f"not {type(spec).__name__}"
         )
     out: dict[str, FairQueue] = {}
@@ -84,60 +90,75 @@ def parse_task_queues(conf) -> dict[str, FairQueue]:
             continue
         if not isinstance(opts, dict):
             raise ImproperlyConfigured(f"{where} must be a dict of options, not {type(opts).__name__}")
+        opts = _renamed_options(where, opts)
         unknown = sorted(set(opts) - set(QUEUE_OPTIONS))
         if unknown:
             raise ImproperlyConfigured(f"{where}: unknown option(s) {', '.join(unknown)} "
                                        f"(known: {', '.join(QUEUE_OPTIONS)})")
-        fair = opts.get("fair_groups", False)
+        fair = opts.get("fair_tenants", False)
         if not isinstance(fair, bool):
-            raise ImproperlyConfigured(f"{where}: fair_groups must be True or False, not {fair!r}")
-        concurrency = opts.get("group_concurrency")
+            raise ImproperlyConfigured(f"{where}: fair_tenants must be True or False, not {fair!r}")
+        concurrency = opts.get("tenant_concurrency")
         if concurrency is not None and (not isinstance(concurrency, int) or isinstance(concurrency, bool)
                                         or concurrency < 1):
-            raise ImproperlyConfigured(f"{where}: group_concurrency must be None or an integer >= 1, "
+            raise ImproperlyConfigured(f"{where}: tenant_concurrency must be None or an integer >= 1, "
                                        f"not {concurrency!r}")
         window = opts.get("fair_window", DEFAULT_WINDOW)
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ImproperlyConfigured(f"{where}: fair_window must be an integer >= 1, not {window!r}")
-        rate_limit = opts.get("group_rate_limit")
+        rate_limit = opts.get("tenant_rate_limit")
         if rate_limit is not None and not isinstance(rate_limit, (str, int, float)):
-            raise ImproperlyConfigured(f"{where}: group_rate_limit {rate_limit!r} is not like '10/s', '10/m' or '5/h'")
+            raise ImproperlyConfigured(f"{where}: tenant_rate_limit {rate_limit!r} is not like '10/s', '10/m' or '5/h'")
         if not fair:
-            set_ = [k for k in ("group_concurrency", "group_rate_limit", "fair_window") if opts.get(k) is not None]
+            set_ = [k for k in ("tenant_concurrency", "tenant_rate_limit", "fair_window") if opts.get(k) is not None]
             if set_:
-                raise ImproperlyConfigured(f"{where}: {', '.join(set_)} set but 'fair_groups' is not True "
+                raise ImproperlyConfigured(f"{where}: {', '.join(set_)} set but 'fair_tenants' is not True "
                                            "(these options only work on a fair queue)")
             continue
         out[name] = FairQueue(conf.key_prefix, name, window, concurrency, rate_limit)
     return out
 
 
+def _renamed_options(where: str, opts: dict) -> dict:
+    """``opts`` with the options' old names (``fair_groups``, ...) changed to the new ones."""
+    old = [k for k in opts if k in OLD_QUEUE_OPTIONS]
+    if not old:
+        return opts
+    out = dict(opts)
+    for k in old:
+        new = OLD_QUEUE_OPTIONS[k]
+        if new in opts:
+            raise ImproperlyConfigured(f"{where}: both {k!r} and {new!r} set ({k!r} is the old name of {new!r})")
+        out[new] = out.pop(k)
+    return out
+
+
 # --- messages -------------------------------------------------------------------------------
 
-def group_of(field: bytes, payload: bytes) -> str:
-    """The group of an encoded message (its ``fastq-group`` header; NO_GROUP without one)."""
+def tenant_of(field: bytes, payload: bytes) -> str:
+    """The tenant of an encoded message (its ``fastq-tenant`` header; NO_TENANT without one)."""
     decode = message_decoder_for(field)
     if decode is None:
-        return NO_GROUP
+        return NO_TENANT
     try:
         headers = decode(payload).headers
     except Exception:  # noqa: BLE001 - an undecodable message is dead-lettered by the worker
-        return NO_GROUP
+        return NO_TENANT
     if headers:
-        g = headers.get(GROUP_HEADER)
+        g = headers.get(TENANT_HEADER, headers.get(OLD_TENANT_HEADER))
         if isinstance(g, str):
             return g
-    return NO_GROUP
+    return NO_TENANT
 
 
-def delayed_member(group: str, field: bytes, priority: int, payload: bytes) -> bytes:
-    """A delayed-set member that carries its group: ``g``, field, priority, ``<n>:<group>``, payload."""
-    g = group.encode()
+def delayed_member(tenant: str, field: bytes, priority: int, payload: bytes) -> bytes:
+    """A delayed-set member that carries its tenant: ``g``, field, priority, ``<n>:<tenant>``, payload."""
+    g = tenant.encode()
     return b"g" + field + b"%d" % priority + b"%d:" % len(g) + g + payload
 
 
 def split_member(member: bytes) -> tuple[str | None, bytes]:
-    """(group or None, field + priority + payload) of a delayed-set member."""
+    """(tenant or None, field + priority + payload) of a delayed-set member."""
     if member[:1] != b"g":
         return None, member
     colon = member.index(b":", 3)
@@ -151,16 +172,16 @@ def split_member(member: bytes) -> tuple[str | None, bytes]:
 def publish_commands(fq: FairQueue, items: list[tuple], field: bytes) -> list[bytes]:
     """Packed commands sending (priority, due, payload) items to fair queue ``fq``:
     ready ones through the gate (fair_publish.lua, 500 per call), delayed ones to the
-    delayed set with their group (they pass the gate when due)."""
+    delayed set with their tenant (they pass the gate when due)."""
     ready: list[bytes] = []
     delayed: list = []
     for priority, due, payload in items:
-        group = group_of(field, payload).encode()
+        tenant = tenant_of(field, payload).encode()
         if due is None:
-            ready.append(group)
+            ready.append(tenant)
             ready.append(field + b"%d" % priority + payload)
         else:
-            delayed.append((due, delayed_member(group.decode(), field, priority, payload)))
+            delayed.append((due, delayed_member(tenant.decode(), field, priority, payload)))
     cmds = []
     sha = SCRIPTS.fair_publish.sha_bytes
     count_key = fq.key("gc")
@@ -182,29 +203,29 @@ def ack_gates(broker, queue_keys: list) -> dict:
 
 def promote_command(fq: FairQueue, limit: int = 1000) -> bytes:
     """fair_promote.lua, packed (due delayed messages through the gate, wake rate-limited
-    groups, fill the window)."""
+    tenants, fill the window)."""
     return pack_command((b"EVALSHA", SCRIPTS.fair_promote.sha_bytes, 2, fq.key("delayed"), fq.key("dlq"),
                          *fq.gate_args, limit, fq.name))
 
 
 def heal(client, fq: FairQueue, holder: str, lock_ms: int) -> int:
     """Recount the gate from the streams and repair it (one worker per interval).
-    Returns the number of groups whose count was wrong; -1: another worker has the
+    Returns the number of tenants whose count was wrong; -1: another worker has the
     lock; -2: the streams were too long to scan this time."""
     return SCRIPTS.fair_heal(client, [fq.key("gheal")], [*fq.gate_args, holder, lock_ms, HEAL_MAX_ENTRIES])
 
 
 def purge_backlogs(client, fq: FairQueue) -> int:
-    """Drop every group's backlog (``fastq purge``); returns how many messages were dropped."""
+    """Drop every tenant's backlog (``fastq purge``); returns how many messages were dropped."""
     dropped = 0
-    groups = client.smembers(fq.key("gk"))
+    tenants = client.smembers(fq.key("gk"))
     pipe = client.pipeline(transaction=True)
-    for g in groups:
+    for g in tenants:
         pipe.llen(f"{fq.base}:gb:{g.decode()}")
-    lengths = pipe.execute() if groups else []
+    lengths = pipe.execute() if tenants else []
     dropped = sum(n for n in lengths if isinstance(n, int))
     pipe = client.pipeline(transaction=True)
-    for g in groups:
+    for g in tenants:
         pipe.delete(f"{fq.base}:gb:{g.decode()}")
     pipe.delete(fq.key("gk"), fq.key("gbn"), fq.key("gr"), fq.key("gs"), fq.key("gheal"))
     pipe.execute()
@@ -212,7 +233,7 @@ def purge_backlogs(client, fq: FairQueue) -> int:
 
 
 def backlog_size(client, fq: FairQueue) -> int:
-    """Messages waiting in the backlogs of all groups."""
+    """Messages waiting in the backlogs of all tenants."""
     return int(client.get(fq.key("gbn")) or 0)
 
 
@@ -221,8 +242,8 @@ def fair_ack_command(gate_args: tuple, stream: str, ids: list) -> bytes:
     return pack_command((b"EVALSHA", SCRIPTS.fair_ack.sha_bytes, 1, stream, CONSUMER_GROUP, *gate_args, *ids))
 
 
-def group_counts(client, fq: FairQueue, streams: list[str]) -> dict[str, dict]:
-    """Per group: its messages in ``streams`` (the queue's) and in its backlog."""
+def tenant_counts(client, fq: FairQueue, streams: list[str]) -> dict[str, dict]:
+    """Per tenant: its messages in ``streams`` (the queue's) and in its backlog."""
     active: dict[str, int] = {}
     for stream in streams:
         start = "-"
