@@ -26,12 +26,9 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastq"
 RAW_USERS = {
     "bench.py": {"client", "keys"},
     "cli.py": {"new_client"},
-    "control.py": {"client", "keys"},
-    "dashboard/server.py": {"client", "keys"},
     "fairness.py": {"fair"},
     "mail.py": {"new_client"},
     "metrics.py": {"new_client"},
-    "monitor.py": {"client", "keys"},
     "testing.py": {"client"},
     "producer.py": {"keys"},
     "worker/__init__.py": {"client", "fair"},
@@ -40,7 +37,6 @@ RAW_USERS = {
     "worker/execute.py": {"keys"},
     "worker/maintenance.py": {"fair", "keys", "new_client"},
     "worker/pool.py": {"keys"},
-    "worker/remote_control.py": {"client", "keys", "new_client"},
 }
 RAW = RAW_ATTRIBUTES | {"new_client", "new_channel"}
 

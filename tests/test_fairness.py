@@ -277,8 +277,8 @@ def test_the_names_before_the_rename_still_work(redis_url, r):
     assert (fq.concurrency, fq.rate) == (2, 5.0)
     # old and new name of one option together are refused
     with pytest.raises(ImproperlyConfigured, match=r"both 'group_concurrency' and 'tenant_concurrency'"):
-        FastQ("both", broker=redis_url, task_queues={
-            "q": {"fair_tenants": True, "group_concurrency": 2, "tenant_concurrency": 3}}).broker  # noqa: B018
+        _ = FastQ("both", broker=redis_url, task_queues={
+            "q": {"fair_tenants": True, "group_concurrency": 2, "tenant_concurrency": 3}}).broker
     # group_key is tenant_key, and passes the gate the same way
     app = _app(redis_url)
     fair.work.apply_async(("A",), group_key="old-tenant")

@@ -31,8 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .broker.fair import split_member
-from .broker.keys import CONSUMER_GROUP, validate_queue_name
-from .broker.redis import CONNECTION_ERRORS
+from .broker.keys import validate_queue_name
 from .messages import decode_fields, message_decoder_for
 from .ratelimit import set_rate_limit as store_rate_limit
 
@@ -67,14 +66,6 @@ def _destination(destination: str | Iterable[str] | None) -> list[str] | None:
     return hosts or None
 
 
-def channel_prefix(app) -> str:
-    """``<prefix>control`` plus the Redis database number: pub/sub channels are
-    shared by all databases of a server, so apps on different databases must not
-    hear each other (kombu prefixes its fanout channels the same way)."""
-    db = app.broker.db
-    return f"{app.broker.keys.control}:{db}"
-
-
 def online_workers(app, window: float = ONLINE_WINDOW) -> list[str]:
     """Hostnames whose heartbeat is younger than ``window`` seconds (on Redis's clock)."""
     _now, rows = app.broker.workers_seen(window)
@@ -105,49 +96,23 @@ class Control:
         app = self.app
         dest = _destination(destination)
         req_id = uuid.uuid4().hex
-        channel = channel_prefix(app)
-        reply_to = f"{channel}:reply:{req_id}" if reply else None
+        reply_to = f"{app.broker.control_channel}:reply:{req_id}" if reply else None
         body = _json({"id": req_id, "command": command, "arguments": arguments or {}, "destination": dest,
                       "reply_to": reply_to, "ts": time.time()})
-        client = app.broker.client
         if not reply:
             with app.broker.retrying():
-                client.publish(channel, body)
+                app.broker.send_control(body)
             return None
         expected = limit
         if expected is None:  # stop early once every worker that should answer did
             expected = len(dest) if dest else len(online_workers(app))
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
         replies: list[dict] = []
-        try:
-            pubsub.subscribe(reply_to)
-            # Wait for the subscription to be confirmed: a reply published before
-            # it would be lost.
-            deadline = time.monotonic() + max(timeout, 2.0)
-            while time.monotonic() < deadline:
-                m = pubsub.get_message(timeout=0.5)
-                if m is not None and m["type"] == "subscribe":
-                    break
-            client.publish(channel, body)
-            deadline = time.monotonic() + timeout
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or (expected and len(replies) >= expected):
-                    break
-                m = pubsub.get_message(timeout=min(left, 0.5))
-                if m is None or m["type"] != "message":
-                    continue
-                try:
-                    data = json.loads(m["data"])
-                    replies.append({str(data["hostname"]): data.get("reply")})
-                except (ValueError, KeyError, TypeError):  # not a reply a worker wrote
-                    continue
-        finally:
+        for raw in app.broker.ask_workers(body, reply_to, expected, timeout):
             try:
-                pubsub.unsubscribe()
-                pubsub.close()
-            except CONNECTION_ERRORS:
-                pass
+                data = json.loads(raw)
+                replies.append({str(data["hostname"]): data.get("reply")})
+            except (ValueError, KeyError, TypeError, AttributeError):  # not a reply a worker wrote
+                continue
         return replies
 
     # --- commands -------------------------------------------------------------------
@@ -285,38 +250,31 @@ def decode_delayed(member: bytes):
 def held_entries(app, queues: list[str], consumer_names: list[str], client=None,
                  limit: int = MAX_LISTED) -> list[tuple[str, bytes, str]]:
     """(queue, entry id, consumer) of messages the consumers hold (fetched, not acked)."""
-    c = client or app.broker.client
     out: list[tuple[str, bytes, str]] = []
     for q in queues:
-        for stream in app.broker.keys.queue(q).fetch_order:
-            for name in consumer_names:
-                rows = c.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=limit, consumername=name)
-                out.extend((q, r["message_id"], name) for r in rows)
-                if len(out) >= limit:
-                    return out[:limit]
+        out.extend((q, entry_id, name) for entry_id, name in
+                   app.broker.held_entries(q, consumer_names, limit - len(out), client))
+        if len(out) >= limit:
+            return out[:limit]
     return out
 
 
 def read_messages(app, entries: list[tuple[str, bytes]], client=None) -> list[dict]:
     """[(queue, entry id)] -> request infos of the entries still in their stream."""
-    c = client or app.broker.client
     out = []
     for q, entry_id in entries:
-        for stream in app.broker.keys.queue(q).fetch_order:
-            rows = c.xrange(stream, entry_id, entry_id)
-            if rows:
-                msg = decode_fields(rows[0][1])
-                if msg is not None:
-                    out.append(request_info(msg, q))
-                break
+        found = app.broker.read_entry(q, entry_id, client)
+        if found is not None:
+            msg = decode_fields(found[1])
+            if msg is not None:
+                out.append(request_info(msg, q))
     return out
 
 
 def scheduled_messages(app, queues: list[str], limit: int = MAX_LISTED, client=None) -> list[dict]:
-    c = client or app.broker.client
     out = []
     for q in queues:
-        for member, score in c.zrange(app.broker.keys.queue(q).delayed, 0, limit - 1, withscores=True):
+        for member, score in app.broker.delayed_members(q, limit, client):
             msg = decode_delayed(member)
             if msg is not None:
                 out.append({"eta": score / 1000.0, "priority": msg.priority, "request": request_info(msg, q)})

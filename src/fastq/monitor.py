@@ -16,10 +16,7 @@ import json
 import reprlib
 import time
 
-from redis.exceptions import ResponseError
-
 from . import states
-from .broker.keys import CONSUMER_GROUP
 from .control import ONLINE_WINDOW, decode_delayed, request_info
 from .messages import dead_letter_row, decode_fields
 
@@ -50,38 +47,7 @@ def workers(app, forget_after: float = 3600.0) -> list[dict]:
 def queue_totals(app, names: list[str]) -> dict[str, tuple[int, int] | None]:
     """queue -> (entries ever added, entries now present) over its streams; None
     when Redis does not report ``entries-added`` (before 7.0)."""
-    client = app.broker.client
-    pipe = client.pipeline(transaction=False)
-    layout = []
-    for q in names:
-        streams = app.broker.keys.queue(q).fetch_order
-        for s in streams:
-            pipe.execute_command("XINFO", "STREAM", s)
-        layout.append((q, len(streams)))
-    replies = pipe.execute(raise_on_error=False)
-    out: dict[str, tuple[int, int] | None] = {}
-    i = 0
-    for q, n in layout:
-        added = length = 0
-        ok = True
-        for r in replies[i : i + n]:
-            if isinstance(r, Exception):  # a stream not created yet
-                continue
-            info = _pairs(r)
-            if b"entries-added" not in info and "entries-added" not in info:
-                ok = False
-                break
-            added += int(info.get(b"entries-added", info.get("entries-added", 0)))
-            length += int(info.get(b"length", info.get("length", 0)))
-        out[q] = (added, length) if ok else None
-        i += n
-    return out
-
-
-def _pairs(reply) -> dict:
-    if isinstance(reply, dict):
-        return reply
-    return {reply[k]: reply[k + 1] for k in range(0, len(reply) - 1, 2)}
+    return app.broker.queue_totals(names)
 
 
 class QueueRates:
@@ -164,20 +130,14 @@ def locate_task(app, task_id: str, limit: int = 5000) -> dict | None:
     looking at up to ``limit`` entries of each stream: {"state", "queue", "where",
     "request", ...}, or None."""
     broker = app.broker
-    c = broker.client
     for q in broker.known_queues():
-        qk = broker.keys.queue(q)
-        for stream in qk.fetch_order:
-            for entry_id, fields in c.xrange(stream, count=limit):
-                msg = decode_fields(fields)
-                if msg is not None and msg.id == task_id:
-                    try:
-                        pending = c.xpending_range(stream, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1)
-                    except ResponseError:  # no consumer group yet: no worker ever read this queue
-                        pending = []
-                    return {"state": states.RECEIVED if pending else states.PENDING, "queue": q,
-                            "where": "in flight" if pending else "waiting", "request": request_info(msg, q)}
-        for member, score in c.zrange(qk.delayed, 0, limit - 1, withscores=True):
+        for stream, entry_id, fields in broker.stream_entries(q, limit):
+            msg = decode_fields(fields)
+            if msg is not None and msg.id == task_id:
+                held = broker.is_held(stream, entry_id)
+                return {"state": states.RECEIVED if held else states.PENDING, "queue": q,
+                        "where": "in flight" if held else "waiting", "request": request_info(msg, q)}
+        for member, score in broker.delayed_members(q, limit):
             msg = decode_delayed(member)
             if msg is not None and msg.id == task_id:
                 return {"state": "SCHEDULED", "queue": q, "where": "delayed", "eta": score / 1000.0,

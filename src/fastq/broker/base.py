@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -337,6 +338,45 @@ class Broker(abc.ABC):
     def last_heartbeat(self, hostname: str) -> float | None:
         """When a worker last said it is alive."""
 
+    # --- remote control ---------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def control_channel(self) -> str:
+        """Where control commands for this app's workers go."""
+
+    @abc.abstractmethod
+    def send_control(self, body: str) -> None:
+        """Send a control command to the workers up now."""
+
+    @abc.abstractmethod
+    def ask_workers(self, body: str, reply_to: str, expected: int, timeout: float) -> list[bytes]:
+        """Send a control command and collect the replies to ``reply_to`` for ``timeout`` s."""
+
+    @abc.abstractmethod
+    def subscribe_control(self) -> Any:
+        """A worker's subscription: ``next(timeout)``, ``reply(reply_to, body)``, ``close()``, ``client``."""
+
+    @abc.abstractmethod
+    def held_entries(self, name: str, consumers: list[str], limit: int, client: Any = None) -> list[tuple[bytes, str]]:
+        """(entry id, consumer) of the messages ``consumers`` hold."""
+
+    @abc.abstractmethod
+    def delayed_members(self, name: str, limit: int, client: Any = None) -> list[tuple[bytes, float]]:
+        """The first delayed messages of a queue: (member, due epoch ms)."""
+
+    @abc.abstractmethod
+    def queue_totals(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        """queue -> (messages ever added, messages present), for rates."""
+
+    @abc.abstractmethod
+    def stream_entries(self, name: str, limit: int) -> Iterator[tuple[str, bytes, dict]]:
+        """(stream, entry id, fields) of a queue's ready and held messages."""
+
+    @abc.abstractmethod
+    def is_held(self, stream: str, entry_id: bytes) -> bool:
+        """Has a consumer fetched this message and not acked it?"""
+
     # --- revokes ------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -346,6 +386,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def is_revoked(self, task_id: str) -> bool:
         """Is the task revoked now?"""
+
+    @abc.abstractmethod
+    def revoked(self, client: Any = None) -> dict[str, float]:
+        """Every task revoked now, with when its revoke ends."""
 
     # --- raw access (being retired: see the module docstring) ---------------------------
 

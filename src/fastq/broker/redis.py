@@ -53,6 +53,7 @@ from .fair import (
     promote_command as fair_promote_command,
 )
 from .keys import CONSUMER_GROUP, Keys, QueueKeys, chord_keys, logical_queue, shard_names, validate_queue_name
+from .pubsub import Subscription, ask
 from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
@@ -606,6 +607,50 @@ class RedisBroker(Broker):
             stats["waiting"] += stats["backlog"]
         return stats
 
+    def queue_totals(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        """queue -> (entries ever added, entries now present) over its streams; None
+        when Redis does not report ``entries-added`` (before 7.0). The dashboard's
+        in/out rates are differences of these."""
+        pipe = self.client.pipeline(transaction=False)
+        layout = []
+        for q in names:
+            streams = self.keys.queue(q).fetch_order
+            for s in streams:
+                pipe.execute_command("XINFO", "STREAM", s)
+            layout.append((q, len(streams)))
+        replies = pipe.execute(raise_on_error=False)
+        out: dict[str, tuple[int, int] | None] = {}
+        i = 0
+        for q, n in layout:
+            added = length = 0
+            ok = True
+            for r in replies[i : i + n]:
+                if isinstance(r, Exception):  # a stream not created yet
+                    continue
+                info = _pairs(r)
+                if b"entries-added" not in info and "entries-added" not in info:
+                    ok = False
+                    break
+                added += int(info.get(b"entries-added", info.get("entries-added", 0)))
+                length += int(info.get(b"length", info.get("length", 0)))
+            out[q] = (added, length) if ok else None
+            i += n
+        return out
+
+    def stream_entries(self, name: str, limit: int) -> Iterator[tuple[str, bytes, dict]]:
+        """(stream, entry id, fields) of queue ``name``'s messages in its streams,
+        the first ``limit`` of each stream: for looking a task up, not hot paths."""
+        for stream in self.keys.queue(name).fetch_order:
+            for entry_id, fields in self.client.xrange(stream, count=limit):
+                yield stream, entry_id, fields
+
+    def is_held(self, stream: str, entry_id: bytes) -> bool:
+        """Has a consumer fetched this entry and not acked it yet?"""
+        try:
+            return bool(self.client.xpending_range(stream, CONSUMER_GROUP, min=entry_id, max=entry_id, count=1))
+        except ResponseError:  # no consumer group yet: no worker ever read this queue
+            return False
+
     def purge(self, name: str) -> int:
         """Drop the queue's waiting and delayed messages (all its shards); return how many."""
         return sum(self._purge_one(p) for p in self.physical_queues(name))
@@ -987,6 +1032,50 @@ class RedisBroker(Broker):
         """When worker ``hostname`` last said it is alive (None: never, or forgotten)."""
         return self.client.zscore(self.keys.workers, hostname)
 
+    # --- remote control ---------------------------------------------------------------
+
+    @property
+    def control_channel(self) -> str:
+        """``<prefix>control`` plus the database number: pub/sub channels are shared
+        by all databases of a server, so apps on different databases must not hear
+        each other (kombu prefixes its fanout channels the same way)."""
+        return f"{self.keys.control}:{self.db}"
+
+    def send_control(self, body: str) -> None:
+        """Publish a control command to the workers listening now."""
+        self.client.publish(self.control_channel, body)
+
+    def ask_workers(self, body: str, reply_to: str, expected: int, timeout: float) -> list[bytes]:
+        """Publish a control command and collect the replies sent to ``reply_to``
+        for at most ``timeout`` seconds (sooner once ``expected`` came, when > 0)."""
+        return ask(self.client, self.control_channel, body, reply_to, expected, timeout)
+
+    def subscribe_control(self) -> Subscription:
+        """A worker's subscription to the control channel, on connections of its own."""
+        return Subscription(self.new_client(), self.control_channel)
+
+    def held_entries(self, name: str, consumers: list[str], limit: int, client=None) -> list[tuple[bytes, str]]:
+        """(entry id, consumer) of queue ``name``'s messages that ``consumers`` hold
+        (fetched, not acked), at most ``limit``."""
+        c = client or self.client
+        out: list[tuple[bytes, str]] = []
+        for stream in self.keys.queue(name).fetch_order:
+            for consumer in consumers:
+                try:
+                    rows = c.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=limit,
+                                            consumername=consumer)
+                except ResponseError:  # no stream or group yet: nothing is held
+                    continue
+                out.extend((r["message_id"], consumer) for r in rows)
+                if len(out) >= limit:
+                    return out[:limit]
+        return out
+
+    def delayed_members(self, name: str, limit: int, client=None) -> list[tuple[bytes, float]]:
+        """The first ``limit`` messages of queue ``name``'s delayed set: (member, due epoch ms)."""
+        c = client or self.client
+        return c.zrange(self.keys.queue(name).delayed, 0, limit - 1, withscores=True)
+
     # --- revokes ------------------------------------------------------------------------
 
     def revoke(self, task_ids: list[str], until: float) -> None:
@@ -999,6 +1088,12 @@ class RedisBroker(Broker):
 
     def is_revoked(self, task_id: str) -> bool:
         return self.client.zscore(self.keys.revoked, task_id) is not None
+
+    def revoked(self, client=None) -> dict[str, float]:
+        """Task ids revoked now, with when each revoke ends (epoch seconds)."""
+        c = client or self.client
+        return {i.decode(errors="replace"): until
+                for i, until in c.zrangebyscore(self.keys.revoked, time.time(), "+inf", withscores=True)}
 
     # --- namespaces -----------------------------------------------------------------
 
@@ -1021,6 +1116,12 @@ class RedisBroker(Broker):
         for key in keys:
             pipe.unlink(key)
         return sum(pipe.execute())
+
+
+def _pairs(reply) -> dict:
+    if isinstance(reply, dict):
+        return reply
+    return {reply[k]: reply[k + 1] for k in range(0, len(reply) - 1, 2)}
 
 
 def _int_or_none(raw) -> int | None:

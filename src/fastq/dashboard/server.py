@@ -298,8 +298,7 @@ class Dashboard:
             msg = decode_fields({field: payload}) if payload else None
             item["task"] = _jsonable(request_info(msg, queue)) if msg is not None else None
             rows.append(item)
-        return JSONResponse({"queue": queue, "items": rows, "total": self.app.broker.client.xlen(
-            self.app.broker.keys.queue(queue).dlq)})
+        return JSONResponse({"queue": queue, "items": rows, "total": self.app.broker.queue_stats(queue)["dead"]})
 
     async def dlq_requeue(self, request: Request) -> Response:
         refused = self._check_csrf(request)

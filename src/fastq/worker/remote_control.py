@@ -25,7 +25,7 @@ from .. import __version__
 from ..broker.connect import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.redis import CONNECTION_ERRORS
-from ..control import NO_REPLY, _json, channel_prefix, held_entries, read_messages, scheduled_messages
+from ..control import NO_REPLY, _json, held_entries, read_messages, scheduled_messages
 from ..metrics import tree_rss
 from ..options import parse_rate
 
@@ -57,9 +57,7 @@ class RevokeState:
 
     def sync(self, client=None) -> None:
         """Load the revokes kept in Redis (at start and after a reconnect)."""
-        c = client or self.app.broker.client
-        rows = c.zrangebyscore(self.app.broker.keys.revoked, time.time(), "+inf", withscores=True)
-        self.add_many({i.decode(): score for i, score in rows})
+        self.add_many(self.app.broker.revoked(client))
 
     def add_many(self, items: dict[str, float]) -> None:
         with self._lock:
@@ -120,11 +118,10 @@ class ControlListener:
         self.tick = tick
         self.tick_interval = tick_interval
         self.on_connect = on_connect
-        self.channel = channel_prefix(app)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client = None
+        self._subscription = None
 
     def start(self, wait: float = 5.0) -> None:
         """Start listening; wait up to ``wait`` seconds for the subscription."""
@@ -142,23 +139,19 @@ class ControlListener:
         backoff = 0.5
         next_tick = 0.0
         while not self._stop.is_set():
-            pubsub = None
+            sub = None
             try:
-                # Our own connections: fork-safe, and never contended with the worker's.
-                self._client = self.app.broker.new_client()
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+                sub = self._subscription = self.app.broker.subscribe_control()
                 if self.on_connect is not None:
-                    self.on_connect(self._client)
+                    self.on_connect(sub.client)
                 self._ready.set()
                 if down:
                     log.warning("Control channel reconnected")
                     down, backoff = False, 0.5
                 while not self._stop.is_set():
-                    m = pubsub.get_message(timeout=min(1.0, self.tick_interval))
-                    if m is not None and m["type"] == "message":
-                        self._dispatch(m["data"])
+                    raw = sub.next(min(1.0, self.tick_interval))
+                    if raw is not None:
+                        self._dispatch(raw)
                     if self.tick is not None and time.monotonic() >= next_tick:
                         next_tick = time.monotonic() + self.tick_interval
                         self._safe(self.tick)
@@ -172,11 +165,8 @@ class ControlListener:
                 log.exception("Control listener failed; restarting it")
                 self._stop.wait(1.0)
             finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001 - closing a broken connection
-                        pass
+                if sub is not None:
+                    sub.close()
 
     def _safe(self, fn: Callable, *args: Any) -> None:
         try:
@@ -211,7 +201,7 @@ class ControlListener:
             self._publish(reply_to, value)
 
     def _publish(self, reply_to: str, value: Any) -> None:
-        self._client.publish(reply_to, _json({"hostname": self.hostname, "reply": value}))
+        self._subscription.reply(reply_to, _json({"hostname": self.hostname, "reply": value}))
 
 
 class WorkerControl:
@@ -386,7 +376,8 @@ class ChildAgent:
         self.revokes.prune()
         if time.monotonic() - self._synced > 30:  # pub/sub can drop a message while reconnecting
             self._synced = time.monotonic()
-            self.revokes.sync(self.listener._client)
+            sub = self.listener._subscription
+            self.revokes.sync(sub.client if sub is not None else None)
 
 
 __all__ = ["ChildAgent", "ControlListener", "RevokeState", "WorkerControl", "set_rate_limit"]
