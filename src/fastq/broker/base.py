@@ -159,6 +159,28 @@ class Broker(abc.ABC):
     def delete_prefixed(self, prefix: str) -> int:
         """Delete every key under ``prefix`` (the benchmark's own namespace); how many."""
 
+    # --- fetching (what a consumer sends on its own channel) ---------------------------
+
+    @abc.abstractmethod
+    def load_scripts(self) -> None:
+        """Make the server-side scripts available again (after a server restart)."""
+
+    @abc.abstractmethod
+    def fetch_command(self, name: str, consumer: str, count: int) -> bytes:
+        """Take up to ``count`` ready messages of a queue for ``consumer``, without waiting."""
+
+    @abc.abstractmethod
+    def blocking_fetch_commands(self, names: list[str], consumer: str, count: int, block_ms: int) -> list[bytes]:
+        """Wait up to ``block_ms`` for messages of the queues (one command, or several taken in turn)."""
+
+    @abc.abstractmethod
+    def held_command(self, stream: str, consumer: str) -> bytes:
+        """Read back what ``consumer`` holds on a stream (after a reconnect)."""
+
+    @abc.abstractmethod
+    def ack_entry(self, stream: str, entry_id: bytes, client: Any = None) -> None:
+        """Acknowledge one message now, outside a consumer's flush."""
+
     # --- leases ---------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -264,6 +286,10 @@ class Broker(abc.ABC):
     # --- fair queues ----------------------------------------------------------------------
 
     @abc.abstractmethod
+    def heal_fair(self, name: str, holder: str, lock_ms: int, client: Any = None) -> int:
+        """Recount a fair queue's gate from its streams and repair it (one worker per interval)."""
+
+    @abc.abstractmethod
     def tenant_counts(self, name: str) -> dict[str, dict]:
         """Per tenant of a fair queue: ``{"active": n, "backlog": n}``."""
 
@@ -333,6 +359,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def workers_seen(self, window: float) -> tuple[float, list[tuple[str, float, bytes | None]]]:
         """Workers heard from in the last ``window`` s: (server now, [(name, last heartbeat, entry)])."""
+
+    @abc.abstractmethod
+    def heartbeat(self, hostname: str, info: str, ttl: int, client: Any = None) -> None:
+        """A worker is alive; keep ``info`` as its registry entry for ``ttl`` s."""
+
+    @abc.abstractmethod
+    def deregister_worker(self, hostname: str, client: Any = None) -> None:
+        """A worker stopped cleanly."""
 
     @abc.abstractmethod
     def last_heartbeat(self, hostname: str) -> float | None:

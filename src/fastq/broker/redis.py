@@ -669,6 +669,43 @@ class RedisBroker(Broker):
             heal(self.client, fq, "purge", 1000)
         return stats["waiting"] + stats["delayed"]
 
+    # --- fetching (the consumer loops send these on their own channel) ----------------
+
+    def load_scripts(self) -> None:
+        """Load every Lua script (after Redis restarted and lost them: NOSCRIPT)."""
+        SCRIPTS.load_all(self.client)
+
+    def fetch_command(self, name: str, consumer: str, count: int) -> bytes:
+        """Take up to ``count`` messages of queue ``name`` for ``consumer``, highest
+        priority first, handed-back ones before new ones (fetch.lua; one round trip)."""
+        streams = self.keys.queue(name).fetch_order
+        return pack_command((b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(streams), *streams, CONSUMER_GROUP,
+                             consumer, count))
+
+    def blocking_fetch_commands(self, names: list[str], consumer: str, count: int, block_ms: int) -> list[bytes]:
+        """Wait up to ``block_ms`` for a message on any stream of ``names``: one
+        XREADGROUP BLOCK over all of them; on a cluster, where one command may only
+        touch one slot, one per queue, each with a shorter block when there are
+        several, so an idle consumer taking them in turn still looks at each often."""
+        def block(queues: list[str], ms: int) -> bytes:
+            keys = [k for q in queues for k in self.keys.queue(q).fetch_order]
+            return pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, consumer, b"COUNT", count,
+                                 b"BLOCK", ms, b"STREAMS", *keys, *([b">"] * len(keys))))
+        if not self.is_cluster:
+            return [block(names, block_ms)]
+        ms = block_ms if len(names) == 1 else max(1, min(block_ms, 100))
+        return [block([q], ms) for q in names]
+
+    def held_command(self, stream: str, consumer: str) -> bytes:
+        """Read back the entries ``consumer`` holds on ``stream`` (after a reconnect:
+        fetched before the connection broke, never run)."""
+        return pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, consumer, b"COUNT", 100000,
+                             b"STREAMS", stream, b"0"))
+
+    def ack_entry(self, stream: str, entry_id: bytes, client=None) -> None:
+        """Acknowledge one entry now (ack.lua: XACK and XDEL), outside a consumer's flush."""
+        SCRIPTS.ack(client or self.client, [stream], [CONSUMER_GROUP, entry_id])
+
     # --- maintenance (any worker runs these) -------------------------------------
 
     def renew(self, name: str, consumers: list[str], min_idle_ms: int, client=None) -> int:
@@ -903,6 +940,12 @@ class RedisBroker(Broker):
 
     # --- fair queues ----------------------------------------------------------------------
 
+    def heal_fair(self, name: str, holder: str, lock_ms: int, client=None) -> int:
+        """Recount fair queue ``name``'s gate from its streams and repair it, if no
+        other worker did in the last ``lock_ms``: tenants whose count was wrong;
+        -1: another worker holds the turn; -2: too many entries to scan this time."""
+        return heal(client or self.client, self.fair[name], holder, lock_ms)
+
     def tenant_counts(self, name: str) -> dict[str, dict]:
         """Per tenant of fair queue ``name``: messages in its streams and in its backlog."""
         return tenant_counts(self.client, self.fair[name], self.keys.queue(name).fetch_order)
@@ -1027,6 +1070,22 @@ class RedisBroker(Broker):
         names = [h.decode(errors="replace") for h, _ in rows]
         infos = self.client.mget([self.keys.worker(h) for h in names])
         return now, [(h, ts, raw) for h, (_, ts), raw in zip(names, rows, infos, strict=True)]
+
+    def heartbeat(self, hostname: str, info: str, ttl: int, client=None) -> None:
+        """Worker ``hostname`` is alive: stamp it on Redis's clock (readers age it on
+        the same clock) and keep ``info`` (JSON) as its registry entry for ``ttl`` s."""
+        c = client or self.client
+        now = self.clock(self.keys.workers, c)
+        pipe = c.pipeline(transaction=False)
+        pipe.zadd(self.keys.workers, {hostname: now})
+        pipe.set(self.keys.worker(hostname), info, ex=ttl)
+        pipe.execute()
+
+    def deregister_worker(self, hostname: str, client=None) -> None:
+        """Worker ``hostname`` stopped: drop it from the registry (a clean exit)."""
+        c = client or self.client
+        c.zrem(self.keys.workers, hostname)
+        c.delete(self.keys.worker(hostname))
 
     def last_heartbeat(self, hostname: str) -> float | None:
         """When worker ``hostname`` last said it is alive (None: never, or forgotten)."""

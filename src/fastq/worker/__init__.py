@@ -17,7 +17,6 @@ from ..broker import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.memory import check_memory_policy
 from ..broker.redis import AUTH_ERRORS, CONNECTION_ERRORS, auth_failed
-from ..broker.scripts import SCRIPTS
 from ..exceptions import BrokerOutOfMemory, ImproperlyConfigured
 from ..fairness import warn_unconfigured
 from ..logs import set_hostname
@@ -198,7 +197,7 @@ class Worker:
         while True:
             try:
                 self.app.broker.client.ping()
-                SCRIPTS.load_all(self.app.broker.client)
+                self.app.broker.load_scripts()
                 for q in self.queues:
                     self.app.broker.ensure_queue(q)
                 check_memory_policy(self.app.broker, refuse=not self.app.conf.worker_allow_eviction)

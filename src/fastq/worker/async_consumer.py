@@ -40,11 +40,9 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from .. import states
-from .._speedups import Output, current_request, pack_command, parse_fetch_reply, parse_xread_reply
+from .._speedups import Output, current_request, parse_fetch_reply, parse_xread_reply
 from ..broker.fair import ack_gates
-from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
-from ..broker.scripts import SCRIPTS
 from ..coroutines import Limits, call_limited
 from ..exceptions import TaskRevokedError
 from ..ratelimit import Limiter
@@ -165,6 +163,7 @@ class AsyncConsumer:
         self._closing = False
         self._done_ids: list[bytes] = []  #: finished since the output was last taken
         self._pending_outs: list[tuple] = []  #: (Output, entry ids) taken, not yet confirmed
+        self._block_turn = 0
         self._rr = 0
         self._warned = False
         self._recover_soon = False  #: re-read our held entries at the next fetch
@@ -348,13 +347,12 @@ class AsyncConsumer:
         for _ in range(len(self._turns)):
             qk = self.queues[self._turns[self._rr % len(self._turns)]]
             self._rr += 1
-            await ch.send(pack_command((b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order,
-                                        CONSUMER_GROUP, self.name, n)))
+            await ch.send(self.broker.fetch_command(qk.name, self.name, n))
             try:
                 reply = await ch.read()
             except ResponseError as exc:
                 if "NOSCRIPT" in str(exc):
-                    SCRIPTS.load_all(self.broker.client)
+                    self.broker.load_scripts()
                 else:
                     log.error("Fetch failed: %s", exc)
                     await asyncio.sleep(0.5)
@@ -362,9 +360,10 @@ class AsyncConsumer:
             batch = parse_fetch_reply(reply, qk.fetch_order)
             if batch:
                 return batch
-        keys = [k for qk in self.queues for k in qk.fetch_order]
-        await ch.send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", n, b"BLOCK", self.block_ms,
-                                    b"STREAMS", *keys, *([b">"] * len(keys)))))
+        # one read of every queue's streams; on a cluster one per queue, taken in turn
+        cmds = self.broker.blocking_fetch_commands([qk.name for qk in self.queues], self.name, n, self.block_ms)
+        self._block_turn += 1
+        await ch.send(cmds[self._block_turn % len(cmds)])
         try:
             reply = await ch.read()
         except ResponseError as exc:  # NOGROUP: the queue's keys were deleted
@@ -387,15 +386,14 @@ class AsyncConsumer:
     async def _recover(self) -> list:
         """After a lost connection: the entries we hold but do not run (fetched
         while the connection broke) are run now."""
-        SCRIPTS.load_all(self.broker.client)
+        self.broker.load_scripts()
         for qk in self.queues:
             self.broker.ensure_queue(qk.name)
         known = self._known()
         batch: list = []
         for qk in self.queues:
             for key in qk.fetch_order:
-                await self._fetch_ch.send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", 100000,
-                                                        b"STREAMS", key, b"0")))
+                await self._fetch_ch.send(self.broker.held_command(key, self.name))
                 batch.extend(d for d in parse_xread_reply(await self._fetch_ch.read(), self.by_name) if d.payload)
         known |= self._known()
         batch = [d for d in batch if d.entry_id not in known]
@@ -586,7 +584,7 @@ class AsyncConsumer:
                 if in_tx:
                     replies = transaction_replies(replies)
                 if any(isinstance(r, ResponseError) and "NOSCRIPT" in str(r) for r in replies):
-                    SCRIPTS.load_all(self.broker.client)  # Redis restarted: send it again
+                    self.broker.load_scripts()  # Redis restarted: send it again
                     continue
                 refused = next((r for r in replies if is_oom(r)), None)
                 if refused is not None:  # refused with the results (a transaction): still in flight, sent again

@@ -37,13 +37,12 @@ import psutil
 from redis.exceptions import ResponseError
 
 from .. import signals
-from .._speedups import Output, Runner, pack_command, parse_fetch_reply, parse_xread_reply
+from .._speedups import Output, Runner, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
 from ..broker.fair import ack_gates
-from ..broker.keys import CONSUMER_GROUP, logical_queue
+from ..broker.keys import logical_queue
 from ..broker.memory import check_memory_policy
 from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
-from ..broker.scripts import SCRIPTS
 from ..ratelimit import Limiter
 from .execute import Executor
 from .holding import HoldWatch, Window
@@ -171,19 +170,9 @@ class Consumer:
         one command may only touch one slot, one per queue, taken in turn with a
         shorter block so an idle worker still looks at each queue often."""
         cmds = self._block_cmds.get(count)
-        if cmds is not None:
-            return cmds
-
-        def block(queues, block_ms):
-            keys = [k for qk in queues for k in qk.fetch_order]
-            return pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", count,
-                                 b"BLOCK", block_ms, b"STREAMS", *keys, *([b">"] * len(keys))))
-        if not self.broker.is_cluster:
-            cmds = [block(self.queues, self.block_ms)]
-        else:
-            block_ms = self.block_ms if len(self.queues) == 1 else max(1, min(self.block_ms, 100))
-            cmds = [block([qk], block_ms) for qk in self.queues]
-        self._block_cmds[count] = cmds
+        if cmds is None:
+            cmds = self._block_cmds[count] = self.broker.blocking_fetch_commands(
+                [qk.name for qk in self.queues], self.name, count, self.block_ms)
         return cmds
 
     @property
@@ -249,9 +238,7 @@ class Consumer:
         n = self.window.size
         cmd = self._fetch_cmds.get((i, n))
         if cmd is None:
-            qk = self.queues[i]
-            cmd = self._fetch_cmds[(i, n)] = pack_command(
-                (b"EVALSHA", SCRIPTS.fetch.sha_bytes, len(qk.fetch_order), *qk.fetch_order, CONSUMER_GROUP, self.name, n))
+            cmd = self._fetch_cmds[(i, n)] = self.broker.fetch_command(self.queues[i].name, self.name, n)
         self._outstanding.append(("fetch", self.queues[i], time.monotonic()))
         self._send(cmd)
 
@@ -325,7 +312,7 @@ class Consumer:
 
     def _reload_scripts(self, outs: list) -> None:
         """Redis lost its scripts (restart): load them and send the affected writes again."""
-        SCRIPTS.load_all(self.broker.client)
+        self.broker.load_scripts()
         for out in outs:
             if out is not None:
                 self._send_output(out)
@@ -511,7 +498,7 @@ class Consumer:
     def _recover(self) -> list:
         """After reconnecting: resend unconfirmed writes, then take back our own
         pending entries (fetched before the outage, never run)."""
-        SCRIPTS.load_all(self.broker.client)
+        self.broker.load_scripts()
         for qk in self.queues:
             self.broker.ensure_queue(qk.name)
         for out in self._pending_outs:
@@ -521,8 +508,7 @@ class Consumer:
         batch: list = []
         for qk in self.queues:
             for key in qk.fetch_order:
-                self._send(pack_command((b"XREADGROUP", b"GROUP", CONSUMER_GROUP, self.name, b"COUNT", 100000,
-                                         b"STREAMS", key, b"0")))
+                self._send(self.broker.held_command(key, self.name))
                 batch.extend(d for d in parse_xread_reply(self._read(), self.by_name) if d.payload)
         if batch:
             log.warning("Recovered %d message(s) fetched before the connection was lost", len(batch))

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable
 
 from .. import events
-from ..broker.fair import heal
 from ..broker.redis import CONNECTION_ERRORS, safe_url
 from ..exceptions import BrokerError
 from ..messages import dead_letter_row
@@ -150,30 +149,23 @@ class Maintenance:
         for q in self.queues:
             fq = self.fair.get(q)
             if fq is not None:
-                fixed = heal(self.client, fq, self.hostname, int(self.heal_interval * 1000))
+                fixed = self.broker.heal_fair(q, self.hostname, int(self.heal_interval * 1000), self.client)
                 if fixed > 0:
                     log.warning("Repaired the fair-queue counts of %d tenant(s) on %r", fixed, q)
                 elif fixed == -2:
                     log.warning("Fair queue %r has too many messages in its streams to recount them", q)
 
     def heartbeat(self) -> None:
-        keys = self.broker.keys
         info = {"hostname": self.hostname, "pid": os.getpid(), "instance": instance_id(), "queues": self.queues,
                 "ts": time.time(), "proc": process_identity(),  # lets a successor tell whether we died (naming.py)
                 **_process_stats(), **self.info()}
-        now = self.broker.clock(keys.workers, self.client)  # readers age it on the same clock
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(keys.workers, {self.hostname: now})
-        pipe.set(keys.worker(self.hostname), json.dumps(info), ex=HEARTBEAT_TTL)
-        pipe.execute()
+        self.broker.heartbeat(self.hostname, json.dumps(info), HEARTBEAT_TTL, self.client)
         if self.app.conf.worker_send_task_events:
             self.broker.publish_events(self.hostname, [events.worker_event("worker-heartbeat", self.hostname, info)])
 
     def deregister(self) -> None:
         try:
-            keys = self.broker.keys
-            self.client.zrem(keys.workers, self.hostname)
-            self.client.delete(keys.worker(self.hostname))
+            self.broker.deregister_worker(self.hostname, self.client)
         except CONNECTION_ERRORS:
             pass
 

@@ -30,9 +30,7 @@ import time
 from redis.exceptions import ResponseError
 
 from .. import signals, states
-from ..broker.keys import CONSUMER_GROUP
 from ..broker.redis import CONNECTION_ERRORS
-from ..broker.scripts import SCRIPTS
 from ..control import request_info
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..messages import ResultMeta, decode_fields
@@ -476,7 +474,7 @@ class ProcessPool:
                 app.backend.store(msg.id, ResultMeta(states.FAILURE, None, "TimeLimitExceeded", "fastq.exceptions",
                                                      str(exc), None, time.time(), None, self.worker.hostname,
                                                      msg.retries, msg.task, {"reason": "time_limit"}))
-            SCRIPTS.ack(self.maintenance.client, [stream], [CONSUMER_GROUP, entry_id])
+            app.broker.ack_entry(stream, entry_id, self.maintenance.client)
             return
 
     def _child_exited(self, child: _Child) -> None:
