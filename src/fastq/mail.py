@@ -108,7 +108,6 @@ class Mailer:
         self.timeout = float(conf.error_email_timeout)
         self.default = bool(conf.task_send_error_emails)
         self.redact = conf.get("error_email_redact")
-        self.prefix = conf.key_prefix
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -181,18 +180,10 @@ class Mailer:
         """Take this task name's e-mail slot for the interval. Returns the number of
         failures folded since the last e-mail, or None when the slot is taken (the
         failure is then counted for the next e-mail)."""
-        throttle = f"{self.prefix}mail:throttle:{name}"
-        folded_key = f"{self.prefix}mail:folded:{name}"
         try:
-            if self._client is None:
+            if self._client is None:  # short timeouts: a slow Redis must not hold up the failure path
                 self._client = self.app.broker.new_client(socket_timeout=5, socket_connect_timeout=5)
-            if self._client.set(throttle, self.hostname, nx=True, px=max(1, int(self.interval * 1000))):
-                return int(self._client.getdel(folded_key) or 0)
-            pipe = self._client.pipeline(transaction=False)
-            pipe.incr(folded_key)
-            pipe.expire(folded_key, max(60, int(self.interval * 10)))
-            pipe.execute()
-            return None
+            return self.app.broker.claim_mail_slot(name, self.hostname, self.interval, self._client)
         except CONNECTION_ERRORS:
             now = time.monotonic()
             state = self._local.setdefault(name, [0.0, 0])

@@ -35,8 +35,6 @@ from .unique import (
     DEFAULT_UNIQUE_FOR,
     check_key,
     check_seconds,
-    debounce_record_key,
-    lock_key,
 )
 from .workflow import callbacks, note_child
 
@@ -290,7 +288,7 @@ class Producer:
     def _send_unique(self, name, args, kwargs, options, task, key: str, ttl: float) -> AsyncResult:
         msg, queue, priority, due = self.build(name, args, kwargs, options, task)
         broker = self.app.broker
-        lock = lock_key(broker.keys.prefix, queue, key)
+        lock = broker.unique_lock(queue, key)
         msg.options = {**(msg.options or {}), "unique": lock}  # the worker frees it when the task ends
         payload = self.encode(msg, task)
         cmds = broker.unique_publish_commands(queue, priority, self.app.serializer.field, payload, due, lock,
@@ -310,7 +308,7 @@ class Producer:
         msg, queue, priority, due = self.build(name, args, kwargs, options, task)
         payload = self.encode(msg, task)
         broker = self.app.broker
-        record = debounce_record_key(broker.keys.prefix, queue, key)
+        record = broker.debounce_record(queue, key)
         cmds = broker.debounce_commands(queue, priority, self.app.serializer.field, payload, due, record,
                                         math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000), msg.id)
         return self._result(msg, _text(broker.execute_packed(cmds)[0]), name)

@@ -93,7 +93,7 @@ class WorkerThread:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.hostname} was already started")
         try:  # fail here, with the URL, rather than in a thread that retries forever
-            self.app.broker.client.ping()
+            self.app.broker.ping()
         except Exception as exc:  # any connection problem
             raise RuntimeError(f"fastq.testing: cannot reach the broker at {self.app.broker_safe_url}: {exc}") from exc
 

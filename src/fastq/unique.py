@@ -44,14 +44,6 @@ DEBOUNCE_RECORD_TTL = 86400
 _hash_encode = msgspec.msgpack.Encoder(order="sorted").encode
 
 
-def lock_key(prefix: str, queue: str, key: str) -> str:
-    return f"{prefix}{{{queue}}}:u:{key}"
-
-
-def debounce_record_key(prefix: str, queue: str, key: str) -> str:
-    return f"{prefix}{{{queue}}}:db:{key}"
-
-
 # --- checking options --------------------------------------------------------------------
 
 
@@ -110,5 +102,4 @@ def release(broker, msg, out) -> None:
             out.add_command(broker.unique_release_command(lock, msg.id), 1)
 
 
-__all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "check_key", "check_seconds", "debounce_record_key", "derived_key",
-           "lock_key", "prepare", "release"]
+__all__ = ["DEFAULT_UNIQUE_FOR", "OPTIONS", "check_key", "check_seconds", "derived_key", "prepare", "release"]

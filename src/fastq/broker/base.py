@@ -12,10 +12,16 @@ Two parts are still Redis-shaped, and say so:
   sends RESP commands packed once, and several sends are one round trip. The
   broker builds them (``publish_commands``, ``unique_publish_commands``, ...)
   and runs them (``execute_packed``); callers only carry them.
-- *Raw access* (``client``, ``new_client``, ``new_channel``, ``keys``): what the
-  features not yet moved behind named methods still use (events, rate limits,
-  control, monitoring, beat's lock, the worker registry). The contract test
-  lists those modules, so the list can only shrink.
+- *Connections of one's own* (``new_client``, ``new_channel``): a thread that
+  blocks (a consumer's fetch, the event feed, the maintenance loop) takes a
+  connection nobody else waits behind, and hands it back to the broker's
+  methods (``client=``); a consumer's channel carries the packed commands
+  above. Code above the broker only passes these on, closes them, or sends and
+  reads what the broker built on a channel.
+
+*Raw access* (``client``, ``keys``) is left only to ``fastq bench``, which
+measures Redis itself (its memory use, a pipelined fill); the contract test
+lists it, so the list can only shrink.
 
 Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
@@ -39,6 +45,9 @@ class Broker(abc.ABC):
 
     #: the broker's URL (log it with ``safe_url``: it may hold a password)
     url: str
+    #: the fair queues' gate settings by queue name (``task_queues``), read-only:
+    #: read (and checked) when the broker is built
+    fair: dict
     #: replicas that must confirm each send before it returns (0: none);
     #: the asyncio producer sends such messages on the sync path, which waits
     wait_replicas: int
@@ -98,6 +107,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish_many_commands(self, batch: list[tuple], field: bytes) -> list[bytes]:
         """``publish_many`` as packed commands."""
+
+    @abc.abstractmethod
+    def unique_lock(self, queue: str, key: str) -> str:
+        """The name of a unique send's lock (the message carries it to the worker)."""
+
+    @abc.abstractmethod
+    def debounce_record(self, queue: str, key: str) -> str:
+        """The name of a debounce window's record."""
 
     @abc.abstractmethod
     def unique_publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None,
@@ -160,6 +177,19 @@ class Broker(abc.ABC):
         """Delete every key under ``prefix`` (the benchmark's own namespace); how many."""
 
     # --- fetching (what a consumer sends on its own channel) ---------------------------
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """One round trip; raises the connection's error."""
+
+    @abc.abstractmethod
+    def streams_of(self, name: str) -> list[str]:
+        """A queue's streams, in fetch order."""
+
+    @abc.abstractmethod
+    def output_command(self, out: Any, hostname: str, gates: dict | None,
+                       with_results: bool = True) -> tuple[bytes, int, bool]:
+        """A consumer's finished work as one write: (bytes, replies, in a transaction)."""
 
     @abc.abstractmethod
     def load_scripts(self) -> None:
@@ -232,7 +262,7 @@ class Broker(abc.ABC):
         """Move one held message to the dead letters with a reason, atomically."""
 
     @abc.abstractmethod
-    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, target: str, due: bytes,
+    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, priority: int, due: bytes,
                       arg5: bytes, arg6: bytes) -> bytes:
         """Move one held message to the delayed set, due at ``due`` (a retry, a rate-limit wait)."""
 
@@ -322,6 +352,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def beat_states(self, entries: list[tuple[str, str]]) -> list[dict[str, int | None]]:
         """Latest due time and send time of each (queue, entry)."""
+
+    # --- failure e-mail -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim_mail_slot(self, task_name: str, holder: str, interval: float, client: Any = None) -> int | None:
+        """Take a task's e-mail slot for ``interval`` s: failures folded since, or None if taken."""
 
     # --- rate limits ------------------------------------------------------------------
 
@@ -425,7 +461,7 @@ class Broker(abc.ABC):
     def revoked(self, client: Any = None) -> dict[str, float]:
         """Every task revoked now, with when its revoke ends."""
 
-    # --- raw access (being retired: see the module docstring) ---------------------------
+    # --- connections of one's own (see the module docstring) ---------------------------
 
     @abc.abstractmethod
     def new_client(self, **overrides: Any) -> Any:
@@ -444,9 +480,9 @@ def contract_names() -> set[str]:
     return names | RAW_ATTRIBUTES
 
 
-#: Attributes a broker sets in ``__init__`` that features not yet behind named
-#: methods still read: the default client, the key names, the fair-queue table.
-RAW_ATTRIBUTES = {"client", "keys", "fair"}
+#: Attributes a broker sets in ``__init__`` that only ``fastq bench`` still reads:
+#: the default client and the key names.
+RAW_ATTRIBUTES = {"client", "keys"}
 
 
 __all__ = ["RAW_ATTRIBUTES", "Broker", "contract_names"]

@@ -107,6 +107,14 @@ class Keys:
     def worker(self, hostname: str) -> str:
         return f"{self.prefix}worker:{hostname}"
 
+    def unique_lock(self, queue: str, key: str) -> str:
+        """A unique send's lock (its value: the holder's task id), in the queue's slot."""
+        return f"{self.prefix}{{{queue}}}:u:{key}"
+
+    def debounce_record(self, queue: str, key: str) -> str:
+        """A debounce window's record (its task id and delayed member), in the queue's slot."""
+        return f"{self.prefix}{{{queue}}}:db:{key}"
+
     def beat_state(self, queue: str, entry: str) -> str:
         """A periodic entry's HASH: the latest due time sent (``due``), when (``sent``),
         the task id (``id``). In its queue's hash slot, so the send script's keys

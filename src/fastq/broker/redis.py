@@ -434,6 +434,15 @@ class RedisBroker(Broker):
         fq = self.fair.get(queue) if self.fair else None
         return () if fq is None else (*fq.gate_args, tenant_of(field, payload).encode())
 
+    def unique_lock(self, queue: str, key: str) -> str:
+        """The name of a unique send's lock: the message carries it, so the worker
+        frees it when the task ends (``unique_release_command``)."""
+        return self.keys.unique_lock(queue, key)
+
+    def debounce_record(self, queue: str, key: str) -> str:
+        """The name of a debounce window's record (``debounce_commands``)."""
+        return self.keys.debounce_record(queue, key)
+
     def unique_publish_commands(self, queue: str, priority: int, field: bytes, payload: bytes, due: float | None,
                                 lock: str, ttl_ms: int, task_id: str) -> list[bytes]:
         """Send one message unless ``lock`` is held (unique_publish.lua, which
@@ -671,6 +680,20 @@ class RedisBroker(Broker):
 
     # --- fetching (the consumer loops send these on their own channel) ----------------
 
+    def ping(self) -> None:
+        """One round trip; raises what the connection raises (fail fast, with the URL)."""
+        self.client.ping()
+
+    def streams_of(self, name: str) -> list[str]:
+        """Queue ``name``'s streams, in the order a fetch takes them."""
+        return self.keys.queue(name).fetch_order
+
+    def output_command(self, out, hostname: str, gates: dict | None,
+                       with_results: bool = True) -> tuple[bytes, int, bool]:
+        """One write of a consumer's finished work (``pack_output``), with this
+        broker's event stream."""
+        return pack_output(out, self.keys.events, hostname, gates, with_results)
+
     def load_scripts(self) -> None:
         """Load every Lua script (after Redis restarted and lost them: NOSCRIPT)."""
         SCRIPTS.load_all(self.client)
@@ -745,12 +768,12 @@ class RedisBroker(Broker):
         return pack_command((b"EVALSHA", SCRIPTS.bury.sha_bytes, 2, stream, qk.dlq, CONSUMER_GROUP, consumer,
                              qk.name, *self.gate_args(queue), entry_id, reason, error))
 
-    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, target: str, due: bytes,
+    def retry_command(self, stream: str, queue: str, consumer: str, entry_id: bytes, priority: int, due: bytes,
                       arg5: bytes, arg6: bytes) -> bytes:
-        """Move one held entry to the delayed set, due at ``due``, bound for ``target``
-        (retry.lua: fenced, atomic; on a fair queue the message keeps its group)."""
+        """Move one held entry to the delayed set, due at ``due``, bound for the stream
+        of ``priority`` (retry.lua: fenced, atomic; on a fair queue the message keeps its tenant)."""
         qk = self.keys.queue(queue)
-        return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, stream, qk.delayed, target,
+        return pack_command((b"EVALSHA", SCRIPTS.retry.sha_bytes, 3, stream, qk.delayed, qk.streams[priority],
                              CONSUMER_GROUP, consumer, entry_id, due, arg5, arg6, *self.gate_args(queue)))
 
     def unique_release_command(self, lock: str, task_id: str) -> bytes:
@@ -992,6 +1015,23 @@ class RedisBroker(Broker):
         for queue, entry in entries:
             pipe.hmget(self.keys.beat_state(queue, entry), "due", "sent")
         return [{"due": _int_or_none(due), "sent": _int_or_none(sent)} for due, sent in pipe.execute()]
+
+    # --- failure e-mail ------------------------------------------------------------
+
+    def claim_mail_slot(self, task_name: str, holder: str, interval: float, client=None) -> int | None:
+        """Take ``task_name``'s failure e-mail slot for ``interval`` seconds, cluster-wide:
+        the failures folded since the last e-mail, or None when another worker has
+        the slot (this failure is then counted for the next e-mail)."""
+        c = client or self.client
+        throttle = f"{self.keys.prefix}mail:throttle:{task_name}"
+        folded = f"{self.keys.prefix}mail:folded:{task_name}"
+        if c.set(throttle, holder, nx=True, px=max(1, int(interval * 1000))):
+            return int(c.getdel(folded) or 0)
+        pipe = c.pipeline(transaction=False)
+        pipe.incr(folded)
+        pipe.expire(folded, max(60, int(interval * 10)))
+        pipe.execute()
+        return None
 
     # --- rate limits ----------------------------------------------------------------
 

@@ -46,6 +46,15 @@ class RedisBackend:
         self.expires = int(broker.conf.result_expires)
         self._local = threading.local()
 
+    def store_commands(self, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
+        """The commands that store ``meta`` (a final state goes to the result list),
+        for a worker's flush: sent with the ack, in one transaction when they can be."""
+        return pack_store(self.keys, task_id, meta, expires)
+
+    def result_key(self, task_id: str) -> bytes:
+        """Where a task's final result is kept (the compiled core's fast path writes it)."""
+        return self.keys.result(task_id).encode()
+
     def _waiter(self):
         """A connection for blocking reads, one per thread (BLMOVE holds it)."""
         c = getattr(self._local, "client", None)
@@ -88,7 +97,7 @@ class RedisBackend:
                 return decode_result(raw)
 
     def store(self, task_id: str, meta: ResultMeta) -> None:
-        cmds = pack_store(self.keys, task_id, meta, self.expires)
+        cmds = self.store_commands(task_id, meta, self.expires)
         with self.broker.retrying():
             self.broker.execute_packed(cmds)
 

@@ -196,7 +196,7 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                self.app.broker.client.ping()
+                self.app.broker.ping()
                 self.app.broker.load_scripts()
                 for q in self.queues:
                     self.app.broker.ensure_queue(q)

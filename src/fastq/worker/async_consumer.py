@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 from .. import states
 from .._speedups import Output, current_request, parse_fetch_reply, parse_xread_reply
 from ..broker.fair import ack_gates
-from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
+from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction_replies
 from ..coroutines import Limits, call_limited
 from ..exceptions import TaskRevokedError
 from ..ratelimit import Limiter
@@ -143,7 +143,6 @@ class AsyncConsumer:
         # running tasks: it stays empty, and hard limits are cancellations here.
         self.executor = Executor(app, hostname, name, queue_of)
         self.events = self.executor.events = bool(conf.worker_send_task_events)
-        self.events_key = self.broker.keys.events
         self.limiter = self.executor.limiter = Limiter(app, queues)
         self.executor.ack_now = self._ack_now
         self.executor.flush_now = self._flush_now
@@ -424,13 +423,12 @@ class AsyncConsumer:
 
     def _hand_back_rest(self) -> None:
         """At the end: anything still held (a fetch that came back as we stopped) goes back."""
-        client = self.broker.client
         try:
             for qk in self.queues:
                 for stream in qk.fetch_order:
-                    ids = [i for i in self.broker.pending_of(stream, self.name, client) if i not in self.running]
+                    ids = [i for i in self.broker.pending_of(stream, self.name) if i not in self.running]
                     if ids:
-                        moved, _ = self.broker.release(stream, qk.name, self.name, ids, client=client)
+                        moved, _ = self.broker.release(stream, qk.name, self.name, ids)
                         if moved:
                             log.info("Handed back %d unstarted message(s)", moved)
         except CONNECTION_ERRORS:
@@ -577,7 +575,7 @@ class AsyncConsumer:
                     if isinstance(reply, ResponseError):
                         log.error("Redis refused a result write: %s", reply)
                 out.results, out.result_replies = [], 0
-            data, n, in_tx = pack_output(out, self.events_key, self.hostname, self._fair_acks)
+            data, n, in_tx = self.broker.output_command(out, self.hostname, self._fair_acks)
             if n:
                 await self._write_ch.send(data)
                 replies = await self._write_ch.read_many(n)

@@ -42,7 +42,7 @@ from ..broker.cluster import is_redirect
 from ..broker.fair import ack_gates
 from ..broker.keys import logical_queue
 from ..broker.memory import check_memory_policy
-from ..broker.redis import CONNECTION_ERRORS, is_oom, pack_output, safe_url, transaction_replies
+from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction_replies
 from ..ratelimit import Limiter
 from .execute import Executor
 from .holding import HoldWatch, Window
@@ -87,7 +87,6 @@ class Consumer:
         self.events = bool(conf.worker_send_task_events)
         self.runner.events = self.events
         self.executor.events = self.events
-        self.events_key = self.broker.keys.events
         backend_broker = app.backend.broker
         self.result_broker = None if backend_broker is self.broker and not self.broker.is_cluster else backend_broker
         self.limiter = Limiter(app, physical)
@@ -194,7 +193,7 @@ class Consumer:
 
     def _pack_output(self, out: Output) -> tuple[bytes, int, bool]:
         # With a separate result backend the results went there first (_send_output).
-        return pack_output(out, self.events_key, self.hostname, self._fair_acks, self.result_broker is None)
+        return self.broker.output_command(out, self.hostname, self._fair_acks, self.result_broker is None)
 
     def _send_output(self, out: Output) -> None:
         if self.result_broker is not None and out.results:
@@ -344,7 +343,6 @@ class Consumer:
         by_stream: dict[str, list] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
-        client = client or self.broker.client
         moved = 0
         for stream, ids in by_stream.items():
             queue = self.executor.queue_of[stream]

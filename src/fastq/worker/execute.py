@@ -19,7 +19,6 @@ from .. import signals, states
 from .._speedups import Request, current_request
 from ..broker.due import due_arg
 from ..broker.redis import CONNECTION_ERRORS
-from ..broker.results import pack_store
 from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
 from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
@@ -46,7 +45,7 @@ class Executor:
     def __init__(self, app, hostname: str, consumer_name: str, queue_of: dict) -> None:
         self.app = app
         self.broker = app.broker
-        self.keys = app.broker.keys
+        self.backend = app.backend
         self.hostname = hostname
         self.consumer_name = consumer_name
         self.queue_of = queue_of  #: stream key -> queue name
@@ -92,7 +91,7 @@ class Executor:
         )
 
     def _store(self, out, task_id: str, meta: ResultMeta) -> None:
-        for cmd in pack_store(self.keys, task_id, meta, self.expires):
+        for cmd in self.backend.store_commands(task_id, meta, self.expires):
             out.add_result(cmd, 1)
 
     def _meta(self, state: str, msg, exc: BaseException | None = None, runtime: float | None = None,
@@ -298,7 +297,7 @@ class Executor:
             except Exception as exc:  # noqa: BLE001
                 self.result_not_serializable(task, d, msg, exc, runtime, out)
                 return
-            out.store_result(self.keys.result(msg.id).encode(), blob, self.expires)
+            out.store_result(self.backend.result_key(msg.id), blob, self.expires)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
             steps.on_success(self, msg, retval, out)
             release_unique(self.broker, msg, out)
@@ -367,9 +366,7 @@ class Executor:
         nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=eta)
         payload = self.app.serializer.encode(nxt)
         field = self.app.serializer.field
-        qk = self.keys.queue(self.queue_of[d.stream])
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
-        target = qk.streams[prio]
         delay = (when - time.time()) if when else 0.0
         if delay > 0 or (when and not isinstance(when, Countdown)):  # an absolute eta: Redis's clock decides
             due, arg5, arg6 = due_arg(when), field + b"%d" % prio + payload, b""
@@ -377,7 +374,7 @@ class Executor:
             due, arg5, arg6 = b"0", field, payload
         tb = format_exception(exc) if exc is not None else None
         self._store(out, msg.id, self._meta(states.RETRY, msg, exc, None, tb, {"eta": eta}))
-        out.add_command(self._retry_command(qk, d, target, due, arg5, arg6), 1)
+        out.add_command(self._retry_command(d, prio, due, arg5, arg6), 1)
         if self.events:
             out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": eta})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
@@ -386,14 +383,14 @@ class Executor:
     def _defer(self, d, msg, wait: float, out) -> None:
         """No rate-limit token: the same message waits in the delayed set (atomic
         move, retry.lua), so nothing here blocks or spins."""
-        qk = self.keys.queue(self.queue_of[d.stream])
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
         due = due_arg(Countdown(time.time(), wait))
-        out.add_command(self._retry_command(qk, d, qk.streams[prio], due, d.field + b"%d" % prio + d.payload, b""), 1)
+        out.add_command(self._retry_command(d, prio, due, d.field + b"%d" % prio + d.payload, b""), 1)
 
-    def _retry_command(self, qk, d, target: str, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
-        """retry.lua (on a fair queue the message keeps its group)."""
-        return self.broker.retry_command(d.stream, qk.name, self.consumer_name, d.entry_id, target, due, arg5, arg6)
+    def _retry_command(self, d, priority: int, due: bytes, arg5: bytes, arg6: bytes) -> bytes:
+        """retry.lua (on a fair queue the message keeps its tenant)."""
+        return self.broker.retry_command(d.stream, self.queue_of[d.stream], self.consumer_name, d.entry_id, priority,
+                                         due, arg5, arg6)
 
     def _revoked(self, d, msg, out, reason: str) -> None:
         if signals.task_revoked:

@@ -538,7 +538,7 @@ class ProcessPool:
         if current != b"*":
             return [current] if current else []
         broker = self.worker.app.broker
-        return [i for q in broker.expand_queues(self.worker.queues) for stream in broker.keys.queue(q).fetch_order
+        return [i for q in broker.expand_queues(self.worker.queues) for stream in broker.streams_of(q)
                 for i in broker.pending_of(stream, child.name, self.maintenance.client)]
 
     def _record_lost(self, entry_id: bytes, child: _Child, how: str) -> None:
