@@ -88,6 +88,22 @@ def test_only_the_broker_builds_redis_commands():
     assert sorted(builders) == [], "ask the broker by a named method instead"
 
 
+def test_only_the_broker_imports_the_redis_client():
+    """redis-py (and hiredis) are the broker's business; fastq bench, which starts
+    and measures Redis servers of its own, is the one exception."""
+    importers = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("broker/") or rel == "bench.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] in ("redis", "hiredis") for n in names):
+                importers.add(f"{rel}:{node.lineno}")
+    assert sorted(importers) == [], "ask the broker instead"
+
+
 @pytest.mark.parametrize("name", sorted(Broker.__abstractmethods__))
 def test_redis_broker_keeps_the_contracts_signatures(name):
     """A caller written against the contract works with RedisBroker: same parameters."""

@@ -27,6 +27,44 @@ WAIT_CHUNK = 5.0
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class AsyncChannel:
+    """Packed commands out, replies in, over one redis.asyncio connection (the asyncio
+    consumer's counterpart of ``Channel``); connects on the first send."""
+
+    def __init__(self, url: str, kwargs: dict) -> None:
+        self._client = redis.asyncio.Redis.from_url(url, **kwargs)
+        self.conn = None
+
+    async def send(self, data: bytes) -> None:
+        if self.conn is None:
+            conn = self._client.connection_pool.make_connection()
+            await conn.connect()
+            self.conn = conn
+        await self.conn.send_packed_command(data, check_health=False)
+
+    async def read(self):
+        """The next reply; an error reply is raised."""
+        return await self.conn.read_response(disable_decoding=True)
+
+    async def read_many(self, n: int) -> list:
+        """The next ``n`` replies; error replies are returned, not raised."""
+        out = []
+        for _ in range(n):
+            try:
+                out.append(await self.conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+
 def client_for(broker, blocking: bool = False) -> redis.asyncio.Redis:
     """The running loop's asyncio client for this broker's Redis (``blocking``:
     the one for waits, with a socket timeout longer than a wait)."""

@@ -471,6 +471,10 @@ class Broker(abc.ABC):
     def new_channel(self, **overrides: Any) -> Any:
         """A raw channel for packed commands, owned by the caller (one per consumer)."""
 
+    @abc.abstractmethod
+    def new_async_channel(self, **overrides: Any) -> Any:
+        """The same for an asyncio consumer: ``await send``, ``read``, ``read_many``, ``close``."""
+
 
 def contract_names() -> set[str]:
     """Every name the contract gives callers: its methods, properties and attributes,

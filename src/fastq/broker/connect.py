@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
@@ -32,6 +32,10 @@ from ..exceptions import ImproperlyConfigured
 
 #: Refused credentials: ConnectionError subclasses in redis-py, but no outage (not retried).
 AUTH_ERRORS = (AuthenticationError, AuthorizationError)
+
+#: An error reply (the server refused one command); channels return or raise it.
+#: Re-exported so the code above the broker need not import the client library.
+ReplyError = ResponseError
 
 #: Errors that mean "Redis could not be reached"; worth retrying.
 #: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.

@@ -31,7 +31,7 @@ from .._speedups import pack_command
 from ..events import MAXLEN as EVENTS_MAXLEN
 from ..events import encode_events
 from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
-from .aioclient import execute_packed_async
+from .aioclient import AsyncChannel, execute_packed_async
 from .base import Broker
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
@@ -214,6 +214,10 @@ class RedisBroker(Broker):
     def new_client(self, **overrides):
         """A redis-py client (Redis, RedisCluster, or Sentinel's master) with its own connections."""
         return make_client(self.target, **{**self._kwargs, **overrides})
+
+    def new_async_channel(self, **overrides) -> AsyncChannel:
+        """A raw asyncio channel, owned by the caller (the asyncio consumer's fetch and writes)."""
+        return AsyncChannel(self.url, {**self._kwargs, **overrides})
 
     def new_channel(self, **overrides) -> Channel | ClusterChannel:
         """A raw channel, owned by the caller (workers use one per consumer)."""

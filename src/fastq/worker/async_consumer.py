@@ -36,11 +36,9 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis.asyncio
-from redis.exceptions import ResponseError
-
 from .. import states
 from .._speedups import Output, current_request, parse_fetch_reply, parse_xread_reply
+from ..broker.connect import ReplyError
 from ..broker.fair import ack_gates
 from ..broker.redis import CONNECTION_ERRORS, is_oom, safe_url, transaction_replies
 from ..coroutines import Limits, call_limited
@@ -59,43 +57,6 @@ MAX_SYNC_THREADS = 32
 #: (one death is most often not the message's doing: a deploy's SIGKILL, a host
 #: lost, the OOM killer: those messages run at full concurrency again).
 SUSPECT_DELIVERIES = 2
-
-
-class _AsyncChannel:
-    """Packed commands out, replies in, over one redis.asyncio connection."""
-
-    def __init__(self, url: str, kwargs: dict) -> None:
-        self._client = redis.asyncio.Redis.from_url(url, **kwargs)
-        self.conn = None
-
-    async def send(self, data: bytes) -> None:
-        if self.conn is None:
-            conn = self._client.connection_pool.make_connection()
-            await conn.connect()
-            self.conn = conn
-        await self.conn.send_packed_command(data, check_health=False)
-
-    async def read(self):
-        """The next reply; an error reply is raised."""
-        return await self.conn.read_response(disable_decoding=True)
-
-    async def read_many(self, n: int) -> list:
-        """The next ``n`` replies; error replies are returned, not raised."""
-        out = []
-        for _ in range(n):
-            try:
-                out.append(await self.conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                out.append(exc)
-        return out
-
-    async def close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                await conn.disconnect()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
 
 
 class _Run:
@@ -171,10 +132,9 @@ class AsyncConsumer:
         self._alone: bytes | None = None  #: the suspect running alone, until its writes are confirmed
         self._careful = False  #: the last fetch brought a suspect: fetch one at a time
         self._threads: ThreadPoolExecutor | None = None
-        kw = self.broker.connection_options()
-        self._fetch_ch = _AsyncChannel(self.broker.url, {**kw, "socket_timeout": self.block_ms / 1000 + 10})
-        self._write_ch = _AsyncChannel(self.broker.url, kw)
-        self._result_ch = _AsyncChannel(self.result_url, kw) if self.result_url else None
+        self._fetch_ch = self.broker.new_async_channel(socket_timeout=self.block_ms / 1000 + 10)
+        self._write_ch = self.broker.new_async_channel()
+        self._result_ch = backend_broker.new_async_channel() if self.result_url else None
 
     # --- control (from any thread or a signal handler) -------------------------------
 
@@ -349,7 +309,7 @@ class AsyncConsumer:
             await ch.send(self.broker.fetch_command(qk.name, self.name, n))
             try:
                 reply = await ch.read()
-            except ResponseError as exc:
+            except ReplyError as exc:
                 if "NOSCRIPT" in str(exc):
                     self.broker.load_scripts()
                 else:
@@ -365,7 +325,7 @@ class AsyncConsumer:
         await ch.send(cmds[self._block_turn % len(cmds)])
         try:
             reply = await ch.read()
-        except ResponseError as exc:  # NOGROUP: the queue's keys were deleted
+        except ReplyError as exc:  # NOGROUP: the queue's keys were deleted
             log.warning("Queue keys vanished (%s); re-creating the consumer groups", exc)
             for qk in self.queues:
                 self.broker.ensure_queue(qk.name)
@@ -572,7 +532,7 @@ class AsyncConsumer:
                 for reply in await self._result_ch.read_many(out.result_replies):
                     if is_oom(reply):  # kept (not acked) and sent again after the backoff
                         raise ConnectionError(f"Redis is out of memory and refused results ({reply})")
-                    if isinstance(reply, ResponseError):
+                    if isinstance(reply, ReplyError):
                         log.error("Redis refused a result write: %s", reply)
                 out.results, out.result_replies = [], 0
             data, n, in_tx = self.broker.output_command(out, self.hostname, self._fair_acks)
@@ -581,14 +541,14 @@ class AsyncConsumer:
                 replies = await self._write_ch.read_many(n)
                 if in_tx:
                     replies = transaction_replies(replies)
-                if any(isinstance(r, ResponseError) and "NOSCRIPT" in str(r) for r in replies):
+                if any(isinstance(r, ReplyError) and "NOSCRIPT" in str(r) for r in replies):
                     self.broker.load_scripts()  # Redis restarted: send it again
                     continue
                 refused = next((r for r in replies if is_oom(r)), None)
                 if refused is not None:  # refused with the results (a transaction): still in flight, sent again
                     raise ConnectionError(f"Redis is out of memory and refused results and acks ({refused})")
                 for reply in replies:
-                    if isinstance(reply, ResponseError):
+                    if isinstance(reply, ReplyError):
                         log.error("Redis refused a write: %s", reply)
             self._pending_outs.pop(0)
 

@@ -34,11 +34,11 @@ import time
 from collections import deque
 
 import psutil
-from redis.exceptions import ResponseError
 
 from .. import signals
 from .._speedups import Output, Runner, parse_fetch_reply, parse_xread_reply
 from ..broker.cluster import is_redirect
+from ..broker.connect import ReplyError
 from ..broker.fair import ack_gates
 from ..broker.keys import logical_queue
 from ..broker.memory import check_memory_policy
@@ -248,7 +248,7 @@ class Consumer:
             replies = self.conn.read_many(n)
             if item[3]:  # sent as a transaction (results and their acks)
                 replies = transaction_replies(replies)
-            errors = [r for r in replies if isinstance(r, ResponseError)]
+            errors = [r for r in replies if isinstance(r, ReplyError)]
             redirect = next((r for r in errors if is_redirect(r)), None)
             if redirect is not None:
                 # Not applied (slot moved, master demoted): the write stays
@@ -269,7 +269,7 @@ class Consumer:
             return None
         try:
             reply = self._read()
-        except ResponseError as exc:
+        except ReplyError as exc:
             if is_redirect(exc):
                 raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
             if "NOSCRIPT" in str(exc):
@@ -325,7 +325,7 @@ class Consumer:
         self._send(cmd)
         try:
             reply = self._read()
-        except ResponseError as exc:
+        except ReplyError as exc:
             if is_redirect(exc):  # a cluster failover or a demoted master
                 raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
             # NOGROUP / UNBLOCKED: a stream or its group was deleted (purge,

@@ -27,9 +27,8 @@ import sys
 import threading
 import time
 
-from redis.exceptions import ResponseError
-
 from .. import signals, states
+from ..broker.connect import ReplyError
 from ..broker.redis import CONNECTION_ERRORS
 from ..control import request_info
 from ..exceptions import TimeLimitExceeded, WorkerLostError
@@ -530,7 +529,7 @@ class ProcessPool:
                 return
             except CONNECTION_ERRORS:
                 time.sleep(0.5)  # the lease returns them if Redis stays away
-            except ResponseError as exc:  # e.g. the queue's keys were deleted: nothing to hand back
+            except ReplyError as exc:  # e.g. the queue's keys were deleted: nothing to hand back
                 log.warning("Could not hand back the dead child's messages: %s", exc)
                 return
 
