@@ -162,6 +162,34 @@ def test_fastq_modules_are_imported_at_the_top():
     assert lazy == [], "\n".join(lazy)
 
 
+#: Third-party packages fastq does not require (extras), which may be imported late.
+OPTIONAL_PACKAGES = {"prometheus_client", "uvicorn", "starlette", "django"}
+
+
+def test_only_optional_packages_are_imported_inside_functions():
+    """Issue #19: an import inside a function only where it spares a user an
+    optional dependency, and it says why on its line; everything else (the
+    standard library, fastq's own dependencies) is imported at the top."""
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = path.read_text().split("\n")
+
+        def visit(node, inside, path=path, lines=lines):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)) and inside:
+                    names = [a.name for a in child.names] if isinstance(child, ast.Import) else [child.module or ""]
+                    top = {n.split(".")[0] for n in names}
+                    ours = isinstance(child, ast.ImportFrom) and child.level > 0
+                    where = f"{path.relative_to(SRC)}:{child.lineno}"
+                    if not ours and not top <= OPTIONAL_PACKAGES:
+                        bad.append(f"{where}: {ast.unparse(child)} (import it at the top)")
+                    elif "#" not in lines[child.lineno - 1]:
+                        bad.append(f"{where}: {ast.unparse(child)} (say why on its line)")
+                visit(child, inside or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        visit(ast.parse("\n".join(lines)), False)
+    assert bad == [], "\n".join(bad)
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODS if m.count(".") <= 2))
 def test_module_names_are_not_repeated(module):
     """No two modules share a name (there were two called ``aio``)."""

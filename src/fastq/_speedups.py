@@ -39,12 +39,12 @@ __all__ = [
 def _load_core():
     if not NO_EXTENSIONS:
         try:
-            from . import _core
+            from . import _core  # the selector: the compiled core when it was built
 
             return _core
         except ImportError:  # pragma: no cover - a build without the extension
             pass
-    from . import _core_py
+    from . import _core_py  # its pure-Python twin (FASTQ_NO_EXTENSIONS=1, or no build)
 
     return _core_py
 

@@ -36,6 +36,8 @@ import uuid
 from collections.abc import Iterator
 
 import click
+import psutil
+import redis
 
 from . import FastQ, ResultSet, __version__
 from . import bench_realistic as realistic
@@ -128,7 +130,6 @@ def private_redis() -> Iterator[str]:
 def private_cluster(masters: int) -> Iterator[str]:
     """A throwaway Redis Cluster of ``masters`` masters (no replicas) on free
     loopback ports, slots split evenly; yields its ``redis+cluster://`` URL."""
-    import redis
 
     exe = shutil.which("redis-server")
     if exe is None:
@@ -226,7 +227,6 @@ class _Worker:
         raise click.ClickException(f"the benchmark worker exited early with code {code}; its last lines:\n{tail}")
 
     def rss_mb(self) -> float:
-        import psutil
 
         try:
             p = psutil.Process(self.proc.pid)
@@ -450,7 +450,6 @@ def run_memory(bapp: FastQ, url: str, n: int, progress, extra: list[str]) -> dic
 
 
 def _child_rss_mb(w: _Worker) -> float:
-    import psutil
 
     try:
         children = psutil.Process(w.proc.pid).children()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 
 def _mix(n: int, seed: int = 7) -> list[float]:
@@ -86,7 +87,6 @@ def pick(spec: str) -> list[tuple[str, str, int, str, int]]:
 
 def spin(seconds: float) -> None:
     """A CPU-bound task's body: spin for ``seconds`` of this thread's CPU time."""
-    import time
 
     end = time.thread_time() + seconds
     while time.thread_time() < end:

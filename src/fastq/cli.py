@@ -6,14 +6,18 @@ Layer: apps; may import any layer.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import click
+import msgspec
 
 from . import __version__
 from ._speedups import COMPILED
@@ -319,7 +323,6 @@ def result(state: _AppState, task_id: str, as_json: bool) -> None:
     except BrokerError as exc:
         _fail(exc)
     if as_json:
-        import msgspec
 
         fields = msgspec.structs.asdict(meta) if meta else {"state": "PENDING", "known": location is not None}
         if location is not None:
@@ -359,7 +362,6 @@ def result(state: _AppState, task_id: str, as_json: bool) -> None:
 @click.pass_obj
 def queues(state: _AppState, as_json: bool, interval: float) -> None:
     """Per queue: waiting, in flight, delayed, dead-lettered, and in/out rates (messages/s)."""
-    import time
 
     app = state.app()
     rates = None
@@ -419,7 +421,6 @@ def status(state: _AppState, destination: str | None) -> None:
 @click.pass_obj
 def events(state: _AppState, as_json: bool) -> None:
     """Tail task and worker events live."""
-    import datetime as dt
 
     app = state.app()
     try:
@@ -448,7 +449,6 @@ def dlq() -> None:
 @click.pass_obj
 def dlq_list(state: _AppState, queue_name: str | None, limit: int, as_json: bool) -> None:
     """Show dead letters: when, which task (id, name, arguments), why, after how many deliveries."""
-    import datetime as dt
 
     app = state.app()
     rows = dead_letters(app, _dlq_queues(app, queue_name), limit)
@@ -577,7 +577,6 @@ def _print_replies(state: _AppState, replies: dict) -> None:
 
 def _describe(item) -> str:
     if isinstance(item, dict) and "request" in item:  # scheduled
-        import datetime as dt
 
         eta = dt.datetime.fromtimestamp(item["eta"], dt.timezone.utc).isoformat(timespec="seconds")
         return f"{eta} {_describe(item['request'])}"
@@ -756,7 +755,6 @@ def dashboard(state: _AppState, port: int, address: str, basic_auth: str | None,
 
 
 def _is_loopback(address: str) -> bool:
-    import ipaddress
 
     if address == "localhost":
         return True

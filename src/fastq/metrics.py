@@ -31,6 +31,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+import psutil
+
 from . import events
 from .broker.redis import CONNECTION_ERRORS
 from .control import online_workers
@@ -51,7 +53,7 @@ EVENT_STATES = {
 
 def _require():
     try:
-        import prometheus_client
+        import prometheus_client  # optional (fastq[metrics]): imported when metrics are asked for
     except ImportError:  # pragma: no cover - depends on the install
         raise ImproperlyConfigured("metrics need prometheus-client: pip install 'fastq[metrics]'") from None
     return prometheus_client
@@ -107,7 +109,7 @@ class RedisCollector:
 
     def collect(self):
         _require()
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily  # optional (fastq[metrics])
 
         length = GaugeMetricFamily("fastq_queue_length", "Messages waiting in a queue.", labels=["queue"])
         flight = GaugeMetricFamily("fastq_in_flight", "Messages fetched by workers and not yet acknowledged.",
@@ -143,7 +145,7 @@ class WorkerCollector:
         return []
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily  # optional (fastq[metrics])
 
         yield GaugeMetricFamily("fastq_worker_memory_bytes", "Resident memory of the worker and its pool.",
                                 value=tree_rss())
@@ -255,7 +257,6 @@ class WorkerMetrics:
 
 def tree_rss() -> int:
     """Resident memory of this process and its children, in bytes (psutil)."""
-    import psutil
 
     me = psutil.Process()
     rss = me.memory_info().rss

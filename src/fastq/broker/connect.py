@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -192,10 +196,6 @@ def make_client(target: BrokerTarget, **kwargs):
 
 def make_async_client(target: BrokerTarget, **kwargs):
     """The ``redis.asyncio`` counterpart of ``make_client`` (for the asyncio sends and waits)."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
     kwargs.pop("health_check_interval", None)
     if target.kind == "redis":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
+from redis.exceptions import NoScriptError
+
 
 class Script:
     """One Lua script. ``sha`` is computed locally, so calling by SHA needs no
@@ -26,7 +28,6 @@ class Script:
 
     def __call__(self, client, keys, args):
         """Run through a redis-py client or pipeline (EVALSHA, loading on NOSCRIPT)."""
-        from redis.exceptions import NoScriptError
 
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)

@@ -72,7 +72,7 @@ def autodiscover_tasks(apps: Iterable[str] | None = None, related_name: str = "t
     """Import ``<app>.<related_name>`` for each Django app (default: INSTALLED_APPS)
     that has one; return the modules imported. An error inside such a module is raised."""
     if apps is None:
-        from django.apps import apps as registry
+        from django.apps import apps as registry  # optional: this module is for Django projects
 
         apps = [cfg.name for cfg in registry.get_app_configs()]
     found = []

@@ -30,13 +30,16 @@ import base64
 import binascii
 import contextlib
 import hmac
+import logging
 import secrets
 import socket
 import time
 from importlib import resources
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -271,7 +274,6 @@ class Dashboard:
             call = lambda: control.shutdown([host], reply=True, timeout=2.0)  # noqa: E731
         else:
             return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
-        from starlette.concurrency import run_in_threadpool
 
         replies = await run_in_threadpool(call)
         merged = {k: v for r in replies or [] for k, v in r.items()}
@@ -313,7 +315,6 @@ class Dashboard:
         ids = None if body.get("all") else [str(i) for i in body.get("ids") or []]
         if ids is not None and not ids:
             return JSONResponse({"error": "give ids or all=true"}, status_code=400)
-        from starlette.concurrency import run_in_threadpool
 
         moved = await run_in_threadpool(self.app.broker.dlq_requeue, queue, ids)
         return JSONResponse({"requeued": moved})
@@ -393,7 +394,6 @@ class Dashboard:
             return refused
         task_id = request.path_params["task_id"]
         body = await self._body(request)
-        from starlette.concurrency import run_in_threadpool
 
         replies = await run_in_threadpool(
             lambda: self.app.control.revoke(task_id, terminate=bool(body.get("terminate")), reply=True, timeout=1.0))
@@ -404,7 +404,6 @@ class Dashboard:
         if refused:
             return refused
         task_id = request.path_params["task_id"]
-        from starlette.concurrency import run_in_threadpool
 
         detail = await run_in_threadpool(self.task_detail, task_id)
         if not detail.get("arguments_known") or not detail.get("name"):
@@ -486,9 +485,6 @@ def serve(app, address: str = "127.0.0.1", port: int = 5555, basic_auth: str | N
           log_level: str = "warning", allowed_hosts: list[str] | tuple[str, ...] = ()) -> None:
     """Run the dashboard with uvicorn until interrupted. The socket is bound
     first: a port in use raises OSError before anything says the dashboard runs."""
-    import logging
-
-    import uvicorn
 
     family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -36,6 +36,8 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
+
 from .. import states
 from .._speedups import Output, current_request, parse_fetch_reply, parse_xread_reply
 from ..broker.connect import ReplyError
@@ -482,7 +484,6 @@ class AsyncConsumer:
             log.warning("Pool process %s ran %d tasks (--max-tasks-per-child): replacing it", os.getpid(), self.processed)
             self.stop()
         elif self.max_memory_kib and time.monotonic() - self._memory_checked > 1.0:
-            import psutil
 
             self._memory_checked = time.monotonic()
             rss_kib = psutil.Process().memory_info().rss // 1024

@@ -11,6 +11,7 @@ Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import msgspec
@@ -425,7 +426,6 @@ def _salvage_id(d) -> str | None:
 
 
 def _pid() -> int:
-    import os
 
     return os.getpid()
 
