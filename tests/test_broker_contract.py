@@ -88,6 +88,20 @@ def test_only_the_broker_builds_redis_commands():
     assert sorted(builders) == [], "ask the broker by a named method instead"
 
 
+def test_key_names_are_the_brokers():
+    """The key layout (``key_prefix`` and what follows it) is known under broker/
+    only; fastq bench sets a prefix of its own to keep to its namespace."""
+    readers = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("broker/") or rel in ("bench.py", "settings.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "key_prefix":
+                readers.add(f"{rel}:{node.lineno}")
+    assert sorted(readers) == [], "ask the broker for the key (or the name) instead"
+
+
 def test_only_the_broker_imports_the_redis_client():
     """redis-py (and hiredis) are the broker's business; fastq bench, which starts
     and measures Redis servers of its own, is the one exception."""

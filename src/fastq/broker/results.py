@@ -51,6 +51,12 @@ class RedisBackend:
         for a worker's flush: sent with the ack, in one transaction when they can be."""
         return pack_store(self.keys, task_id, meta, expires)
 
+    @property
+    def result_prefix(self) -> bytes:
+        """What every result key starts with: the compiled core's fast path appends
+        the task id (``result_key`` is one whole key)."""
+        return self.keys.result("").encode()
+
     def result_key(self, task_id: str) -> bytes:
         """Where a task's final result is kept (the compiled core's fast path writes it)."""
         return self.keys.result(task_id).encode()

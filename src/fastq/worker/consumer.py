@@ -78,7 +78,7 @@ class Consumer:
         queue_of = {k: qk.name for qk in self.queues for k in qk.fetch_order}
         self.by_name = {k.encode(): k for k in queue_of}
         self.executor = Executor(app, hostname, name, queue_of)
-        self.runner = Runner(app.tasks, self.executor, hostname, f"{conf.key_prefix}r:".encode(),
+        self.runner = Runner(app.tasks, self.executor, hostname, app.backend.result_prefix,
                              conf.result_expires, self.executor.encode_success, queue_of)
         self.runner.max_size = int(conf.max_message_size)
         self.runner.flush_interval = self.flush_interval = float(conf.worker_ack_flush_interval)
