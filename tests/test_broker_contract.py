@@ -73,49 +73,48 @@ def test_raw_access_only_shrinks():
     assert gone == {}, f"raw access that is gone: remove it from RAW_USERS: {gone}"
 
 
+def nodes_above_the_broker(*exempt: str):
+    """("module:line", node) for every ast node of the modules above the broker,
+    except those under broker/ and the ``exempt`` ones."""
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("broker/") or rel in exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            yield f"{rel}:{getattr(node, 'lineno', 0)}", node
+
+
 def test_only_the_broker_builds_redis_commands():
     """Packing a command (``pack_command``) or calling a script (``SCRIPTS``) is the
     broker's job; the compiled core (and its twin) packs the hot path's acks and
     results with the key names and script SHAs the broker hands it."""
-    builders = set()
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
-        if rel.startswith("broker/") or rel in ("_core_py.py", "_speedups.py"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Name) and node.id in ("pack_command", "SCRIPTS"):
-                builders.add(f"{rel}:{node.lineno}")
-    assert sorted(builders) == [], "ask the broker by a named method instead"
+    builders = [where for where, node in nodes_above_the_broker("_core_py.py", "_speedups.py")
+                if isinstance(node, ast.Name) and node.id in ("pack_command", "SCRIPTS")]
+    assert builders == [], "ask the broker by a named method instead"
 
 
 def test_key_names_are_the_brokers():
     """The key layout (``key_prefix`` and what follows it) is known under broker/
     only; fastq bench sets a prefix of its own to keep to its namespace."""
-    readers = set()
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
-        if rel.startswith("broker/") or rel in ("bench.py", "settings.py"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr == "key_prefix":
-                readers.add(f"{rel}:{node.lineno}")
-    assert sorted(readers) == [], "ask the broker for the key (or the name) instead"
+    readers = [where for where, node in nodes_above_the_broker("bench.py", "settings.py")
+               if isinstance(node, ast.Attribute) and node.attr == "key_prefix"]
+    assert readers == [], "ask the broker for the key (or the name) instead"
+
+
+def _imported(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and not node.level:
+        return [node.module or ""]
+    return []
 
 
 def test_only_the_broker_imports_the_redis_client():
     """redis-py (and hiredis) are the broker's business; fastq bench, which starts
     and measures Redis servers of its own, is the one exception."""
-    importers = set()
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
-        if rel.startswith("broker/") or rel == "bench.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            if any(n.split(".")[0] in ("redis", "hiredis") for n in names):
-                importers.add(f"{rel}:{node.lineno}")
-    assert sorted(importers) == [], "ask the broker instead"
+    importers = [where for where, node in nodes_above_the_broker("bench.py")
+                 if any(n.split(".")[0] in ("redis", "hiredis") for n in _imported(node))]
+    assert importers == [], "ask the broker instead"
 
 
 @pytest.mark.parametrize("name", sorted(Broker.__abstractmethods__))
