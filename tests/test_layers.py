@@ -28,7 +28,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastq"
 COMPILED = {"fastq._core"}
 BASE = {"exceptions", "states", "settings", "messages", "options", "_speedups", "_core", "_core_py", "signals", "logs",
         "events", "coroutines", "typed", "schedules"}
-APPS = {"cli", "__main__", "bench", "bench_realistic", "testing"}
+APPS = {"cli", "__main__", "bench", "bench_realistic", "bench_producers", "testing"}
 LAYERS = ["base", "broker", "api", "worker", "apps"]
 #: Imports allowed inside a function: the core's selector (compiled or pure Python), and
 #: optional dependencies, which only the feature that needs them loads.

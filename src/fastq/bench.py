@@ -7,7 +7,9 @@ Scenarios (the performance issue's definitions):
 - drain:   N no-op tasks already queued, results ignored; a ``fastq worker`` subprocess with P
            processes drains them; time from the first fetch to the last ack (start-up apart);
 - e2e:     N tasks that return their argument, sent in bulk, results collected with ResultSet;
-- latency: an idle worker, one producer: ``delay()`` then ``get()``, 2,000 times; p50/p99.
+- latency: an idle worker, one producer: ``delay()`` then ``get()``, 2,000 times; p50/p99;
+- producers: sends from 1 caller, 10-1,000 coroutines and 4-64 threads at once (``bench_producers``);
+- memory and realistic: see their functions and ``bench_realistic``.
 
 Without ``--broker`` a private, throwaway ``redis-server`` (from PATH) is started on a free
 port, so the numbers do not depend on what else a shared Redis holds (``FASTQ_BROKER_URL`` is
@@ -40,6 +42,7 @@ import psutil
 import redis
 
 from . import FastQ, ResultSet, __version__
+from . import bench_producers as producers
 from . import bench_realistic as realistic
 from ._speedups import COMPILED
 from .broker import safe_url
@@ -79,10 +82,10 @@ def cpu_task(seconds: float) -> tuple[float, float]:
     return t0, time.time()
 
 
-SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency", "memory", "realistic")
+SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency", "memory", "realistic", "producers")
 DEFAULT_TASKS = {"enqueue": 20_000, "bulk": 100_000, "drain": 200_000, "e2e": 100_000, "latency": 2_000,
-                 "memory": 1_000_000, "realistic": len(realistic.ROWS)}
-#: Scenarios "all" runs (memory takes a while: ask for it by name).
+                 "memory": 1_000_000, "realistic": len(realistic.ROWS), "producers": producers.DEFAULT_TASKS}
+#: Scenarios "all" runs (memory, realistic and producers take a while: ask for them by name).
 DEFAULT_SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
 
 
@@ -487,8 +490,24 @@ def _f(v, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
+def run_producers(bapp: FastQ, rows: list[tuple], n: int, progress) -> list[dict]:
+    """The producer shapes (``bench_producers``), each into an empty queue nobody drains."""
+    out = []
+    task = bapp.tasks["bench.noop"]
+    for row in rows:
+        bapp.broker.purge("default")
+        gc.collect()
+        if row[0] == "sustained":
+            out.append(producers.run_sustained(task, row[1], producers.SUSTAINED_SECONDS))
+        else:
+            out.append(producers.run_row(task, row, n))
+        progress(1)
+    bapp.broker.purge("default")
+    return out
+
+
 def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int], extra: list[str],
-        show_progress: bool, rows: list[tuple] | None = None) -> list[dict]:
+        show_progress: bool, rows: list[tuple] | None = None, producer_rows: list[tuple] | None = None) -> list[dict]:
     """Run the scenarios under a fresh ``fastq-bench-<hex>:`` key prefix, then delete its keys."""
     bapp = app
     bapp.conf.broker_url = url
@@ -496,16 +515,23 @@ def run(url: str, scenarios: list[str], tasks: int | None, processes: list[int],
     bapp.conf.key_prefix = f"fastq-bench-{uuid.uuid4().hex[:12]}:"
     bapp._reset()
     try:
-        return _run_scenarios(bapp, url, scenarios, tasks, processes, extra, show_progress, rows)
+        return _run_scenarios(bapp, url, scenarios, tasks, processes, extra, show_progress, rows, producer_rows)
     finally:
         bapp.broker.delete_prefixed(bapp.conf.key_prefix)
 
 
 def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | None, processes: list[int],
-                   extra: list[str], show_progress: bool, rows: list[tuple] | None = None) -> list[dict]:
+                   extra: list[str], show_progress: bool, rows: list[tuple] | None = None,
+                   producer_rows: list[tuple] | None = None) -> list[dict]:
     results = []
     for sc in scenarios:
         n = tasks or DEFAULT_TASKS[sc]
+        if sc == "producers":
+            picked = producer_rows or producers.ROWS
+            with click.progressbar(length=len(picked), label=f"{sc:<16}", file=sys.stderr,
+                                   hidden=not show_progress) as bar:
+                results.extend(run_producers(bapp, picked, n, bar.update))
+            continue
         procs = processes if sc == "drain" else ([max(processes)] if sc == "e2e" else [1])
         if sc == "memory":
             procs = [1]
@@ -544,8 +570,9 @@ def _run_scenarios(bapp: FastQ, url: str, scenarios: list[str], tasks: int | Non
               help="Worker processes for drain (comma-separated); e2e uses the largest.")
 @click.option("--scenario", "-s", type=click.Choice([*SCENARIOS, "all"]), multiple=True, default=["all"],
               show_default=True)
-@click.option("--rows", help="realistic: the rows to run, comma-separated: row numbers, or text in a row's "
-                            "workload name (default: every row; -n runs the first N).")
+@click.option("--rows", help="realistic and producers: the rows to run, comma-separated: row numbers, or text "
+                            "in a row's name (default: every row; realistic: -n runs the first N; producers: "
+                            "'sustained' adds 1,000 coroutines sending for a minute, with memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--worker-arg", multiple=True, help="Extra argument for the benchmark's workers (repeatable).")
 def bench_command(broker, tasks, processes, scenario, rows, as_json, worker_arg) -> None:
@@ -558,7 +585,8 @@ def bench_command(broker, tasks, processes, scenario, rows, as_json, worker_arg)
         raise click.BadParameter("process counts must be >= 1", param_hint="--processes")
     scenarios = list(DEFAULT_SCENARIOS) if "all" in scenario else list(dict.fromkeys(scenario))
     try:
-        picked = realistic.pick(rows) if rows else None
+        picked = realistic.pick(rows) if rows and "realistic" in scenarios else None
+        producer_rows = producers.pick(rows) if rows and "producers" in scenarios else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--rows") from None
     url = broker  # never FASTQ_BROKER_URL: that names the app's (often production) Redis
@@ -567,17 +595,22 @@ def bench_command(broker, tasks, processes, scenario, rows, as_json, worker_arg)
             _check_broker(url)
         else:
             url = stack.enter_context(private_redis())
-        results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json, rows=picked)
+        results = run(url, scenarios, tasks, procs, list(worker_arg), show_progress=not as_json, rows=picked,
+                      producer_rows=producer_rows)
     if as_json:
         click.echo(json.dumps({"tool": "fastq", "version": __version__, "compiled": COMPILED,
                                "broker": safe_url(url), "results": results}))
     else:
         core = "compiled" if COMPILED else "pure-Python"
         click.echo(f"fastq {__version__} ({core} core), broker {safe_url(url)}")
-        plain = [r for r in results if r["scenario"] != "realistic"]
+        plain = [r for r in results if r["scenario"] not in ("realistic", "producers")]
         if plain:
             click.echo(format_table(plain))
         rows = [r for r in results if r["scenario"] == "realistic"]
         if rows:
             click.echo("realistic: makespan against a work-conserving schedule of the same tasks on the same slots")
             click.echo(realistic.format_table(rows))
+        sends = [r for r in results if r["scenario"] == "producers"]
+        if sends:
+            click.echo("producers: no-op sends from concurrent callers; p50/p99: each call's wait")
+            click.echo(producers.format_table(sends))

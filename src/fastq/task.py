@@ -185,7 +185,7 @@ class Task(Generic[P, R]):
     async def delay_async(self, *args: Any, **kwargs: Any):
         """``await add.delay_async(2, 2)``: ``delay()`` for async code (the event loop
         is not blocked while the message is sent). Returns an AsyncResult."""
-        return await self.apply_async_async(args, kwargs)
+        return await self.app.producer.send_async(self.name, args, kwargs, {}, self)
 
     async def apply_async_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
         """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for

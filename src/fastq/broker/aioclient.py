@@ -1,7 +1,8 @@
-"""The asyncio side of the connection to Redis: one ``redis.asyncio`` client per
-event loop and Redis URL (made on first use), and the retry that turns an
-unreachable server into BrokerError. Used by the broker's async sends and the
-results store's async waits.
+"""The asyncio side of the connection to Redis, per event loop and Redis URL
+(made on first use): the pipeline the loop's sends and short reads share
+(``fastq.broker.autopipe``), a ``redis.asyncio`` client for blocking result
+waits, and the retry that turns an unreachable server into BrokerError. Used by
+the broker's async sends and the results store's async reads and waits.
 
 Layer: broker; imports base modules and ``fastq.broker``, never the API, the worker or the apps.
 """
@@ -9,13 +10,17 @@ Layer: broker; imports base modules and ``fastq.broker``, never the API, the wor
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import weakref
 
 import redis.asyncio
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
+from .._speedups import pack_command
 from ..exceptions import BrokerError
+from .autopipe import LoopPipeline
+from .cluster import is_redirect
 from .connect import CONNECTION_ERRORS, make_async_client, safe_url
 from .scripts import SCRIPTS
 
@@ -25,6 +30,8 @@ WAIT_CHUNK = 5.0
 
 #: loop -> {(url, blocking): client}
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: loop -> {url: LoopPipeline}
+_pipelines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class AsyncChannel:
@@ -82,9 +89,36 @@ def client_for(broker, blocking: bool = False) -> redis.asyncio.Redis:
     return client
 
 
+#: The pipeline pipeline_for returned last: the common case (one loop, one Redis) skips the lookups.
+_last: LoopPipeline | None = None
+
+
+def pipeline_for(broker) -> LoopPipeline:
+    """The running loop's shared pipeline to this broker's Redis (never a forked parent's)."""
+    global _last
+    loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last.loop is loop and last.url == broker.url and last.pid == os.getpid():
+        return last
+    per_loop = _pipelines.get(loop)
+    if per_loop is None:
+        per_loop = _pipelines[loop] = {}
+    pipe = per_loop.get(broker.url)
+    if pipe is None or pipe.pid != os.getpid():
+        pipe = per_loop[broker.url] = LoopPipeline(
+            loop, broker.url, lambda: make_async_client(broker.target, **broker.connection_options()))
+    _last = pipe
+    return pipe
+
+
 async def aclose() -> None:
     """Close this loop's connections (they are made again if needed)."""
-    per_loop = _clients.pop(asyncio.get_running_loop(), None) or {}
+    loop = asyncio.get_running_loop()
+    global _last
+    for pipe in (_pipelines.pop(loop, None) or {}).values():
+        pipe.close()
+    _last = None
+    per_loop = _clients.pop(loop, None) or {}
     for client in per_loop.values():
         await client.aclose()
 
@@ -101,40 +135,42 @@ async def _retrying(broker, call):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def execute_packed_async(broker, cmds: list[bytes]) -> None:
-    """``broker.execute_packed`` for async code: the commands in one write on the
-    running loop's connection, every reply read; a script Redis lost (a restart)
-    is loaded and its command sent again; connection errors retried with backoff.
-    A cluster's slot redirects are followed by the sync path, in a thread."""
+async def execute_packed_async(broker, cmds: list[bytes]) -> list:
+    """``broker.execute_packed`` for async code: the commands go out in this loop
+    step's shared write (with every other send of the step) and their replies
+    are returned; a script Redis lost (a restart) is loaded and its command sent
+    again; connection errors are retried with backoff, then BrokerError; an error
+    reply is raised. A cluster's slot redirects are followed by the sync path, in
+    a thread."""
     if broker.is_cluster:
-        await asyncio.to_thread(broker.execute_packed, cmds, True)
-        return
-    client = client_for(broker)
-    await _retrying(broker, lambda: _send_packed(client, cmds))
+        return await asyncio.to_thread(broker.execute_packed, cmds, True)
+    return await _retrying(broker, lambda: _execute_shared(broker, cmds))
 
 
-async def _send_packed(client: redis.asyncio.Redis, cmds: list[bytes]) -> None:
-    todo = cmds
+async def _execute_shared(broker, cmds: list[bytes]) -> list:
+    pipe = pipeline_for(broker)
+    replies: list = [None] * len(cmds)
+    todo = list(range(len(cmds)))
     for _ in range(2):
-        conn = await client.connection_pool.get_connection()
-        errors = []
-        try:
-            await conn.send_packed_command(b"".join(todo))
-            for cmd in todo:
-                try:
-                    await conn.read_response(disable_decoding=True)
-                except ResponseError as exc:  # the reply was read: the others follow on the connection
-                    errors.append((cmd, exc))
-        finally:
-            await client.connection_pool.release(conn)
-        missing = [cmd for cmd, exc in errors if isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc)]
-        if len(missing) < len(errors):
-            raise next(exc for _, exc in errors if not ("NOSCRIPT" in str(exc) or isinstance(exc, NoScriptError)))
+        got = await pipe.execute(b"".join([cmds[i] for i in todo]), len(todo))
+        missing = []
+        for i, reply in zip(todo, got):
+            replies[i] = reply
+            if isinstance(reply, ResponseError):
+                if is_redirect(reply):  # a demoted master: connect again (Sentinel names the new one)
+                    pipe.close()
+                    raise ConnectionError(f"Redis refused a write: {reply}")
+                if "NOSCRIPT" in str(reply):
+                    missing.append(i)
+        error = next((r for r in replies if isinstance(r, ResponseError) and "NOSCRIPT" not in str(r)), None)
+        if error is not None:
+            raise error
         if not missing:
-            return
-        await SCRIPTS.load_all_async(client)
+            return replies
+        await pipe.execute(b"".join(pack_command((b"SCRIPT", b"LOAD", s.source)) for s in SCRIPTS.all()),
+                           len(SCRIPTS.all()))
         todo = missing
     raise BrokerError("Redis lost its scripts twice in a row while a message was sent")
 
 
-__all__ = ["WAIT_CHUNK", "aclose", "client_for", "execute_packed_async"]
+__all__ = ["WAIT_CHUNK", "aclose", "client_for", "execute_packed_async", "pipeline_for"]

@@ -138,8 +138,9 @@ class Broker(abc.ABC):
         (``confirm``: wait for the configured replicas, for sends)."""
 
     @abc.abstractmethod
-    async def execute_packed_async(self, commands: list[bytes]) -> None:
-        """``execute_packed`` for async code (replies are not returned)."""
+    async def execute_packed_async(self, commands: list[bytes]) -> list:
+        """``execute_packed`` for async code: the replies (an error reply is raised);
+        concurrent calls on one event loop share round trips."""
 
     @abc.abstractmethod
     def start_packed(self, commands: list[bytes]) -> tuple:

@@ -31,7 +31,8 @@ from .._speedups import pack_command
 from ..events import MAXLEN as EVENTS_MAXLEN
 from ..events import encode_events
 from ..exceptions import BrokerAuthError, BrokerError, BrokerOutOfMemory, ImproperlyConfigured
-from .aioclient import AsyncChannel, execute_packed_async
+from .aioclient import AsyncChannel, execute_packed_async, pipeline_for
+from .autopipe import SharedChannel
 from .base import Broker
 from .channel import Channel
 from .cluster import ClusterChannel, is_redirect
@@ -58,6 +59,17 @@ from .scripts import NO_GATE, SCRIPTS
 
 log = logging.getLogger("fastq.broker")
 
+#: Guards the making of a broker's SharedChannel; made anew in a forked child, where
+#: a copy could be held by a thread that did not survive the fork.
+_shared_lock = threading.Lock()
+
+
+def _new_shared_lock() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_shared_lock)
 
 
 def is_oom(reply) -> bool:
@@ -167,6 +179,7 @@ class RedisBroker(Broker):
         self.wait_replicas = int(conf.get("broker_wait_replicas") or 0)
         self.wait_timeout = float(conf.get("broker_wait_timeout") or 1.0)
         self._local = threading.local()
+        self._shared_channel: SharedChannel | None = None
         self._known_queues: set[str] = set()
         self.shards = _parse_shards(conf.get("queue_shards"))
         self._next_shard = itertools.count()
@@ -267,8 +280,44 @@ class RedisBroker(Broker):
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _shared(self) -> SharedChannel:
+        """The connection this process's threads share for their sends and short
+        reads (``fastq.broker.autopipe``); never a parent's after a fork."""
+        sc = self._shared_channel
+        if sc is None or sc.pid != os.getpid():
+            with _shared_lock:
+                sc = self._shared_channel
+                if sc is None or sc.pid != os.getpid():
+                    sc = self._shared_channel = SharedChannel(self._new_plain_channel)
+        return sc
+
+    def _new_plain_channel(self) -> Channel:
+        return Channel(self.new_client().connection_pool.make_connection())
+
+    def _round_trip(self, data: bytes, n: int) -> list:
+        """Write packed commands and read their ``n`` replies: on the shared
+        connection, or on a cluster this thread's routing channel."""
+        if not self.is_cluster:
+            return self._shared().execute(data, n)
+        ch = self._channel()
+        try:
+            ch.send(data)
+            return ch.read_many(n)
+        except BaseException:
+            self._drop_channel(ch)
+            raise
+
+    def _reconnect(self) -> None:
+        """Connect again before the next send (a master that was demoted: Sentinel names the new one)."""
+        if self.is_cluster:
+            ch = getattr(self._local, "channel", None)
+            if ch is not None:
+                self._drop_channel(ch)
+        else:
+            self._shared().reconnect()
+
     def _channel(self) -> Channel:
-        """This thread's raw channel for the producer fast path."""
+        """This thread's raw channel: bulk sends (``start_packed``) and, on a cluster, every send."""
         loc = self._local
         ch = getattr(loc, "channel", None)
         if ch is None or loc.pid != os.getpid():
@@ -287,15 +336,11 @@ class RedisBroker(Broker):
         replies: list = [None] * len(commands)
         todo = list(range(len(commands)))
         for attempt in range(self.retries + 2):
-            ch = self._channel()
             try:
-                ch.send(b"".join([commands[i] for i in todo]))
-                got = ch.read_many(len(todo))
+                got = self._round_trip(b"".join([commands[i] for i in todo]), len(todo))
             except AUTH_ERRORS as exc:
-                self._drop_channel(ch)
                 raise auth_failed(self.url, exc) from exc
             except CONNECTION_ERRORS as exc:
-                self._drop_channel(ch)
                 if attempt >= self.retries:
                     raise self.unreachable(exc) from exc
                 self._backoff(attempt)
@@ -309,9 +354,9 @@ class RedisBroker(Broker):
                 break
             if any(is_redirect(replies[i]) for i in redo):
                 if self.is_cluster:
-                    ch.refresh()  # keep the connections: a later WAIT covers what they sent
+                    self._channel().refresh()  # keep the connections: a later WAIT covers what they sent
                 else:  # a demoted master: reconnect (Sentinel names the new one) and send all again
-                    self._drop_channel(ch)
+                    self._reconnect()
                     redo = list(range(len(commands)))
                 self._backoff(attempt)
             else:
@@ -328,17 +373,25 @@ class RedisBroker(Broker):
             self._wait_for_replicas(commands)
         return replies
 
-    def _wait_for_replicas(self, commands: list[bytes]) -> None:
-        """WAIT on every connection that carried the writes (one per master on a cluster)."""
-        ch = self._channel()
+    def _wait_for_replicas(self, commands: list[bytes], ch=None) -> None:
+        """WAIT on every connection that carried the writes (one per master on a
+        cluster): ``ch``, the channel that sent them, else the connection
+        ``_round_trip`` uses. WAIT counts every write its connection sent before
+        it, so on the shared connection it also covers other callers' writes."""
         wait = pack_command((b"WAIT", self.wait_replicas, int(self.wait_timeout * 1000)))
         # On a cluster a keyed probe steers each WAIT to one master that took writes.
-        probes = ch.probes_for(b"".join(commands)) if self.is_cluster else [b""]
+        probes = self._channel().probes_for(b"".join(commands)) if self.is_cluster else [b""]
+        n = len(probes) * (2 if self.is_cluster else 1)
+        data = b"".join(probe + wait for probe in probes)
         try:
-            ch.send(b"".join(probe + wait for probe in probes))
-            replies = ch.read_many(len(probes) * (2 if self.is_cluster else 1))
+            if ch is None:
+                replies = self._round_trip(data, n)
+            else:
+                ch.send(data)
+                replies = ch.read_many(n)
         except CONNECTION_ERRORS as exc:
-            self._drop_channel(ch)
+            if ch is not None:
+                self._drop_channel(ch)
             raise BrokerError(f"could not confirm a send's replication at {safe_url(self.url)}: {exc}") from exc
         acked = replies[1::2] if self.is_cluster else replies
         worst = min((r if isinstance(r, int) else 0) for r in acked)
@@ -378,7 +431,7 @@ class RedisBroker(Broker):
             else:
                 if not any(isinstance(r, ResponseError) for r in replies):
                     if self.wait_replicas:
-                        self._wait_for_replicas(commands)
+                        self._wait_for_replicas(commands, ch)
                     return replies
         return self.execute_packed(commands, confirm=True)  # retries, loads scripts, raises what is left
 
@@ -493,14 +546,11 @@ class RedisBroker(Broker):
             # The common case, one command and one reply: skip the batch machinery
             # (it is a sizeable share of a call that is mostly one round trip).
             cmd = self._publish_cmd(queue, priority, field, payload, due)
-            ch = self._local.__dict__.get("channel")
-            if ch is not None and self._local.pid == os.getpid() and ch.connected:
-                try:
-                    ch.send(cmd)
-                    if not isinstance(ch.read_one(), ResponseError):
-                        return
-                except CONNECTION_ERRORS:
-                    ch.close()
+            try:
+                if not isinstance(self._round_trip(cmd, 1)[0], ResponseError):
+                    return
+            except CONNECTION_ERRORS:
+                pass
             self.execute_packed([cmd], confirm=True)  # retries, reconnects, raises BrokerError
             return
         self.execute_packed(self.publish_commands(queue, priority, field, payload, due), confirm=True)
@@ -508,13 +558,23 @@ class RedisBroker(Broker):
     async def publish_async(self, queue: str, priority: int, field: bytes, payload: bytes,
                             due: float | None = None) -> None:
         """``publish`` for async code: the same commands (``publish_commands``: a
-        fair queue's gate, the stream or the delayed set) on the running loop's
-        connection; only the waiting differs."""
+        fair queue's gate, the stream or the delayed set) in the running loop's
+        shared write (``fastq.broker.autopipe``); only the waiting differs."""
+        if queue in self._known_queues and not self.is_cluster:  # never a fair queue (_register_queue_cmd)
+            # As in publish(): one command, one reply; the retrying path only on trouble.
+            cmd = self._publish_cmd(queue, priority, field, payload, due)
+            try:
+                if not isinstance(await pipeline_for(self).execute_one(cmd), ResponseError):
+                    return
+            except CONNECTION_ERRORS:
+                pass
+            await execute_packed_async(self, [cmd])
+            return
         await execute_packed_async(self, self.publish_commands(queue, priority, field, payload, due))
 
-    async def execute_packed_async(self, commands: list[bytes]) -> None:
-        """``execute_packed`` for async code (the replies are not returned)."""
-        await execute_packed_async(self, commands)
+    async def execute_packed_async(self, commands: list[bytes]) -> list:
+        """``execute_packed`` for async code: the replies (an error reply is raised)."""
+        return await execute_packed_async(self, commands)
 
     def publish_many(self, batch: list[tuple], field: bytes) -> None:
         """Send (queue, priority, due, payload) tuples in one pipelined round trip."""

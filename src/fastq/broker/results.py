@@ -25,7 +25,7 @@ from .. import states
 from .._speedups import pack_command, pack_result
 from ..exceptions import TimeoutError as FastQTimeout
 from ..messages import ResultMeta, decode_result, encode_result
-from .aioclient import WAIT_CHUNK, _retrying, client_for
+from .aioclient import WAIT_CHUNK, _retrying, client_for, execute_packed_async
 
 
 def pack_store(keys, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
@@ -117,8 +117,14 @@ class RedisBackend:
     # --- asyncio (redis.asyncio: the loop is never blocked) -------------------------
 
     async def wait_async(self, task_id: str, timeout: float | None) -> ResultMeta:
-        """``wait`` for async code: BLMOVE on the loop's own connection, in chunks."""
+        """``wait`` for async code. A result already stored is read on the loop's
+        shared pipeline, so many waits for finished tasks (``gather`` over a
+        group) share round trips; one still to come is waited for with BLMOVE on
+        the loop's blocking connections, in chunks."""
         key = self.keys.result(task_id)
+        (raw,) = await execute_packed_async(self.broker, [pack_command((b"LINDEX", key, b"0"))])
+        if raw is not None:
+            return decode_result(raw)
         client = client_for(self.broker, blocking=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -131,16 +137,9 @@ class RedisBackend:
                 return decode_result(raw)
 
     async def get_meta_async(self, task_id: str) -> ResultMeta | None:
-        """``get_meta`` for async code."""
-        client = client_for(self.broker)
-
-        async def call():
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.lindex(self.keys.result(task_id), 0)
-                pipe.get(self.keys.state(task_id))
-                return await pipe.execute()
-
-        final, partial = await _retrying(self.broker, call)
+        """``get_meta`` for async code (on the loop's shared pipeline)."""
+        final, partial = await execute_packed_async(self.broker, [
+            pack_command((b"LINDEX", self.keys.result(task_id), b"0")), pack_command((b"GET", self.keys.state(task_id)))])
         raw = final if final is not None else partial
         return decode_result(raw) if raw is not None else None
 
