@@ -173,6 +173,26 @@ def test_a_failed_step_stops_the_chain_and_fails_its_result(capp, cworker, ledge
     assert res.parent.parent.parent.get(timeout=30) == 2
 
 
+def test_on_error_returns_the_signature_so_the_chain_is_sent(capp, cworker, ledger):
+    cworker()
+    # Given a chain with an errback added by on_error (Celery returns the signature itself)
+    sig = chain(capp.add.s(1, 1), capp.fail.s())
+    assert sig.on_error(capp.errback.s("on-error")) is sig
+    res = sig.apply_async()
+    # Then the chain ran (its second step failed) and the errback got the failed task's id
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    wait_for(lambda: ledger.lrange("on-error", 0, -1), 30, message="the errback")
+    assert ledger.lrange("on-error", 0, -1) == [res.id.encode()]
+    assert res.parent.get(timeout=30) == 2
+    # ... and on a single signature too
+    one = capp.fail.s()
+    assert one.on_error(capp.errback.s("on-error-1")) is one
+    bad = one.delay()
+    wait_for(lambda: ledger.lrange("on-error-1", 0, -1), 30, message="the errback")
+    assert ledger.lrange("on-error-1", 0, -1) == [bad.id.encode()]
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

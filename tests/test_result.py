@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import time
@@ -321,6 +322,26 @@ def test_ignore_result_call_option_stores_nothing(app, worker, r):
     # Then nothing was stored for either
     for res in (a, b):
         assert list(r.scan_iter(f"fastq:*{res.id}*")) == []
+
+
+def test_get_of_an_ignored_result_returns_none_at_once(app, worker):
+    # Given tasks whose results are not stored: declared so, or sent so
+    declared = app.tasks["tests.noop"].delay(1, 2)
+    sent_so = app.tasks["tests.add"].apply_async((1, 1), ignore_result=True)
+    # Then get() does not wait for a result that never comes (Celery returns None too),
+    # even with no worker running and no timeout
+    for res in (declared, sent_so):
+        assert res.ignored
+        t0 = time.monotonic()
+        assert res.get() is None
+        assert asyncio.run(res.get_async()) is None
+        assert time.monotonic() - t0 < 10
+    # ... while a result that is stored is still waited for
+    assert not app.tasks["tests.add"].delay(1, 1).ignored
+    # ... and send_many marks them the same way
+    many = app.send_many([app.tasks["tests.noop"].s(1), app.tasks["tests.add"].s(1, 2)])
+    assert [r.ignored for r in many] == [True, False]
+    assert many[0].get() is None
 
 
 def test_forget_deletes_the_result(app, worker, r):

@@ -108,7 +108,11 @@ class Signature:
         self.options["link_error"] = [*as_list(self.options.get("link_error")), errback]
         return errback
 
-    on_error = link_error
+    def on_error(self, errback: Any) -> Signature:
+        """``link_error`` that returns this signature, as Celery's does, so it
+        chains: ``chain(a.s(), b.s()).on_error(eb).apply_async()`` sends the chain."""
+        self.link_error(errback)
+        return self
 
     def freeze(self, _id: str | None = None):
         """Fix the task id now (kept when sent) and return its AsyncResult."""

@@ -177,7 +177,7 @@ class Producer:
         msg, queue, priority, due = self.build(name, args, kwargs, options, task)
         payload = self.encode(msg, task)
         app.broker.publish(queue, priority, app.serializer.field, payload, due)
-        return self._result(msg, msg.id, name)
+        return self._result(msg, msg.id, name, task)
 
     async def send_async(self, name: str, args, kwargs, options: dict, task) -> AsyncResult:
         """``send`` for async code: the same message and commands, sent on the
@@ -198,7 +198,7 @@ class Producer:
         msg, queue, priority, due = self.build(name, args, kwargs, dict(options), task)
         payload = self.encode(msg, task)
         await app.broker.publish_async(queue, priority, app.serializer.field, payload, due)
-        return self._result(msg, msg.id, name)
+        return self._result(msg, msg.id, name, task)
 
     def send_many(self, signatures: Iterable) -> list:
         """Send many signatures in pipelined batches; their AsyncResults.
@@ -252,7 +252,10 @@ class Producer:
                 if len(payload) > limit:
                     payload = self.encode(msg, task)  # raises MessageTooLarge with the details
             batch.append((queue, priority, due, payload))
-            results.append(AsyncResult(msg.id, app=app, task_name=name))
+            res = AsyncResult(msg.id, app=app, task_name=name)
+            if task is not None and task.ignore_result:
+                res.ignored = True
+            results.append(res)
             if len(batch) >= 1000:
                 if in_flight is not None:
                     broker.finish_packed(in_flight)
@@ -295,7 +298,7 @@ class Producer:
         payload = self.encode(msg, task)
         cmds = broker.unique_publish_commands(queue, priority, self.app.serializer.field, payload, due, lock,
                                               max(1, math.ceil(ttl * 1000)), msg.id)
-        return self._result(msg, _text(broker.execute_packed(cmds)[0]), name)
+        return self._result(msg, _text(broker.execute_packed(cmds)[0]), name, task)
 
     def _send_debounced(self, name, args, kwargs, options, task, key: str) -> AsyncResult:
         where = f"task {name!r}"
@@ -313,11 +316,13 @@ class Producer:
         record = broker.debounce_record(queue, key)
         cmds = broker.debounce_commands(queue, priority, self.app.serializer.field, payload, due, record,
                                         math.ceil((window + DEBOUNCE_RECORD_TTL) * 1000), msg.id)
-        return self._result(msg, _text(broker.execute_packed(cmds)[0]), name)
+        return self._result(msg, _text(broker.execute_packed(cmds)[0]), name, task)
 
-    def _result(self, msg: Message, task_id: str, name: str) -> AsyncResult:
+    def _result(self, msg: Message, task_id: str, name: str, task=None) -> AsyncResult:
         """The AsyncResult of a send; ``task_id`` differs from the message's when a
-        unique or debounced send found an earlier one, which is the one to follow."""
+        unique or debounced send found an earlier one, which is the one to follow.
+        A task that stores no result (``ignore_result``) gives an ``ignored`` one,
+        whose ``get()`` returns None at once, as Celery's does."""
         app = self.app
         if task_id != msg.id:  # not sent: the running task's children list names the one that was
             parent = current_request.get()
@@ -325,6 +330,8 @@ class Producer:
             if ids and msg.id in ids:
                 ids[ids.index(msg.id)] = task_id
         result: AsyncResult[Any] = AsyncResult(task_id, app=app, task_name=name)
+        if (task is not None and task.ignore_result) or (msg.options and msg.options.get("ignore_result")):
+            result.ignored = True
         if msg.parent_id is not None:
             result.parent = AsyncResult(msg.parent_id, app=app)
         return result

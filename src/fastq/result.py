@@ -142,6 +142,10 @@ class AsyncResult(_ResultBase, Generic[R]):
     #: chord's body, or the task that sent this one from inside a task (when known here).
     parent = None
 
+    #: True for a task that stores no result (``ignore_result``), as sent: ``get()``
+    #: then returns None at once instead of waiting for a result that never comes.
+    ignored = False
+
     def __init__(self, id: str, app=None, task_name: str | None = None, backend=None) -> None:  # noqa: A002
         if app is None:
             raise ValueError("AsyncResult needs the app (use app.AsyncResult(task_id))")
@@ -172,7 +176,10 @@ class AsyncResult(_ResultBase, Generic[R]):
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None,
             disable_sync_subtasks: bool = True) -> R:
         """Wait for the task and return its value (re-raising its exception when
-        ``propagate``). Raises fastq.exceptions.TimeoutError after ``timeout`` s."""
+        ``propagate``). Raises fastq.exceptions.TimeoutError after ``timeout`` s.
+        None at once when the result is ``ignored`` (Celery does the same)."""
+        if self.ignored:
+            return None  # type: ignore[return-value]
         _check_sync_subtask(disable_sync_subtasks)
         if self._cache is None:
             self._cache = self.backend.wait(self.id, timeout)
@@ -189,6 +196,8 @@ class AsyncResult(_ResultBase, Generic[R]):
                         disable_sync_subtasks: bool = True) -> Any:
         """``get()`` for async code: ``await r.get_async(timeout=10)`` waits without
         blocking the event loop (a blocking BLMOVE on redis.asyncio; no polling)."""
+        if self.ignored:
+            return None
         _check_sync_subtask(disable_sync_subtasks)
         if self._cache is None:
             self._cache = await self.backend.wait_async(self.id, timeout)
