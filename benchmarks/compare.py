@@ -7,6 +7,7 @@ Usage::
     python benchmarks/compare.py --write-results    # also write benchmarks/RESULTS.md
     python benchmarks/compare.py --tasks drain=50000,celery:e2e=5000 --repeat 3
     python benchmarks/compare.py --scenario realistic --rows "sleep 100ms" --repeat 1
+    python benchmarks/compare.py --scenario producers    # + arq and taskiq
 
 What it does:
 
@@ -31,6 +32,13 @@ path). It runs row by row, each system right after the other (fastq through
 ``fastq bench -s realistic --rows K``), and
 prints its own table: makespan against the ideal schedule and wait p99 per system, fastq's
 ratio to each peer and who is ahead.
+
+The producers scenario (``fastq bench -s producers``: no-op sends from 1 caller, 10-1,000
+coroutines of one event loop and 4-64 threads at once) is opt-in too: ``--scenario
+producers``. Its shapes and figures come from src/fastq/bench_producers.py, which the peers'
+runner (benchmarks/peers/producers_bench.py) loads by path; besides Celery and Dramatiq
+(sync sends: 1 caller and threads) it runs arq and taskiq (async sends: the asyncio rows),
+each only in the shapes it has an API for. Its table: tasks/s and each call's p50 wait.
 
 The Redis DB in --broker (default DB 5 of 127.0.0.1:6379) is FLUSHED before every run:
 point it at a DB that holds nothing you need.
@@ -58,14 +66,17 @@ PEERS_DIR = HERE / "peers"
 VENV = HERE / ".peers" / "venv"
 VENV_PY = VENV / "bin" / "python"
 REQUIREMENTS = PEERS_DIR / "requirements.txt"
-#: Written inside the venv after a successful install: the requirements file's hash.
-STAMP = VENV / ".requirements.sha256"
 RESULTS_MD = HERE / "RESULTS.md"
 
 SYSTEMS = ("fastq", "celery", "dramatiq")
+#: Peers with an asyncio send API only: measured in the producers scenario.
+ASYNC_PEERS = ("arq", "taskiq")
 SCENARIOS = ("enqueue", "bulk", "drain", "e2e", "latency")
 #: Opt-in scenarios: not in the default run (realistic alone takes about as long as it).
-EXTRA_SCENARIOS = ("realistic",)
+EXTRA_SCENARIOS = ("realistic", "producers")
+#: The producers scenario's shapes and figures (standard library only).
+PRODUCERS_PATH = REPO / "src" / "fastq" / "bench_producers.py"
+RESULTS_PRODUCERS_MD = HERE / "RESULTS-producers.md"
 #: The realistic scenario's workloads, rows and arithmetic (standard library only).
 REALISTIC_PATH = REPO / "src" / "fastq" / "bench_realistic.py"
 RESULTS_REALISTIC_MD = HERE / "RESULTS-realistic.md"
@@ -116,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="realistic: comma-separated row filters, each a row number or a case-insensitive "
                         "substring of the row's label ('sleep 100ms thread -c 8 / 1 worker / running'), "
                         "e.g. 'sleep 100ms' or 'mix 1ms-5s thread' (default: every row).")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated systems (default: all three).")
+    p.add_argument("--systems", default="",
+                   help="Comma-separated systems (default: fastq, celery, dramatiq; the producers scenario "
+                        f"adds {', '.join(ASYNC_PEERS)}).")
     p.add_argument("--repeat", type=int, default=2,
                    help="Run each cell R times and keep the best (highest rate / lowest p50): "
                         "the usual answer to a noisy machine. Default %(default)s.")
@@ -127,7 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.realistic_rows = pick_rows(args.rows) if "realistic" in args.scenario_list else []
     if args.rows and "realistic" not in args.scenario_list:
         raise SystemExit("--rows: only for --scenario realistic")
-    args.system_list = _pick(args.systems, SYSTEMS, "--systems")
+    args.system_list = _pick(args.systems or ",".join(SYSTEMS), SYSTEMS + ASYNC_PEERS, "--systems")
+    args.producer_systems = args.system_list if args.systems else list(SYSTEMS + ASYNC_PEERS)
+    args.system_list = [s for s in args.system_list if s in SYSTEMS]
     args.plan = plan_tasks(QUICK_TASKS if args.quick else FULL_TASKS, args.tasks)
     return args
 
@@ -192,18 +207,28 @@ def pick_rows(spec: str) -> list[int]:
 # --- the peers' virtual environment ---------------------------------------------------
 
 
-def ensure_venv() -> None:
-    """Create benchmarks/.peers/venv and install the peers, unless it is up to date."""
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if VENV_PY.exists() and STAMP.exists() and STAMP.read_text().strip() == want:
+def peer_python(system: str) -> Path:
+    """The interpreter a peer runs under: the shared peers' venv, or an async peer's own
+    (arq needs redis-py < 6, taskiq-redis >= 8: they cannot share one)."""
+    return VENV_PY if system not in ASYNC_PEERS else HERE / ".peers" / f"venv-{system}" / "bin" / "python"
+
+
+def ensure_venv(system: str | None = None) -> None:
+    """Create a peers' virtual environment (benchmarks/.peers/venv, or venv-<system> for an
+    async peer) and install its requirements, unless it is up to date."""
+    requirements = REQUIREMENTS if system is None else PEERS_DIR / f"requirements-{system}.txt"
+    python = VENV_PY if system is None else peer_python(system)
+    venv, stamp = python.parent.parent, python.parent.parent / ".requirements.sha256"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
         return
-    if not VENV_PY.exists():
-        say(f"creating the peers' virtual environment at {VENV.relative_to(REPO)}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    say(f"installing the peers from {REQUIREMENTS.relative_to(REPO)} (pip)")
-    subprocess.run([str(VENV_PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-r", str(REQUIREMENTS)], check=True)
-    STAMP.write_text(want + "\n")
+    if not python.exists():
+        say(f"creating the peers' virtual environment at {venv.relative_to(REPO)}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    say(f"installing the peers from {requirements.relative_to(REPO)} (pip)")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-r", str(requirements)], check=True)
+    stamp.write_text(want + "\n")
 
 
 def fastq_bench_available() -> bool:
@@ -264,6 +289,9 @@ def run_cell(system: str, broker: str, scenario: str, processes: int | None, cmd
         return cell
     try:
         doc = json.loads(proc.stdout.strip().splitlines()[-1])
+        if scenario == "producers" and doc["results"] == []:  # a shape this system has no API for
+            cell.meta = {k: doc.get(k) for k in ("tool", "version", "compiled", "config")}
+            return cell
         cell.result = _matching(doc["results"], scenario, processes)
     except (ValueError, KeyError, IndexError, LookupError) as exc:
         cell.error = f"unreadable output ({exc}): {_last_line(proc.stdout)}"
@@ -364,6 +392,92 @@ def run_realistic(args: argparse.Namespace, systems: list[str]) -> list[tuple[tu
         table.append((rows[i], cells))
     flush_db(args.broker)
     return table
+
+
+def load_producers():
+    """src/fastq/bench_producers.py, by path (as the peers load it)."""
+    spec = importlib.util.spec_from_file_location("bench_producers", PRODUCERS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def producers_command(system: str, broker: str, index: int, n: int) -> list[str]:
+    """The command line that runs one producers row (1-based) for one system, printing JSON."""
+    if system == "fastq":
+        return [sys.executable, "-m", "fastq", "bench", "--broker", broker, "--scenario", "producers",
+                "--rows", str(index), "--tasks", str(n), "--json"]
+    return [str(peer_python(system)), str(PEERS_DIR / "producers_bench.py"), "--system", system, "--broker", broker,
+            "--row", str(index), "--tasks", str(n), "--json"]
+
+
+def run_producers(args: argparse.Namespace, systems: list[str]) -> list[tuple[str, dict[str, Cell]]]:
+    """Row by row, system by system, best of --repeat (highest rate)."""
+    prod = load_producers()
+    n = 5_000 if args.quick else prod.DEFAULT_TASKS
+    table = []
+    for index, row in enumerate(prod.ROWS, 1):
+        cells = {}
+        for system in systems:
+            tries = []
+            for _ in range(max(1, args.repeat)):
+                cell = run_cell(system, args.broker, "producers", None,
+                                producers_command(system, args.broker, index, n))
+                tries.append(cell)
+                r = cell.result
+                shown = (f"{r['rate']:,.0f} tasks/s, p50 {r['p50_ms']:.3f} ms" if r
+                         else f"ERROR: {cell.error}" if cell.error else "no such API")
+                say(f"producers {prod.label(row):<14} {system:<9} {shown}")
+            cells[system] = best(tries)
+        table.append((prod.label(row), cells))
+    flush_db(args.broker)
+    return table
+
+
+def format_producers_table(table: list[tuple[str, dict[str, Cell]]], systems: list[str]) -> str:
+    """A Markdown table: tasks/s (p50 wait) per system per shape, and fastq over the best peer."""
+    head = ["producers", *systems, "fastq / best peer"]
+    out = [head]
+    for name, cells in table:
+        shown = []
+        for s in systems:
+            c = cells.get(s)
+            r = c.result if c else None
+            shown.append(f"{r['rate']:,.0f} ({r['p50_ms']:.2f} ms)" if r else "error" if c and c.error else "-")
+        peers = [cells[s].result["rate"] for s in systems if s != "fastq" and cells.get(s) and cells[s].result]
+        fq = cells.get("fastq")
+        ratio = f"{fq.result['rate'] / max(peers):.1f}x" if fq and fq.result and peers else "-"
+        out.append([name, *shown, ratio])
+    widths = [max(len(r[i]) for r in out) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             + " |" for r in out]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + ("-" if i == 0 else ":") for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def producers_footnotes(table: list[tuple[str, dict[str, Cell]]], systems: list[str]) -> list[str]:
+    notes = []
+    for system in systems:
+        meta = next((cells[system].meta for _, cells in table if cells.get(system) and cells[system].meta), None)
+        if meta is None:
+            notes.append(f"- **{system}**: no successful run")
+        elif system == "fastq":
+            core = "compiled core" if meta.get("compiled") else "pure-Python core"
+            notes.append(f"- **fastq {meta.get('version')}** ({core}): `delay()` / `await delay_async()`")
+        else:
+            notes.append(f"- **{system} {meta.get('version')}**: {meta.get('config')}")
+    for name, cells in table:
+        for system, c in cells.items():
+            if c.error:
+                notes.append(f"- error, {system} {name}: {c.error}")
+    return notes
+
+
+PRODUCERS_NOTE = (
+    "tasks/s of no-op sends into a queue nobody drains, and (in brackets) the p50 of each call's wait, from the "
+    "call to its return. '-': the system has no API for that shape (Celery and Dramatiq send synchronously; arq "
+    "and taskiq only from coroutines, so their '1 caller' is one coroutine awaiting each send). fastq / best peer "
+    "is over the fastest peer measured in that row.")
 
 
 def label(scenario: str, procs: int | None) -> str:
@@ -734,6 +848,12 @@ def main(argv: list[str] | None = None) -> int:
     mach = machine(args.broker)
     table = run_all(args, systems) if any(sc not in EXTRA_SCENARIOS for sc in args.scenario_list) else {}
     realistic = run_realistic(args, systems) if args.realistic_rows else []
+    prod_systems = [s for s in args.producer_systems if s in systems or s in ASYNC_PEERS]
+    if "producers" in args.scenario_list:
+        for peer in ASYNC_PEERS:
+            if peer in prod_systems:
+                ensure_venv(peer)
+    producers = run_producers(args, prod_systems) if "producers" in args.scenario_list else []
     wall = time.perf_counter() - t0
     if table:
         print()
@@ -747,6 +867,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(REALISTIC_NOTE)
         print("\n".join(realistic_footnotes(realistic, systems)))
+    if producers:
+        print()
+        print(format_producers_table(producers, prod_systems))
+        print()
+        print(PRODUCERS_NOTE)
+        print("\n".join(producers_footnotes(producers, prod_systems)))
     if args.json_out:
         raw = {f"{sc}/{p}": {s: vars(c) for s, c in cells.items()} for (sc, p), cells in table.items()}
         raw.update({f"realistic/{row_label(row)}": {s: vars(c) for s, c in cells.items()}
@@ -757,11 +883,20 @@ def main(argv: list[str] | None = None) -> int:
         if table:
             RESULTS_MD.write_text(results_markdown(table, systems, mach, _loadavg(), started, wall, args.repeat))
             say(f"wrote {RESULTS_MD.relative_to(REPO)}")
+        if producers:
+            head = _results_head("# fastq vs Celery, Dramatiq, arq and taskiq: concurrent producers", mach,
+                                 _loadavg(), started, wall, [f"- best of {args.repeat} run(s) per cell"])
+            RESULTS_PRODUCERS_MD.write_text("\n".join(head) + "\n\n"
+                                            + format_producers_table(producers, prod_systems) + "\n\n"
+                                            + PRODUCERS_NOTE + "\n\n"
+                                            + "\n".join(producers_footnotes(producers, prod_systems)) + "\n")
+            say(f"wrote {RESULTS_PRODUCERS_MD.relative_to(REPO)}")
         if realistic:
             RESULTS_REALISTIC_MD.write_text(realistic_markdown(realistic, systems, mach, _loadavg(), started, wall,
                                                                args.repeat))
             say(f"wrote {RESULTS_REALISTIC_MD.relative_to(REPO)}")
-    cells = [c for cs in table.values() for c in cs.values()] + [c for _, cs in realistic for c in cs.values()]
+    cells = ([c for cs in table.values() for c in cs.values()] + [c for _, cs in realistic for c in cs.values()]
+             + [c for _, cs in producers for c in cs.values()])
     return 1 if any(c.error for c in cells) else 0
 
 

@@ -119,6 +119,42 @@ def test_delay_async_from_many_coroutines_sends_every_message_once_in_each_calle
         assert [position[t] for t in ids] == sorted(position[t] for t in ids)
 
 
+def _options(i: int) -> dict:
+    return [{"priority": 9}, {"countdown": 60}, {"queue": "other"}][i % 3]
+
+
+def _check_placement(r, n: int) -> None:
+    """Every third send went to the high-priority stream, the delayed set, another queue."""
+    assert r.xlen("fastq:{default}:s9") == n // 3
+    assert r.zcard("fastq:{default}:delayed") == n // 3
+    assert r.xlen("fastq:{other}:s") == n // 3
+
+
+def test_concurrent_async_sends_keep_their_routing_priority_and_countdown(redis_url, r):
+    noop = _app(redis_url).tasks["ap.noop"]
+
+    async def main():
+        await asyncio.gather(*(noop.apply_async_async((i,), **_options(i)) for i in range(600)))
+
+    asyncio.run(main())
+    _check_placement(r, 600)
+
+
+def test_concurrent_thread_sends_keep_their_routing_priority_and_countdown(redis_url, r):
+    noop = _app(redis_url).tasks["ap.noop"]
+
+    def run(t):
+        for k in range(100):
+            noop.apply_async((k,), **_options(t * 100 + k))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    _check_placement(r, 600)
+
+
 def test_get_async_on_many_results_returns_each_its_own(redis_url, worker):
     app = _app(redis_url)
     worker("-A", "tests.test_autopipe:worker_app", "-P", "thread", "-c", "4", app="tests.test_autopipe:worker_app")

@@ -33,6 +33,23 @@ def test_bench_runs_against_a_private_redis_and_prints_json():
     assert 0 < by["latency"]["p50_ms"] <= by["latency"]["p99_ms"]
 
 
+def test_bench_producers_sends_from_each_shape(app, r, redis_url):
+    # Given some of the producers scenario's shapes, on the test Redis under the bench's own prefix
+    out = _bench("-s", "producers", "--rows", "1 caller,asyncio 10,threads 4", "-n", "300", "--json",
+                 "--broker", redis_url)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["results"]
+    # Then each shape sent every task, and says how fast and how long each call waited
+    assert [(x["shape"], x["concurrency"]) for x in rows] == [("1 caller", 1), ("asyncio", 10), ("threads", 4)]
+    for x in rows:
+        assert x["tasks"] == 300 and x["rate"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
+    # ... and left nothing behind
+    assert r.keys("fastq-bench-*") == []
+    # A row that does not exist is a one-line error
+    bad = _bench("-s", "producers", "--rows", "carrier pigeons", "--broker", redis_url)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no producers row matches" in bad.stderr
+
+
 def test_unreachable_broker_is_a_one_line_error():
     out = _bench("-s", "enqueue", "--broker", f"redis://127.0.0.1:{free_port()}/0")
     assert out.returncode == 1

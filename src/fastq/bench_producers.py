@@ -13,17 +13,21 @@ return: the latency a handler sees):
   sending for a minute, with the process's RSS after the first tenth of the run
   and at its end: memory must stay flat.
 
+Standard library only, and nothing from fastq: ``benchmarks/compare.py``'s peer
+runners load this file by path and run the same shapes with their own send
+calls (an object with ``delay`` and/or ``delay_async``).
+
 Layer: apps; may import any layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import threading
 import time
-
-import psutil
 
 #: (shape, concurrency) of the default rows.
 ROWS = [("1 caller", 1), ("asyncio", 10), ("asyncio", 100), ("asyncio", 1000),
@@ -43,7 +47,8 @@ def pick(spec: str) -> list[tuple]:
         if part.isdigit() and 1 <= int(part) <= len(ROWS):
             out.append(ROWS[int(part) - 1])
             continue
-        found = [row for row in ROWS if part in label(row)]
+        # a row's whole name picks that row ("asyncio 10" is not "asyncio 100"), else a part of names
+        found = [row for row in ROWS if part == label(row)] or [row for row in ROWS if part in label(row)]
         if not found:
             raise ValueError(f"no producers row matches {part!r} (rows: {', '.join(label(r) for r in ROWS)}, sustained)")
         out.extend(found)
@@ -84,7 +89,6 @@ def run_row(task, row: tuple, n: int) -> dict:
 def run_sustained(task, conc: int, seconds: float) -> dict:
     """``conc`` coroutines sending for ``seconds``; RSS after a tenth of it and at the end."""
     waits: list[float] = []
-    proc = psutil.Process()
     marks: dict[str, float] = {}
 
     async def main() -> tuple[int, float]:
@@ -101,17 +105,31 @@ def run_sustained(task, conc: int, seconds: float) -> dict:
 
         async def watch() -> None:
             await asyncio.sleep(seconds / 10)
-            marks["early"] = proc.memory_info().rss / 2**20
+            marks["early"] = rss_mb()
 
         t0 = time.perf_counter()
         await asyncio.gather(watch(), *(one() for _ in range(conc)))
-        marks["end"] = proc.memory_info().rss / 2**20
+        marks["end"] = rss_mb()
         return sent[0], time.perf_counter() - t0
 
     n, dt = asyncio.run(main())
     out = _figures(("sustained", conc), n, dt, waits)
     out.update(label=label(("sustained", conc), seconds), rss_early_mb=marks["early"], rss_end_mb=marks["end"])
     return out
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux's /proc), else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def supports(task, row: tuple) -> bool:
+    """Whether ``task`` (a sender) has the API the row's shape needs."""
+    return hasattr(task, "delay_async") if row[0] in ("asyncio", "sustained") else hasattr(task, "delay")
 
 
 def _send_sync(task, n: int, waits: list) -> None:
