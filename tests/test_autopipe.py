@@ -200,6 +200,32 @@ def test_a_loop_that_only_sends_shuts_down_without_warnings(redis_url):
         asyncio.run(main())  # a second loop in the same process: its own connection
         print("done")
     """)
+    _runs_cleanly(script)
+
+
+def test_threads_that_only_send_leave_nothing_behind(redis_url):
+    script = textwrap.dedent(f"""
+        import threading
+        from fastq import FastQ
+        app = FastQ("quiet", broker={redis_url!r})
+
+        @app.task(name="quiet.noop")
+        def noop(i):
+            return i
+
+        threads = [threading.Thread(target=lambda: [noop.delay(i) for i in range(200)]) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert threading.active_count() == 1, threading.enumerate()  # no thread of fastq's
+        print("done")
+    """)
+    _runs_cleanly(script)
+
+
+def _runs_cleanly(script: str) -> None:
+    """The script exits at once, with no warning (ResourceWarning included) and no error."""
     proc = subprocess.run([sys.executable, "-X", "dev", "-W", "error", "-c", script],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -125,6 +125,27 @@ def test_failure_with_an_exception_that_cannot_be_rebuilt_is_a_task_error(app, w
     assert "left/right" in str(info.value)
 
 
+@pytest.mark.parametrize("eager", [False, True])
+def test_an_exception_comes_back_with_its_arguments(app, worker, eager):
+    # Given tasks raising exceptions with several arguments (Celery's ExpectedException;
+    # one whose constructor needs two), run by a worker or eagerly
+    if eager:
+        extra.app.conf.task_always_eager = True
+    else:
+        extra.app.conf.task_always_eager = False
+        worker("-P", "solo", app=EXTRA)
+    try:
+        # Then get() raises the same type, built with the same arguments
+        with pytest.raises(extra.ExpectedException) as info:
+            extra.expected_exception.delay().get(timeout=30)
+        assert info.value.args == ("Task expected to fail", "test")
+        with pytest.raises(extra.Pair) as pair:
+            extra.pair_error.delay().get(timeout=30)
+        assert (pair.value.left, pair.value.right) == ("left", {"n": 2})
+    finally:
+        extra.app.conf.task_always_eager = False
+
+
 def test_started_state_with_track_started_task_option(app, worker):
     # Given a worker and a task declared with track_started=True
     worker("-P", "solo")

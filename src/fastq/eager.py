@@ -14,7 +14,7 @@ from . import states
 from ._speedups import Request, current_request
 from .coroutines import call_limited, run_coroutine
 from .exceptions import Retry, format_exception
-from .messages import Message, ResultMeta
+from .messages import Message, ResultMeta, exception_args
 from .result import EagerResult
 
 
@@ -34,7 +34,7 @@ def _again(task, exc: BaseException, retries: int) -> bool:
 def _failure(task, task_id: str, exc: BaseException, runtime: float, retries: int) -> EagerResult:
     cls = type(exc)
     meta = ResultMeta(states.FAILURE, None, cls.__name__, cls.__module__, str(exc), format_exception(exc),
-                      time.time(), runtime, "eager", retries, task.name)
+                      time.time(), runtime, "eager", retries, task.name, exc_args=exception_args(exc))
     return EagerResult(task_id, meta, task.name)
 
 

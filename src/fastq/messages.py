@@ -57,6 +57,9 @@ class ResultMeta(msgspec.Struct, array_like=True, omit_defaults=False):
     task: str | None = None
     meta: dict | None = None  #: extra info, e.g. revoke reason or progress
     children: list | None = None
+    #: The exception's arguments, when they are plain data (see exception_args):
+    #: the producer rebuilds the exception with them, as it was raised.
+    exc_args: list | None = None
 
 
 class Serializer:
@@ -89,6 +92,20 @@ def message_decoder_for(field: bytes):
 
 _result_encoder = msgspec.msgpack.Encoder()
 _result_decoder = msgspec.msgpack.Decoder(ResultMeta)
+
+
+def exception_args(exc: BaseException) -> list | None:
+    """``exc.args`` as a list when they can be stored as data (msgpack), else None:
+    ``ExpectedException("failed", "test")`` then comes back with both arguments,
+    and an exception whose constructor takes several comes back as its own type."""
+    args = getattr(exc, "args", None)
+    if not isinstance(args, tuple) or not args:
+        return None
+    try:
+        _result_encoder.encode(args)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return list(args)
 
 
 def encode_result(meta: ResultMeta) -> bytes:

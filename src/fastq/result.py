@@ -26,16 +26,22 @@ R = TypeVar("R")
 
 
 def exception_from_meta(meta: ResultMeta) -> BaseException:
-    """Rebuild the task's exception: the same type when it is an Exception subclass
-    that can be found without importing anything new (only already-imported
-    modules are searched, so a stored result can never make the producer import
-    code), else TaskError naming the original type."""
+    """Rebuild the task's exception: the same type, with the same arguments when
+    they were stored, when it is an Exception subclass that can be found without
+    importing anything new (only already-imported modules are searched, so a
+    stored result can never make the producer import code), else TaskError
+    naming the original type."""
     name, module, message = meta.exc_type or "Exception", meta.exc_module or "", meta.exc_message or ""
     mod = builtins if module in ("builtins", "") else sys.modules.get(module)
     cls = getattr(mod, name, None) if mod is not None else None
     # Only Exception subclasses: a stored SystemExit or KeyboardInterrupt re-raised
     # by get() would end a caller that catches Exception.
     if isinstance(cls, type) and issubclass(cls, Exception):
+        if meta.exc_args is not None:
+            try:
+                return cls(*meta.exc_args)
+            except Exception:  # noqa: BLE001 - a constructor wanting other arguments: try the message
+                pass
         try:
             return cls(message)
         except Exception:  # noqa: BLE001 - a constructor wanting other arguments

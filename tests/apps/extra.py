@@ -88,6 +88,27 @@ def needs_two_args():
     raise NeedsTwoArgs("left", "right")
 
 
+class ExpectedException(Exception):
+    """As in Celery's integration tests: raised with two arguments."""
+
+
+class Pair(Exception):
+    def __init__(self, left, right):
+        super().__init__(left, right)
+        self.left, self.right = left, right
+
+
+@app.task(name="extra.expected_exception")
+def expected_exception():
+    raise ExpectedException("Task expected to fail", "test")
+
+
+@app.task(name="extra.pair_error")
+def pair_error():
+    """Raises an exception whose constructor takes two arguments, and passes them on."""
+    raise Pair("left", {"n": 2})
+
+
 @app.task(name="extra.base_exception")
 def base_exception():
     raise BaseException("the base of all")

@@ -12,6 +12,9 @@ Layer: broker; imports base modules and ``fastq.broker``, never the API, the wor
 
 from __future__ import annotations
 
+import atexit
+import weakref
+
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -22,11 +25,24 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; fall back to 
 
 _READ_SIZE = 65536
 
+#: Connected channels, closed when the interpreter exits: a socket collected open at
+#: exit is a ResourceWarning, and a process that only sends should exit quietly.
+_connected: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for ch in list(_connected):
+        try:
+            ch.close()
+        except Exception:  # noqa: BLE001 - exiting: a socket that will not close is the OS's
+            pass
+
 
 class Channel:
     """Packed commands out, parsed replies in, over one redis-py connection."""
 
-    __slots__ = ("_reader", "_sock", "conn")
+    __slots__ = ("__weakref__", "_reader", "_sock", "conn")
 
     def __init__(self, conn) -> None:
         self.conn = conn
@@ -37,6 +53,7 @@ class Channel:
         self.conn.connect()
         self._sock = self.conn._sock
         self._reader = hiredis.Reader(replyError=ResponseError) if hiredis is not None else None
+        _connected.add(self)
 
     @property
     def connected(self) -> bool:
@@ -45,6 +62,7 @@ class Channel:
     def close(self) -> None:
         self._sock = None
         self._reader = None
+        _connected.discard(self)
         self.conn.disconnect()
 
     def send(self, data: bytes) -> None:

@@ -24,7 +24,7 @@ from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
 from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
 from ..mail import mailer_for
-from ..messages import ResultMeta, encode_result, message_decoder_for
+from ..messages import ResultMeta, encode_result, exception_args, message_decoder_for
 from ..options import Countdown, options_error
 from ..unique import release as release_unique
 from ..workflow import CHILDREN
@@ -103,7 +103,8 @@ class Executor:
         if self.extended and msg is not None and state in states.READY_STATES:
             meta = {**(meta or {}), "request": _request_fields(msg)}
         return ResultMeta(state, None, exc_type, exc_module, exc_message, tb, time.time(), runtime,
-                          self.hostname, msg.retries if msg is not None else 0, msg.task if msg is not None else None, meta)
+                          self.hostname, msg.retries if msg is not None else 0, msg.task if msg is not None else None, meta,
+                          exc_args=exception_args(exc) if exc is not None else None)
 
     # --- bad messages -------------------------------------------------------------
 
