@@ -95,8 +95,26 @@ class SharedChannel:
     def execute(self, data: bytes, n: int) -> list:
         """Write ``data`` (``n`` packed commands) and return its ``n`` replies; error
         replies come back in place, connection errors are raised."""
+        mu = self._mu
+        with mu:
+            solo = not self._busy
+            if solo:
+                self._busy = True
+        if solo:  # nobody else is sending: no queue, no bookkeeping (a lone caller's path)
+            try:
+                if self._ch is None or self._stale:
+                    self._write(())
+                ch = self._ch
+                ch.send(data)  # type: ignore[union-attr]
+                replies = ch.read_many(n)  # type: ignore[union-attr]
+            except BaseException:
+                self.close()
+                self._pass_lead()
+                raise
+            self._pass_lead()
+            return replies
         call = _Call(data, n)
-        with self._mu:
+        with mu:
             self._queue.append(call)
             if self._busy:
                 wake = self._locks.__dict__.get("lock")
@@ -183,14 +201,34 @@ class SharedChannel:
                 return
             # every caller of the new round gave up waiting: read it ourselves
 
-    def _write(self, batch: list[_Call]) -> None:
+    def _pass_lead(self) -> None:
+        """After a lone caller's round: hand the lead to the oldest caller that queued
+        meanwhile (it writes the queue), or mark the connection idle."""
+        with self._mu:
+            nxt = next((c for c in self._queue if not c.abandoned), None)
+            if nxt is not None:
+                nxt.lead = True
+            elif self._queue:  # only callers that gave up: their writes still go out, and we read them
+                nxt = self._queue[0]
+            else:
+                self._busy = False
+        if nxt is None:
+            return
+        if nxt.abandoned:
+            self._lead()
+        else:
+            nxt.wake.release()  # type: ignore[union-attr]
+
+    def _write(self, batch) -> None:
+        """Write the calls' data (none: only make sure there is a live connection)."""
         if self._stale:
             self._stale = False
             self.close()
         ch = self._ch
         if ch is None:
             ch = self._ch = self._open()
-        ch.send(b"".join([c.data for c in batch]) if len(batch) > 1 else batch[0].data)
+        if batch:
+            ch.send(b"".join([c.data for c in batch]) if len(batch) > 1 else batch[0].data)
 
     def _abandon(self, call: _Call) -> None:
         """A waiting caller gave up (Ctrl-C). Its lock may still be released for it,
