@@ -456,21 +456,7 @@ def format_producers_table(table: list[tuple[str, dict[str, Cell]]], systems: li
 
 
 def producers_footnotes(table: list[tuple[str, dict[str, Cell]]], systems: list[str]) -> list[str]:
-    notes = []
-    for system in systems:
-        meta = next((cells[system].meta for _, cells in table if cells.get(system) and cells[system].meta), None)
-        if meta is None:
-            notes.append(f"- **{system}**: no successful run")
-        elif system == "fastq":
-            core = "compiled core" if meta.get("compiled") else "pure-Python core"
-            notes.append(f"- **fastq {meta.get('version')}** ({core}): `delay()` / `await delay_async()`")
-        else:
-            notes.append(f"- **{system} {meta.get('version')}**: {meta.get('config')}")
-    for name, cells in table:
-        for system, c in cells.items():
-            if c.error:
-                notes.append(f"- error, {system} {name}: {c.error}")
-    return notes
+    return system_notes(table, systems, "`delay()` / `await delay_async()`", str)
 
 
 PRODUCERS_NOTE = (
@@ -648,6 +634,12 @@ def ahead(values: dict[str, float], tie_abs: float) -> str:
 
 def realistic_footnotes(table: list[tuple[tuple, dict[str, Cell]]], systems: list[str]) -> list[str]:
     """Each system's realistic settings, then errors."""
+    return system_notes(table, systems, FASTQ_REALISTIC_CONFIG, row_label)
+
+
+def system_notes(table: list[tuple], systems: list[str], fastq_config: str, name_of) -> list[str]:
+    """Each system's settings as its runs reported them, then every error, naming the
+    row (``name_of(row)``): the footnotes of the realistic and producers tables."""
     notes = []
     for system in systems:
         meta = next((cells[system].meta for _, cells in table if cells.get(system) and cells[system].meta), None)
@@ -655,13 +647,13 @@ def realistic_footnotes(table: list[tuple[tuple, dict[str, Cell]]], systems: lis
             notes.append(f"- **{system}**: no successful run")
         elif system == "fastq":
             core = "compiled core" if meta.get("compiled") else "pure-Python core"
-            notes.append(f"- **fastq {meta.get('version')}** ({core}): {meta.get('config') or FASTQ_REALISTIC_CONFIG}")
+            notes.append(f"- **fastq {meta.get('version')}** ({core}): {meta.get('config') or fastq_config}")
         else:
             notes.append(f"- **{system} {meta.get('version')}**: {meta.get('config')}")
     for row, cells in table:
         for system, c in cells.items():
             if c.error:
-                notes.append(f"- error, {system} {row_label(row)}: {c.error}")
+                notes.append(f"- error, {system} {name_of(row)}: {c.error}")
     return notes
 
 
@@ -831,6 +823,15 @@ from its own interpreter (peers: the venv in `benchmarks/.peers/venv`).
 """
 
 
+def show(table: str, note: str, notes: list[str]) -> None:
+    """Print one table with what it measures and its footnotes."""
+    print()
+    print(table)
+    print()
+    print(note)
+    print("\n".join(notes))
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -856,23 +857,12 @@ def main(argv: list[str] | None = None) -> int:
     producers = run_producers(args, prod_systems) if "producers" in args.scenario_list else []
     wall = time.perf_counter() - t0
     if table:
-        print()
-        print(format_table(table, systems))
-        print()
-        print(RATIO_NOTE)
-        print("\n".join(footnotes(table, systems)))
+        show(format_table(table, systems), RATIO_NOTE, footnotes(table, systems))
     if realistic:
-        print()
-        print(format_realistic_table(realistic, systems))
-        print()
-        print(REALISTIC_NOTE)
-        print("\n".join(realistic_footnotes(realistic, systems)))
+        show(format_realistic_table(realistic, systems), REALISTIC_NOTE, realistic_footnotes(realistic, systems))
     if producers:
-        print()
-        print(format_producers_table(producers, prod_systems))
-        print()
-        print(PRODUCERS_NOTE)
-        print("\n".join(producers_footnotes(producers, prod_systems)))
+        show(format_producers_table(producers, prod_systems), PRODUCERS_NOTE,
+             producers_footnotes(producers, prod_systems))
     if args.json_out:
         raw = {f"{sc}/{p}": {s: vars(c) for s, c in cells.items()} for (sc, p), cells in table.items()}
         raw.update({f"realistic/{row_label(row)}": {s: vars(c) for s, c in cells.items()}

@@ -24,6 +24,15 @@ from fastq.messages import decode_fields
 STREAM = "fastq:{default}:s"  # the default priority's stream
 
 
+def _in_threads(run, n: int) -> None:
+    """``run(t)`` in ``n`` threads at once (t = 0..n-1); returns when all are done."""
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
 def _echo(i) -> bytes:
     return pack_command((b"ECHO", b"m%d" % i))
 
@@ -147,11 +156,7 @@ def test_concurrent_thread_sends_keep_their_routing_priority_and_countdown(redis
         for k in range(100):
             noop.apply_async((k,), **_options(t * 100 + k))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(run, 6)
     _check_placement(r, 600)
 
 
@@ -249,11 +254,7 @@ def test_threads_each_get_their_own_replies(redis_url):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(run, 16)
     assert not errors, errors[:3]
 
 
@@ -265,11 +266,7 @@ def test_threads_share_one_connection(redis_url, r):
         for _ in range(50):
             ids.add(broker.execute_packed([pack_command((b"CLIENT", b"ID"))])[0])
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(lambda _t: run(), 8)
     assert len(ids) == 1
 
 
@@ -281,11 +278,7 @@ def test_delay_from_many_threads_sends_every_message_once(redis_url, r):
     def run(t):
         got.extend(noop.delay(t * 1000 + k).id for k in range(200))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(run, 16)
     assert len(got) == 3200 == len(set(got))
     assert r.xlen(STREAM) == 3200
 
@@ -307,11 +300,7 @@ def test_an_error_reply_reaches_only_its_thread(redis_url, r):
             else:
                 assert broker.execute_packed([_echo(k)]) == [b"m%d" % k]
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(run, 8)
     assert len(failures) == 160
     assert all("not an integer" in f for f in failures)
 
@@ -329,11 +318,7 @@ def test_a_broken_connection_fails_the_threads_on_it_and_the_next_calls_reconnec
         except BrokerError as exc:
             outcomes.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _in_threads(lambda _t: run(), 8)
     assert len(outcomes) == 8
     server.start()
     assert broker.execute_packed([_echo(3)]) == [b"m3"]
