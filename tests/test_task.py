@@ -9,8 +9,10 @@ import msgspec
 import pytest
 from tests.apps import extra
 
-from fastq import AsyncResult, EagerResult, FastQ, Task
+from conftest import wait_for
+from fastq import AsyncResult, EagerResult, FastQ, ResultSet, Task, states
 from fastq.exceptions import ImproperlyConfigured
+from fastq.messages import decode_fields
 
 EXTRA = "tests.apps.extra:app"
 
@@ -369,3 +371,55 @@ def test_bound_task_called_directly_has_an_empty_request(app):
     # Then the request exists but has no id
     assert info["id"] is None
     assert info["retries"] == 0
+
+
+# --- options and methods Celery users call (the Celery-compatibility issue) -------------------
+
+
+def test_argsrepr_kwargsrepr_and_app_id_travel_in_the_headers(app, r):
+    # Given Celery's monitoring options on a call
+    res = app.tasks["tests.add"].apply_async((1, 2), argsrepr="(1, <secret>)", kwargsrepr="{}", app_id="web")
+    # Then the message carries them as headers
+    (fields,) = [f for _id, f in r.xrange("fastq:{default}:s")]
+    msg = decode_fields(fields)
+    assert msg.id == res.id
+    assert msg.headers == {"argsrepr": "(1, <secret>)", "kwargsrepr": "{}", "app_id": "web"}
+    # ... and a value that is not text is refused at the call
+    with pytest.raises(TypeError, match="argsrepr must be a string"):
+        app.tasks["tests.add"].apply_async((1, 2), argsrepr=("1", "2"))
+
+
+def test_soft_time_limit_above_time_limit_is_refused(app):
+    # At the call ...
+    with pytest.raises(ValueError, match=r"soft_time_limit \(5\) must not be above time_limit \(1\)"):
+        app.tasks["tests.add"].apply_async((1, 1), time_limit=1, soft_time_limit=5)
+    # ... and where the task is declared
+    with pytest.raises(ImproperlyConfigured, match="soft_time_limit"):
+        @app.task(name="tests.limits_reversed", time_limit=1, soft_time_limit=2)
+        def reversed_limits():
+            return None
+
+
+def test_async_result_revoke_revokes_the_task(app, worker):
+    # Given a task revoked through its AsyncResult before a worker sees it
+    res = app.tasks["tests.add"].apply_async((1, 1), countdown=1)
+    res.revoke()
+    assert app.broker.is_revoked(res.id)
+    # Then the worker stores REVOKED instead of running it
+    worker("-P", "solo")
+    wait_for(lambda: res.state == states.REVOKED, 30, message="REVOKED")
+
+
+def test_result_set_add_update_discard_remove(app):
+    a, b, c = (app.AsyncResult(f"id-{i}") for i in range(3))
+    rs = ResultSet([a], app=app)
+    rs.add(a)
+    rs.add(b)
+    assert rs.results == [a, b]
+    rs.update([b, c])
+    assert rs.results == [a, b, c]
+    rs.discard(app.AsyncResult("id-9"))
+    rs.remove(b)
+    assert rs.results == [a, c]
+    with pytest.raises(KeyError):
+        rs.remove(b)

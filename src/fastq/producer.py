@@ -120,6 +120,12 @@ class Producer:
         )
         retries = options.pop("retries", 0)
         headers = options.pop("headers", None)
+        for key in REPR_OPTIONS:  # Celery's: how monitors show the call; carried as headers
+            value = options.pop(key, None)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise TypeError(f"task {name!r}: {key} must be a string, not {type(value).__name__}")
+                headers = {**(headers or {}), key: value}
         _check_envelope(task_id, parent_id, root_id, retries, headers)
         tenant_key = options.pop("tenant_key", None)
         if "group_key" in options:  # the option's name before the rename (#19)
@@ -343,6 +349,11 @@ def _text(reply) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+#: apply_async options Celery users pass for monitoring (argsrepr/kwargsrepr: how to show
+#: the arguments; app_id: the sending app), carried in the message's headers.
+REPR_OPTIONS = ("argsrepr", "kwargsrepr", "app_id")
+
+
 def _message_options(options: dict) -> dict | None:
     out = None
     for key in WORKER_OPTIONS:
@@ -359,7 +370,14 @@ def _message_options(options: dict) -> dict | None:
     options.pop("serializer", None)
     if options:
         raise unknown_options(options)
+    if out and _soft_above_hard(out.get("soft_time_limit"), out.get("time_limit")):
+        raise ValueError(f"soft_time_limit ({out['soft_time_limit']}) must not be above time_limit "
+                         f"({out['time_limit']}): the soft limit is the warning before the hard one")
     return out
+
+
+def _soft_above_hard(soft, hard) -> bool:
+    return bool(soft) and bool(hard) and soft > hard
 
 
 def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:

@@ -223,6 +223,14 @@ class AsyncResult(_ResultBase, Generic[R]):
         self._cache = None
         self.backend.forget(self.id)
 
+    def revoke(self, terminate: bool = False, signal: str = "SIGKILL", wait: bool = False,
+               timeout: float | None = None) -> None:
+        """Revoke this task (``app.control.revoke``): a worker stores REVOKED instead of
+        running it; ``terminate=True`` also stops it when it is running. ``wait``
+        waits up to ``timeout`` s for the workers' replies, as in Celery."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal, reply=wait,
+                                timeout=timeout if timeout is not None else 1.0)
+
 
 class EagerResult(_ResultBase, Generic[R]):
     """The result of a task run locally (``apply()`` or ``task_always_eager``)."""
@@ -259,6 +267,27 @@ class ResultSet:
 
     def __len__(self) -> int:
         return len(self.results)
+
+    def add(self, result: _ResultBase) -> None:
+        """Add a result to the set; nothing happens when it is already in it (as in Celery)."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def update(self, results: Iterable[_ResultBase]) -> None:
+        """``add`` each of ``results``."""
+        for r in results:
+            self.add(r)
+
+    def discard(self, result: _ResultBase) -> None:
+        """Remove a result if it is in the set."""
+        if result in self.results:
+            self.results.remove(result)
+
+    def remove(self, result: _ResultBase) -> None:
+        """Remove a result; KeyError when it is not in the set (as in Celery)."""
+        if result not in self.results:
+            raise KeyError(result)
+        self.results.remove(result)
 
     def _refresh(self) -> None:
         todo = [r for r in self.results if isinstance(r, AsyncResult) and r._cache is None]
