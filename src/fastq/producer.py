@@ -58,6 +58,8 @@ class Producer:
         ``options`` is consumed: what is left over is an unknown option (TypeError)."""
         if options:
             return self._build_with_options(name, args, kwargs, options, task)
+        if task is not None and task._limits_reversed:
+            _check_limits(name, task, options)
         # The common call (no options) stays short: it runs once per message.
         queue, priority = self.placement(name, task, args, kwargs, options)
         expires = None if task is None or task.expires is None else expiry_time(task.expires, now())
@@ -95,6 +97,8 @@ class Producer:
             msg.headers = None
 
     def _build_with_options(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
+        if "time_limit" in options or "soft_time_limit" in options or (task is not None and task._limits_reversed):
+            _check_limits(name, task, options)
         task_id = options.pop("task_id", None) or new_task_id()
         eta = options.pop("eta", None)
         countdown = options.pop("countdown", None)
@@ -370,14 +374,19 @@ def _message_options(options: dict) -> dict | None:
     options.pop("serializer", None)
     if options:
         raise unknown_options(options)
-    if out and _soft_above_hard(out.get("soft_time_limit"), out.get("time_limit")):
-        raise ValueError(f"soft_time_limit ({out['soft_time_limit']}) must not be above time_limit "
-                         f"({out['time_limit']}): the soft limit is the warning before the hard one")
     return out
 
 
-def _soft_above_hard(soft, hard) -> bool:
-    return bool(soft) and bool(hard) and soft > hard
+def _check_limits(name: str, task, options: dict) -> None:
+    """Refuse a send whose soft time limit (the call's, else the task's) is above its
+    hard one, with Celery's words (its users match on them)."""
+    soft, hard = options.get("soft_time_limit"), options.get("time_limit")
+    if task is not None:
+        soft = task.soft_time_limit if soft is None else soft
+        hard = task.time_limit if hard is None else hard
+    if (isinstance(soft, (int, float)) and isinstance(hard, (int, float)) and soft and hard and soft > hard):
+        raise ValueError(f"task {name!r}: soft_time_limit must be less than or equal to time_limit "
+                         f"(soft_time_limit={soft}, time_limit={hard})")
 
 
 def _check_envelope(task_id, parent_id, root_id, retries, headers) -> None:

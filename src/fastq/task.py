@@ -105,6 +105,10 @@ class Task(Generic[P, R]):
             self._signature = call_signature(fn, self.bind)
         #: True when a send needs more than the plain path (typed or unique tasks).
         self._special = self.typed or self.unique
+        #: Declared with a soft limit above the hard one: as in Celery, the task is
+        #: accepted and every send of it refused (ValueError), unless the call overrides.
+        self._limits_reversed = bool(self.soft_time_limit and self.time_limit
+                                     and self.soft_time_limit > self.time_limit)
         #: What the worker calls: the function, bound to the task when bind=True.
         self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
         self._refresh()
@@ -133,9 +137,6 @@ class Task(Generic[P, R]):
             v = getattr(self, opt)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
                 raise ImproperlyConfigured(f"{where}: {opt} must be a number of seconds >= 0, not {v!r}")
-        if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
-            raise ImproperlyConfigured(f"{where}: soft_time_limit ({self.soft_time_limit}) must not be above "
-                                       f"time_limit ({self.time_limit}): the soft limit is the warning before the hard one")
         if not isinstance(self.retry_backoff, (bool, int, float)) or self.retry_backoff < 0:
             raise ImproperlyConfigured(f"{where}: retry_backoff must be True/False or seconds, not {self.retry_backoff!r}")
         for opt in ("autoretry_for", "dont_autoretry_for"):
