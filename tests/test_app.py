@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
 import pytest
 import redis
 
+import fastq
 from fastq import FastQ
 from fastq.exceptions import TimeoutError as FastQTimeout
 
@@ -238,3 +240,39 @@ def test_task_base_class_per_task_and_per_app():
     assert isinstance(app.task(name="t.two")(lambda: 3), Audited)
     with pytest.raises(TypeError, match=r"task 't\.bad': base must be a subclass of fastq\.task\.Task"):
         app.task(name="t.bad", base=dict)(lambda: 4)
+
+
+# --- the current app, shared_task (Celery's names) -------------------------------------
+
+
+def test_shared_task_is_registered_on_every_app_and_stands_for_the_current_ones(redis_url):
+    from fastq import current_app, shared_task
+
+    # Given an app, then a shared task, then a second app
+    first = FastQ("first", broker=redis_url)
+
+    @shared_task(name="shared.double")
+    def double(x):
+        return 2 * x
+
+    second = FastQ("second", broker=redis_url)
+    # Then both apps have it, and it stands for the current app's (the one made last)
+    assert "shared.double" in first.tasks and "shared.double" in second.tasks
+    assert current_app() is second
+    assert double.app is second and double(4) == 8
+    # ... until another app is named the default
+    first.set_default()
+    try:
+        assert current_app() is first and double.app is first
+        # A signature made without an app sends through the current app
+        res = fastq.signature("shared.double", args=(3,)).delay()
+        assert res.app is first
+        assert fastq.group([]).app is None and fastq.group([])._app() is first
+    finally:
+        fastq.current.set_default(None)
+
+
+def test_get_task_logger_is_a_module_logger():
+    from fastq import get_task_logger
+
+    assert get_task_logger("proj.tasks") is logging.getLogger("proj.tasks")

@@ -27,7 +27,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastq"
 #: Compiled modules (no .py file): the Cython core.
 COMPILED = {"fastq._core"}
 BASE = {"exceptions", "states", "settings", "messages", "options", "_speedups", "_core", "_core_py", "signals", "logs",
-        "events", "coroutines", "typed", "schedules"}
+        "events", "coroutines", "typed", "schedules", "current"}
 APPS = {"cli", "__main__", "bench", "bench_realistic", "bench_producers", "testing"}
 LAYERS = ["base", "broker", "api", "worker", "apps"]
 #: Imports allowed inside a function: the core's selector (compiled or pure Python), and

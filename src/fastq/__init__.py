@@ -8,8 +8,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import exceptions, signals, states
-from .app import FastQ
+from .app import FastQ, current_app, shared_task
 from .canvas import Signature, chain, chord, chunks, group, signature
+from .logs import get_task_logger
 from .result import AsyncResult, EagerResult, GroupResult, ResultSet
 from .schedules import crontab
 from .task import Task
@@ -27,9 +28,12 @@ __all__ = [
     "chord",
     "chunks",
     "crontab",
+    "current_app",
     "exceptions",
+    "get_task_logger",
     "group",
     "signals",
+    "shared_task",
     "signature",
     "states",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
-from . import routing
+from . import current, routing
 from .broker import RedisBroker, safe_url
 from .broker.results import RedisBackend
 from .canvas import Signature
@@ -57,6 +57,12 @@ class FastQ:
         self._pid = os.getpid()
         #: The one way messages leave (fastq.producer): build, encode, send.
         self.producer = Producer(self)
+        current.register_app(self)  # the current app now, with every shared_task on it
+
+    def set_default(self) -> None:
+        """Make this the current app (``current_app``, ``shared_task``, signatures
+        without an app), whichever app was made last, as Celery's does."""
+        current.set_default(self)
 
     # --- configuration ------------------------------------------------------
 
@@ -195,3 +201,48 @@ class FastQ:
     @property
     def broker_safe_url(self) -> str:
         return safe_url(self.broker_url)
+
+
+class SharedTask:
+    """What ``shared_task`` returns: the current app's task of that name, looked up at
+    each use (so it works before any app exists, and follows ``set_default()``)."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn: Callable, name: str) -> None:
+        self.fn = fn
+        self.name = name
+
+    def _task(self) -> Task:
+        return current.current_app().tasks[self.name]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._task(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<shared task {self.name}>"
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """Celery's ``shared_task``: ``@shared_task`` or ``@shared_task(name=..., bind=True)``
+    registers the function on every app, also on apps made later, and returns a
+    ``SharedTask`` that stands for the current app's task (``fastq.current``), so a
+    library's tasks need no app of their own."""
+    def wrap(fn: Callable) -> SharedTask:
+        current.share(fn, options)
+        return SharedTask(fn, options.get("name") or f"{fn.__module__}.{fn.__qualname__}")
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return wrap(args[0])
+    if args:
+        raise TypeError("shared_task() takes options as keyword arguments only")
+    return wrap
+
+
+def current_app() -> FastQ:
+    """The current app: the one made last, or the one ``app.set_default()`` named."""
+    return current.current_app()
+

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import workflow
 from ._speedups import new_task_id
+from .current import current_app_or_none
 from .result import AsyncResult, GroupResult
 from .workflow import as_list
 
@@ -70,7 +71,7 @@ class Signature:
         return app
 
     def _find_app(self):
-        return None
+        return current_app_or_none()  # signature("proj.add") without an app: the current one, as in Celery
 
     @property
     def id(self) -> str | None:
@@ -198,7 +199,7 @@ class _Workflow(Signature):
     """What chain, group and chord share: sending goes through ``fastq.workflow``."""
 
     def _find_app(self):
-        return _app_of(self._children())
+        return _app_of(self._children()) or current_app_or_none()
 
     def _children(self) -> list[Signature]:
         raise NotImplementedError

@@ -22,6 +22,13 @@ TASK_FIELDS = ("task_name", "task_id", "state", "runtime")
 _hostname: str | None = None
 
 
+def get_task_logger(name: str) -> logging.Logger:
+    """Celery's ``get_task_logger``: the logger for a tasks module. What a task logs
+    while it runs carries its name and id in JSON logs (``JsonFormatter``), as every
+    line logged during a task does."""
+    return logging.getLogger(name)
+
+
 def set_hostname(hostname: str) -> None:
     """The name JSON lines carry (the worker's ``--hostname``)."""
     global _hostname
