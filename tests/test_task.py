@@ -429,3 +429,30 @@ def test_result_set_add_update_discard_remove(app):
     assert rs.results == [a, c]
     with pytest.raises(KeyError):
         rs.remove(b)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_request_delivery_info_and_time_limits_as_celery_has_them(app, worker, eager):
+    # Given bound tasks that report their request, run by a worker (thread pool: the
+    # compiled fast path and the executor both build requests) or eagerly
+    app.conf.task_always_eager = eager
+    if not eager:
+        worker("-P", "thread", "-c", "2")
+    info, declared = app.tasks["tests.request_info"], app.tasks["tests.declared_limits"]
+    try:
+        # Then delivery_info has Celery's keys (the queue as routing key, priority 0-9)
+        got = info.apply_async(priority=7).get(timeout=30)
+        if not eager:
+            assert got["delivery_info"] == {"exchange": "", "routing_key": "default", "priority": 7,
+                                            "redelivered": False}
+        # ... time limits are None when nothing sets them, the call's when it does,
+        assert (got["time_limit"], got["soft_time_limit"]) == (None, None)
+        got = info.apply_async(time_limit=30, soft_time_limit=20).get(timeout=30)
+        assert (got["time_limit"], got["soft_time_limit"]) == (30, 20)
+        # ... else the task's, which a call overrides
+        got = declared.delay().get(timeout=30)
+        assert (got["time_limit"], got["soft_time_limit"]) == (60, 45)
+        got = declared.apply_async(time_limit=10, soft_time_limit=5).get(timeout=30)
+        assert (got["time_limit"], got["soft_time_limit"]) == (10, 5)
+    finally:
+        app.conf.task_always_eager = False

@@ -74,8 +74,12 @@ class Request:
     headers: dict | None
     called_directly: bool
     delivery_count: int
+    delivery_info: dict
+    time_limit: float | None
+    soft_time_limit: float | None
     def __init__(
-        self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None
+        self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None,
+        task_obj: Any = None,
     ) -> None: ...
 
 class Runner:

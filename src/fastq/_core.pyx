@@ -498,14 +498,15 @@ cdef class Request:
 
     A thin view over the message: fields are read when asked for."""
 
-    cdef public object message, delivery, hostname, queue, _extra
+    cdef public object message, delivery, hostname, queue, _extra, _task_obj
 
-    def __init__(self, message, hostname, delivery=None, queue=None):
+    def __init__(self, message, hostname, delivery=None, queue=None, task_obj=None):
         self.message = message
         self.hostname = hostname
         self.delivery = delivery
         self.queue = queue
         self._extra = None
+        self._task_obj = task_obj  # the Task that runs (its declared time limits)
 
     @property
     def id(self):
@@ -562,6 +563,26 @@ cdef class Request:
     @property
     def delivery_count(self):
         return (<Delivery>self.delivery).dc + 1 if self.delivery is not None else 0
+
+    @property
+    def delivery_info(self):
+        """Celery's shape: where the message came from (``priority`` 0-9, higher first)."""
+        return {"exchange": "", "routing_key": self.queue, "priority": self.message.priority,
+                "redelivered": self.delivery is not None and (<Delivery>self.delivery).dc > 0}
+
+    @property
+    def time_limit(self):
+        """The hard time limit this run has: the call's, else the task's; None when neither set one."""
+        opts = self.message.options
+        limit = opts.get("time_limit") if opts else None
+        return limit if limit is not None else getattr(self._task_obj, "time_limit", None)
+
+    @property
+    def soft_time_limit(self):
+        """The soft time limit this run has: the call's, else the task's; None when neither set one."""
+        opts = self.message.options
+        limit = opts.get("soft_time_limit") if opts else None
+        return limit if limit is not None else getattr(self._task_obj, "soft_time_limit", None)
 
     def __repr__(self):
         return f"<Request {self.task}[{self.id}]>"
@@ -694,7 +715,7 @@ cdef class Runner:
                 or (slow_streams and d.stream in slow_streams)):
             handler.execute(task, d, msg, out)
         else:
-            token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+            token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream], task))
             t0 = _now()
             try:
                 retval = task.run(*msg.args, **msg.kwargs)

@@ -18,11 +18,13 @@ from .messages import Message, ResultMeta, exception_args
 from .result import EagerResult
 
 
-def _message(task, args: list, kwargs: dict, task_id: str, retries: int) -> Message:
+def _message(task, args: list, kwargs: dict, task_id: str, retries: int, options: dict | None) -> Message:
     parent = current_request.get()
+    # what the request shows of the call: its time limits (the task's own apply otherwise)
+    limits = {k: options[k] for k in ("time_limit", "soft_time_limit") if options and options.get(k) is not None}
     return Message(task_id, task.name, args, kwargs, retries, None, None, 0,
                    parent.id if parent is not None else None,
-                   (parent.root_id or parent.id) if parent is not None else None, time.time())
+                   (parent.root_id or parent.id) if parent is not None else None, time.time(), limits or None)
 
 
 def _again(task, exc: BaseException, retries: int) -> bool:
@@ -50,8 +52,9 @@ class _EagerRun:
     (or propagates, with ``task_eager_propagates``); ``run.succeeded(value)``
     ends it as SUCCESS. ``run.result`` is set once the run has ended."""
 
-    def __init__(self, task, args: list, kwargs: dict, task_id: str | None, on_loop: bool = False) -> None:
-        self.task, self.args, self.kwargs = task, args, kwargs
+    def __init__(self, task, args: list, kwargs: dict, task_id: str | None, on_loop: bool = False,
+                 options: dict | None = None) -> None:
+        self.task, self.args, self.kwargs, self.options = task, args, kwargs, options
         self.task_id = task_id or str(uuid.uuid4())
         self.on_loop = on_loop  # awaited by the caller: its cancellation is not the task's failure
         self.retries = 0
@@ -60,8 +63,8 @@ class _EagerRun:
 
     @contextmanager
     def attempt(self):
-        message = _message(self.task, self.args, self.kwargs, self.task_id, self.retries)
-        token = current_request.set(Request(message, "eager", None, None))
+        message = _message(self.task, self.args, self.kwargs, self.task_id, self.retries, self.options)
+        token = current_request.set(Request(message, "eager", None, None, self.task))
         self._t0 = time.perf_counter()
         try:
             yield
@@ -91,7 +94,7 @@ def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: di
     """Run now, in this thread. Retries run again at once (no countdown wait),
     as Celery's eager mode does. A coroutine task is run to completion
     (coroutines.run_coroutine: on a helper thread's loop if this thread runs one)."""
-    run = _EagerRun(task, args, kwargs, task_id)
+    run = _EagerRun(task, args, kwargs, task_id, options=options)
     while run.result is None:
         with run.attempt():
             value = task.run(*args, **kwargs)
@@ -104,7 +107,7 @@ def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: di
 async def run_eagerly_async(task, args: list, kwargs: dict, task_id: str | None, options: dict) -> EagerResult:
     """``await task.apply_async_async()`` in eager mode: a coroutine task is
     awaited on the caller's loop; a sync task runs inline, as ``apply()`` does."""
-    run = _EagerRun(task, args, kwargs, task_id, on_loop=True)
+    run = _EagerRun(task, args, kwargs, task_id, on_loop=True, options=options)
     while run.result is None:
         with run.attempt():
             value = task.run(*args, **kwargs)

@@ -174,7 +174,7 @@ class Task(Generic[P, R]):
         if self._special:  # typed: convert the arguments; unique: derive the key
             args, kwargs = self._prepare(args, kwargs, options)
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=options.get("task_id"))
+            return self.apply(args, kwargs, **options)  # the call's options: its request shows them
         return app.producer.send(self.name, args, kwargs, options, self)
 
     def _prepare(self, args, kwargs, options: dict) -> tuple:

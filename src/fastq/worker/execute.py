@@ -265,7 +265,7 @@ class Executor:
                 out.event("task-started", msg.id, msg.task, None, {"pid": _pid()})
             if self.flush_now is not None:
                 self.flush_now(out)
-        token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream]))
+        token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream], task))
         if signals.task_prerun:
             signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
         opts = msg.options or {}
