@@ -435,10 +435,11 @@ def test_result_set_add_update_discard_remove(app):
 def test_request_delivery_info_and_time_limits_as_celery_has_them(app, worker, eager):
     # Given bound tasks that report their request, run by a worker (thread pool: the
     # compiled fast path and the executor both build requests) or eagerly
+    app = extra.app
     app.conf.task_always_eager = eager
     if not eager:
-        worker("-P", "thread", "-c", "2")
-    info, declared = app.tasks["tests.request_info"], app.tasks["tests.declared_limits"]
+        worker("-P", "thread", "-c", "2", app=EXTRA)
+    info, declared = extra.request_info, extra.declared_limits
     try:
         # Then delivery_info has Celery's keys (the queue as routing key, priority 0-9)
         got = info.apply_async(priority=7).get(timeout=30)

@@ -162,18 +162,3 @@ def stamp_time(key, item):
     secs, usecs = ledger().time()
     ledger().hset(key, item, secs + usecs / 1e6)
 
-
-def _request_info(request) -> dict:
-    return {"delivery_info": request.delivery_info, "time_limit": request.time_limit,
-            "soft_time_limit": request.soft_time_limit}
-
-
-@app.task(name="tests.request_info", bind=True)
-def request_info(self):
-    """What Celery's tasks read from their request: delivery_info and time limits."""
-    return _request_info(self.request)
-
-
-@app.task(name="tests.declared_limits", bind=True, time_limit=60, soft_time_limit=45)
-def declared_limits(self):
-    return _request_info(self.request)

@@ -153,3 +153,20 @@ def is_running(key: str) -> bool:
 
 def release(key: str) -> None:
     ledger().set(f"{key}:release", 1)
+
+
+def _request_info(request) -> dict:
+    return {"delivery_info": request.delivery_info, "time_limit": request.time_limit,
+            "soft_time_limit": request.soft_time_limit}
+
+
+@app.task(name="extra.request_info", bind=True)
+def request_info(self):
+    """What Celery's tasks read from their request: delivery_info and time limits."""
+    return _request_info(self.request)
+
+
+# In the extra app: a hard time limit makes a solo worker of the basic app warn at start.
+@app.task(name="extra.declared_limits", bind=True, time_limit=60, soft_time_limit=45)
+def declared_limits(self):
+    return _request_info(self.request)
