@@ -17,7 +17,6 @@ import weakref
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from .._speedups import pack_command
 from ..exceptions import BrokerError
 from .autopipe import LoopPipeline
 from .cluster import is_redirect
@@ -167,8 +166,8 @@ async def _execute_shared(broker, cmds: list[bytes]) -> list:
             raise error
         if not missing:
             return replies
-        await pipe.execute(b"".join(pack_command((b"SCRIPT", b"LOAD", s.source)) for s in SCRIPTS.all()),
-                           len(SCRIPTS.all()))
+        loads = SCRIPTS.load_commands()
+        await pipe.execute(b"".join(loads), len(loads))
         todo = missing
     raise BrokerError("Redis lost its scripts twice in a row while a message was sent")
 

@@ -294,10 +294,7 @@ class LoopPipeline:
         if self._transport is None:
             await self.open()
         fut = self.loop.create_future()
-        self._waiting.append([fut, n, []])
-        self._out.append(data)
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+        self._queue(data, [fut, n, []])
         return await fut
 
     async def execute_one(self, data: bytes):
@@ -306,11 +303,15 @@ class LoopPipeline:
         if self._transport is None:
             await self.open()
         fut = self.loop.create_future()
-        self._waiting.append(fut)
+        self._queue(data, fut)
+        return await fut
+
+    def _queue(self, data: bytes, waiter) -> None:
+        """Add a write and its waiter; the first of a loop step schedules the step's write."""
+        self._waiting.append(waiter)
         self._out.append(data)
         if self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
-        return await fut
 
     async def open(self) -> None:
         async with self._lock:

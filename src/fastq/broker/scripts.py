@@ -10,6 +10,8 @@ from importlib import resources
 
 from redis.exceptions import NoScriptError
 
+from .._speedups import pack_command
+
 
 class Script:
     """One Lua script. ``sha`` is computed locally, so calling by SHA needs no
@@ -60,10 +62,9 @@ class Scripts:
         for s in self.all():
             client.script_load(s.source)
 
-    async def load_all_async(self, client) -> None:
-        """``load_all`` through a ``redis.asyncio`` client."""
-        for s in self.all():
-            await client.script_load(s.source)
+    def load_commands(self) -> list[bytes]:
+        """``load_all`` as packed SCRIPT LOAD commands (the asyncio pipeline sends them)."""
+        return [pack_command((b"SCRIPT", b"LOAD", s.source)) for s in self.all()]
 
 
 SCRIPTS = Scripts()
