@@ -91,9 +91,9 @@ def test_chord_done_script_counts_each_header_once_and_decides_once(capp, r):
     from fastq.broker.keys import chord_keys
     from fastq.broker.scripts import SCRIPTS
 
-    def call(cid, mode, idx, value=b"\x01"):
+    def call(cid, mode, idx, value=b"\x01", redelivered=True):
         meta, res = chord_keys("fastq:", cid)
-        return SCRIPTS.chord_done(r, [meta, res], [mode, idx, value, 60])
+        return SCRIPTS.chord_done(r, [meta, res], [mode, idx, value, 60, "1" if redelivered else "0"])
 
     for cid in ("c-ok", "c-fail"):
         r.hset(chord_keys("fastq:", cid)[0], mapping={"n": 3, "body": b"B", "state": "open"})
@@ -107,6 +107,9 @@ def test_chord_done_script_counts_each_header_once_and_decides_once(capp, r):
     # ... other indexes (and failures) after that decide nothing
     assert call("c-ok", "ok", 1)[0] == 0
     assert call("c-ok", "fail", 0)[0] == 0
+    # ... a second copy of the deciding message (first delivery) does not get it:
+    # the copy that decided is still acting on it
+    assert call("c-ok", "ok", 2, redelivered=False)[0] == 0
     # ... the deciding index, redelivered before its decision was sent, gets it again
     assert call("c-ok", "ok", 2)[0] == 1
     r.hset(chord_keys("fastq:", "c-ok")[0], "sent", 1)
@@ -115,6 +118,7 @@ def test_chord_done_script_counts_each_header_once_and_decides_once(capp, r):
     assert call("c-fail", "fail", 1, b"E") == [2, b"B", b"E"]
     assert call("c-fail", "fail", 0)[0] == 0
     assert call("c-fail", "ok", 0)[0] == 0
+    assert call("c-fail", "ok", 1, redelivered=False)[0] == 0
     assert call("c-fail", "ok", 1)[0] == 2
     # An unknown chord is reported as such
     assert call("c-none", "ok", 0) == [-1]

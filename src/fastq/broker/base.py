@@ -278,9 +278,12 @@ class Broker(abc.ABC):
         """Record a chord (its size and body) before its header tasks are sent."""
 
     @abc.abstractmethod
-    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int) -> list:
+    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int,
+                   redelivered: bool = False) -> list:
         """Count one header task's result or failure; the reply says whether this
-        call decided the chord (then: the body, and the results or the error)."""
+        call decided the chord (then: the body, and the results or the error). The
+        index that decided gets the decision again only from a ``redelivered``
+        message (its first run died before acting on it)."""
 
     @abc.abstractmethod
     def chord_sent_commands(self, chord_id: str) -> list[bytes]:

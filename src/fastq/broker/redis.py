@@ -855,12 +855,15 @@ class RedisBroker(Broker):
                 pack_command((b"HSETNX", meta, b"state", b"open")),
                 pack_command((b"EXPIRE", meta, expires))]
 
-    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int) -> list:
+    def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int,
+                   redelivered: bool = False) -> list:
         """Record one header task's result or failure (chord_done.lua); the script's
         reply says whether this call decided the chord, and with what. Synchronous:
-        the decision shapes the caller's flush."""
+        the decision shapes the caller's flush. Only a ``redelivered`` message gets
+        a decision again that its index already made."""
         meta, res = chord_keys(self.keys.prefix, chord_id)
-        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode, index, value, expires))
+        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode, index, value, expires,
+                            b"1" if redelivered else b"0"))
         return self.execute_packed([cmd])[0]
 
     def chord_sent_commands(self, chord_id: str) -> list[bytes]:

@@ -166,7 +166,7 @@ class Executor:
         log.error("Dead-lettered task %s[%s] (entry %s): %s", msg.task, msg.id, d.entry_id.decode(), error,
                   extra={"task_name": msg.task, "task_id": msg.id, "state": "DEAD"})
         if msg.options:  # a workflow step: its chain, chord and errbacks fail now, not hang
-            steps.on_failure(self, msg, NotRegistered(error), None, out)
+            steps.on_failure(self, d, msg, NotRegistered(error), None, out)
         self._bury(d, out, "unknown_task", error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, NotRegistered(error)))
         release_unique(self.broker, msg, out)
@@ -301,7 +301,7 @@ class Executor:
                 return
             out.store_result(self.backend.result_key(msg.id), blob, self.expires)
         if opts:  # chain steps, callbacks, chord count: in this flush, before the ack
-            steps.on_success(self, msg, retval, out)
+            steps.on_success(self, d, msg, retval, out)
             release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
@@ -318,7 +318,7 @@ class Executor:
         log.error("Task %s[%s] failed in %.6fs: %s", msg.task, msg.id, runtime, error)
         self._store(out, msg.id, self._meta(states.FAILURE, msg, error, runtime))
         if msg.options:
-            steps.on_failure(self, msg, error, None, out)
+            steps.on_failure(self, d, msg, error, None, out)
             release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
 
@@ -334,7 +334,7 @@ class Executor:
             log.warning("Task %s[%s] rejected, dead-lettered: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
-                steps.on_failure(self, msg, exc, None, out)
+                steps.on_failure(self, d, msg, exc, None, out)
                 release_unique(self.broker, msg, out)
             self._bury(d, out, "rejected", exc.reason or "rejected by the task")
             if self.events:
@@ -350,7 +350,7 @@ class Executor:
         if not (task.ignore_result or opts.get("ignore_result")):
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime, tb))
         if opts:  # errbacks, the rest of the chain and the chord fail: before the ack
-            steps.on_failure(self, msg, exc, tb, out)
+            steps.on_failure(self, d, msg, exc, tb, out)
             release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:
@@ -402,7 +402,7 @@ class Executor:
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.REVOKED})
         self._store(out, msg.id, self._meta(states.REVOKED, msg, TaskRevokedError(reason), meta={"reason": reason}))
         if msg.options:
-            steps.on_failure(self, msg, TaskRevokedError(reason), None, out)
+            steps.on_failure(self, d, msg, TaskRevokedError(reason), None, out)
             release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
         if self.events:

@@ -31,8 +31,10 @@ def is_workflow(options: dict | None) -> bool:
 class _Step:
     """One finished message's workflow follow-up, written to the worker's output."""
 
-    def __init__(self, ex, msg, out) -> None:
+    def __init__(self, ex, d, msg, out) -> None:
         self.ex = ex
+        #: a message delivered before whose delivery ended without an ack
+        self.redelivered = d is not None and d.dc > 0
         self.app = ex.app
         self.msg = msg
         self.out = out
@@ -93,8 +95,10 @@ class _Step:
             return
         # Synchronous: the answer decides what goes into this flush. A lost
         # connection raises (ConnectionError): the message stays unacked and runs again.
+        # A redelivered message may replay the decision its first run made and
+        # died before acting on; a first delivery is a duplicate copy and may not.
         reply = self.app.broker.chord_done(cid, mode, -1 if index is None else int(index), value,
-                                           int(self.app.conf.result_expires))
+                                           int(self.app.conf.result_expires), self.redelivered)
         code = reply[0]
         if code == -1:
             log.warning("Chord %s is unknown (expired or never sent): header result of %s[%s] dropped",
@@ -155,12 +159,12 @@ def _error(exc: BaseException, tb: str | None) -> tuple:
     return cls.__name__, cls.__module__, str(exc), tb
 
 
-def on_success(ex, msg, retval, out) -> None:
+def on_success(ex, d, msg, retval, out) -> None:
     """A workflow task succeeded: callbacks, the next chain step, the chord count."""
     opts = msg.options
     if not is_workflow(opts):
         return
-    step = _Step(ex, msg, out)
+    step = _Step(ex, d, msg, out)
     cid = opts.get("chord")
     if cid is not None:
         try:
@@ -177,13 +181,13 @@ def on_success(ex, msg, retval, out) -> None:
         step.send(rest[0], (retval,), rest[1:])
 
 
-def on_failure(ex, msg, exc: BaseException, tb: str | None, out) -> None:
+def on_failure(ex, d, msg, exc: BaseException, tb: str | None, out) -> None:
     """A workflow task failed for good: errbacks run, the rest of its chain fails,
     and so does its chord."""
     opts = msg.options
     if not is_workflow(opts):
         return
-    step = _Step(ex, msg, out)
+    step = _Step(ex, d, msg, out)
     err = _error(exc, tb)
     cid = opts.get("chord")
     if cid is not None:

@@ -6,7 +6,8 @@
 -- KEYS[2]: the chord's results hash: header index -> encoded result
 -- Both keys carry the hash tag {chord-id}: one slot, one atomic step.
 -- ARGV: mode ('ok' | 'fail'), header index, value (encoded result, or the
---       encoded error for 'fail'), ttl (seconds)
+--       encoded error for 'fail'), ttl (seconds), redelivered ('1' when this
+--       message was delivered before and that delivery ended without an ack)
 -- Idempotent per header index: a header task that runs twice (at-least-once
 -- delivery) is counted once (HSETNX), so the chord completes exactly once.
 -- Returns:
@@ -15,8 +16,11 @@
 --   {0}                 nothing to do (counted, or already decided)
 --   {-1}                unknown chord (expired, or never set up)
 -- A replay by the index that decided the chord, while `sent` is not set, gets
--- the decision again: the worker that decided died before acting on it, and
--- its message was redelivered.
+-- the decision again, but only from a redelivered message: the worker that
+-- decided died before acting on it. A first delivery of the same index is a
+-- second copy of the message (a producer retry) running beside the copy that
+-- decided, whose flush is still on its way: it gets {0}, or the body would be
+-- sent twice.
 local meta, res = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'n', 'state', 'by', 'sent')
 local n = tonumber(m[1])
@@ -46,7 +50,7 @@ if state == 'open' then
   end
   return {0}
 end
-if m[3] == idx and not m[4] then
+if m[3] == idx and not m[4] and ARGV[5] == '1' then
   if state == 'done' then
     return {1, redis.call('HGET', meta, 'body'), results()}
   end
