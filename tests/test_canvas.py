@@ -197,6 +197,39 @@ def test_on_error_returns_the_signature_so_the_chain_is_sent(capp, cworker, ledg
     assert ledger.lrange("on-error-1", 0, -1) == [bad.id.encode()]
 
 
+def test_errbacks_get_celerys_arguments_old_and_new_style(capp, cworker, ledger):
+    cworker()
+    # Given a failing task with an old-style errback (one argument left: the task id)
+    # and a new-style one (request, exc, traceback)
+    res = capp.fail.apply_async(link_error=[capp.errback.s("old"), capp.errback_new.s("new")])
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    # Then the old one got the task id, the new one its request, its exception and a traceback
+    wait_for(lambda: ledger.lrange("old", 0, -1) and ledger.lrange("new", 0, -1), 30, message="both errbacks")
+    assert ledger.lrange("old", 0, -1) == [res.id.encode()]
+    assert ledger.lrange("new", 0, -1) == [res.id.encode(), b"ValueError", b"tb"]
+
+
+def test_a_chord_failed_by_its_header_calls_the_bodys_errbacks_with_the_bodys_id(capp, cworker, ledger):
+    """Celery's arguments: the body failed without running, and its errbacks say so."""
+    cworker()
+    # Given a chord whose header has a failing task, with both kinds of errback
+    sig = chord([capp.add.s(1, 1), capp.fail.s(), capp.add.s(2, 2)], capp.tsum.s())
+    sig.link_error(capp.errback.s("chord-old"))
+    sig.link_error(capp.errback_new.s("chord-new"))
+    body_id = sig.body.freeze().id
+    res = sig.apply_async()
+    assert res.id == body_id
+    # Then the chord's result raises the header's error
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    # ... each errback ran once, with the body's id (a ChordError for the new style)
+    wait_for(lambda: ledger.lrange("chord-old", 0, -1) and ledger.lrange("chord-new", 0, -1), 30,
+             message="both errbacks")
+    assert ledger.lrange("chord-old", 0, -1) == [body_id.encode()]
+    assert ledger.lrange("chord-new", 0, -1) == [body_id.encode(), b"ChordError", b"no tb"]
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add
@@ -267,10 +300,10 @@ def test_chord_with_a_failed_header_task(capp, cworker, ledger):
     with pytest.raises(ValueError, match="header boom"):
         res.get(timeout=30)
     assert res.state == states.FAILURE
-    # ... the errback ran once, with the failed header task's id, and the body never ran
-    failed_id = res.parent.results[1].id
+    # ... the errback ran once, with the body's id (as in Celery: the body failed), and
+    # the body never ran
     wait_for(lambda: ledger.lrange("chord-errbacks", 0, -1), 30, message="the errback")
-    assert ledger.lrange("chord-errbacks", 0, -1) == [failed_id.encode()]
+    assert ledger.lrange("chord-errbacks", 0, -1) == [res.id.encode()]
     assert res.parent.get(timeout=30, propagate=False)[0] == 2
     assert not ledger.hget("failed-chord", "body")
 

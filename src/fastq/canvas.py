@@ -104,7 +104,9 @@ class Signature:
         return callback
 
     def link_error(self, errback: Any) -> Any:
-        """Add an errback run with the failed task's id (``apply_async(link_error=...)``)."""
+        """Add an errback (``apply_async(link_error=...)``): a one-argument task gets
+        the failed task's id; one taking ``(request, exc, traceback)`` is called in
+        the worker (Celery's old- and new-style errbacks, docs/canvas.md)."""
         errback = maybe_signature(errback, self.app, "link_error")
         self.options["link_error"] = [*as_list(self.options.get("link_error")), errback]
         return errback

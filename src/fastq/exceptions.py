@@ -96,6 +96,11 @@ class WorkerLostError(FastQError):
     """The process running the task died."""
 
 
+class ChordError(FastQError):
+    """A chord's header task failed: what its body's new-style errbacks get
+    (Celery's name and message: ``Dependency <id> raised <error>``)."""
+
+
 class TaskRevokedError(FastQError):
     """The task was revoked (or expired) and did not run."""
 

@@ -76,6 +76,13 @@ def errback(task_id, key):
     ledger().rpush(key, task_id)
 
 
+@app.task(name="canvas.errback_new")
+def errback_new(request, exc, traceback, key):
+    """A new-style errback (Celery's ``(request, exc, traceback)``): records the
+    failed task's id, the error's class and whether a traceback came with it."""
+    ledger().rpush(key, request.id, type(exc).__name__, "tb" if traceback else "no tb")
+
+
 @app.task(name="canvas.spawn", bind=True)
 def spawn(self, n):
     """Sends ``n`` subtasks; returns their ids."""

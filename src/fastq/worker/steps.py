@@ -8,6 +8,9 @@ Layer: worker; imports base, broker and api, never the CLI or the dashboard.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import logging
 import time
 from typing import Any
@@ -15,7 +18,10 @@ from typing import Any
 import msgspec
 
 from .. import states
+from .._speedups import Request
+from ..exceptions import ChordError
 from ..messages import ResultMeta
+from ..typed import call_signature
 from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, launch, task_ids
 
 log = logging.getLogger("fastq.worker")
@@ -59,6 +65,23 @@ class _Step:
             return
         for c in cmds:
             self.out.add_command(c, 1)
+
+    def errback(self, eb: dict, failed_id: str, exc: BaseException, tb: str | None, request: Any) -> None:
+        """Run one errback as Celery does. Old style, ``(task_id)``: sent as a task
+        with the failed task's id. New style, ``(request, exc, traceback)`` (a task
+        of this worker whose function takes more than one argument): called here,
+        at once, with the failed task's request."""
+        task = self.app.tasks.get(eb.get("task"))
+        if task is None or not _new_style(task, eb):
+            self.send(eb, (failed_id,))
+            return
+        args = list(eb.get("args") or ())
+        if not eb.get("immutable"):
+            args = [request, exc, tb, *args]
+        try:
+            task(*args, **(eb.get("kwargs") or {}))
+        except Exception as eb_exc:  # noqa: BLE001 - an errback's failure must not stop the worker
+            log.error("Errback %s of %s failed: %s: %s", task.name, failed_id, type(eb_exc).__name__, eb_exc)
 
     def store_failure(self, task_id: str, name: str | None, err: tuple) -> None:
         exc_type, exc_module, exc_message, tb = err
@@ -121,23 +144,27 @@ class _Step:
                 err = (*stored[:3], None)
             log.info("Chord %s failed: header task %s raised %s: %s", cid, failed_id, err[0], err[2])
             self.fail_tree(body, err, failed_id)
-            for eb in errbacks_of(body):
-                self.send(eb, (failed_id,))
+            # As Celery: the body's errbacks get the body's id (it failed without
+            # running), and new-style ones a ChordError naming the header task.
+            exc = ChordError(f"Dependency {failed_id} raised {err[0]}({err[2]!r})")
+            for eb, owner in errbacks_of(body):
+                self.errback(eb, owner["options"]["task_id"], exc, None, _stand_in_request(owner, self.ex.hostname))
         # After the body (or its failure): the decision was acted on; a replay is a
         # no-op from now on, so the body and the results are no longer needed.
         for cmd in self.app.broker.chord_sent_commands(cid):
             self.out.add_command(cmd, 1)
 
 
-def errbacks_of(node: dict) -> list[dict]:
-    """The errbacks that stand for a whole tree (deduplicated by their frozen id)."""
-    seen: dict[str, dict] = {}
+def errbacks_of(node: dict) -> list[tuple[dict, dict]]:
+    """The errbacks that stand for a whole tree (deduplicated by their frozen id),
+    each with the task node that carries it."""
+    seen: dict[str, tuple[dict, dict]] = {}
 
     def walk(n: dict) -> None:
         kind = n.get("subtask_type")
         if kind is None:
             for eb in n["options"].get("link_error") or ():
-                seen.setdefault(_first_id(eb), eb)
+                seen.setdefault(_first_id(eb), (eb, n))
         elif kind == CHAIN:
             walk(n["tasks"][0])
         elif kind == GROUP:
@@ -152,6 +179,49 @@ def errbacks_of(node: dict) -> list[dict]:
 
 def _first_id(node: dict) -> str:
     return next(task_ids(node))[0]
+
+
+def _new_style(task, eb: dict) -> bool:
+    """Celery's test (5.7): an errback is new-style, called as ``(request, exc,
+    traceback)``, when its function takes more than one positional argument (or
+    ``*args``) beyond those a mutable signature already holds."""
+    def header(*a, **kw):
+        """Stands for the task's function, with its signature."""
+
+    try:
+        header.__signature__ = call_signature(task.fn, task.bind)
+        args, kwargs = eb.get("args") or (), eb.get("kwargs") or {}
+        params = inspect.signature(header).parameters.values()
+        if not eb.get("immutable") and (args or kwargs):
+            with contextlib.suppress(TypeError, ValueError):  # a call that cannot bind: as declared
+                params = inspect.signature(functools.partial(header, *args, **kwargs)).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class _StandInMessage:
+    """The fields of a task that never ran (a chord body failed by its header),
+    so that its errbacks get a request as Celery's stand-in context has it."""
+
+    def __init__(self, node: dict) -> None:
+        opts = node["options"]
+        self.id = opts["task_id"]
+        self.task = node["task"]
+        self.args = list(node.get("args") or ())
+        self.kwargs = dict(node.get("kwargs") or {})
+        self.options = opts
+        self.parent_id = opts.get("parent_id")
+        self.root_id = opts.get("root_id")
+        self.retries = 0
+        self.eta = self.expires = None
+        self.priority = opts.get("priority")
+        self.headers = {}
+
+
+def _stand_in_request(node: dict, hostname: str):
+    return Request(_StandInMessage(node), hostname)
 
 
 def _error(exc: BaseException, tb: str | None) -> tuple:
@@ -192,8 +262,11 @@ def on_failure(ex, d, msg, exc: BaseException, tb: str | None, out) -> None:
     cid = opts.get("chord")
     if cid is not None:
         step.chord(cid, "fail", opts.get("group_index"), _pack(list(err[:3])), err, msg.id)
-    for eb in opts.get("link_error") or ():
-        step.send(eb, (msg.id,))
+    errbacks = opts.get("link_error") or ()
+    if errbacks:
+        request = Request(msg, ex.hostname, d, ex.queue_of.get(d.stream) if d is not None else None)
+        for eb in errbacks:
+            step.errback(eb, msg.id, exc, tb, request)
     for node in opts.get("chain") or ():
         step.fail_tree(node, err, msg.id)
 
