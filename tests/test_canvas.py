@@ -230,6 +230,49 @@ def test_a_chord_failed_by_its_header_calls_the_bodys_errbacks_with_the_bodys_id
     assert ledger.lrange("chord-new", 0, -1) == [body_id.encode(), b"ChordError", b"no tb"]
 
 
+def test_a_task_replaced_by_a_task_chain_group_or_chord_gives_their_result_under_its_id(capp, cworker, r):
+    cworker()
+    rw = capp.replace_with
+    # When tasks replace themselves with each kind of signature
+    results = {kind: rw.delay(3, kind) for kind in ("task", "chain", "group", "chord")}
+    # Then each task's own id carries the replacement's result (a group's as a list)
+    assert results["task"].get(timeout=30) == 4
+    assert results["chain"].get(timeout=30) == 40
+    assert results["group"].get(timeout=30) == [3, 4, 5]
+    assert results["chord"].get(timeout=30) == 12
+    # A replacement that fails fails the task's result; a bad one fails the task
+    with pytest.raises(ValueError, match="replacement boom"):
+        rw.delay(3, "fail").get(timeout=30)
+    with pytest.raises(TypeError, match="takes a signature"):
+        rw.delay(3, "not a signature").get(timeout=30)
+    # Called outside a worker, replace() runs the replacement here
+    assert rw(3, "chain") == 40
+
+
+def test_a_replaced_task_hands_on_its_chain_callbacks_and_chord_place(capp, cworker, ledger):
+    cworker()
+    rw = capp.replace_with
+    # In a chain: the rest of the chain runs after the replacement, with its result
+    res = chain(capp.add.s(1, 1), rw.s("chain"), capp.add.s(5)).apply_async()
+    assert res.get(timeout=30) == 35
+    # ... a callback of the replaced task gets the replacement's result
+    rw.apply_async((1, "group"), link=capp.record.s("replaced-link", "cb"))
+    wait_for(lambda: ledger.hget("replaced-link", "cb"), 30, message="the callback")
+    # In a chord's header: each replacement's result counts in the chord, once
+    res = chord([rw.s(i, "task") for i in range(5)] + [rw.s(10, "chord")], capp.tsum.s()).apply_async()
+    assert res.get(timeout=30) == sum(i + 1 for i in range(5)) + 33
+    # ... and a chain ending in a replaced task ends with the replacement's value
+    assert chain(capp.add.s(2, 2), rw.s("group")).apply_async().get(timeout=30) == [4, 5, 6]
+
+
+def test_a_task_that_raises_ignore_is_acked_without_a_state(capp, cworker):
+    cworker()
+    res = capp.ignore_me.delay()
+    broker = capp.app.broker
+    wait_for(lambda: broker.queue_totals(["default"])["default"] == (1, 0), 30, message="the message to be acked")
+    assert res.state == states.PENDING
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

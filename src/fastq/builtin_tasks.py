@@ -1,6 +1,7 @@
 """Built-in tasks: ``fastq.map`` and ``fastq.starmap``, which ``task.map()``,
-``task.starmap()`` and ``task.chunks()`` send; registered on an app when first
-used and by every worker.
+``task.starmap()`` and ``task.chunks()`` send, and ``fastq.accumulate``, the body
+that ``Task.replace(group)`` puts after a group (Celery's ``celery.accumulate``);
+registered on an app when first used and by every worker.
 
 Layer: api (the producer side); imports base and broker, never ``fastq.worker`` or the apps.
 """
@@ -12,8 +13,9 @@ from .exceptions import NotRegistered
 
 
 def register_builtins(app) -> None:
-    """``fastq.map`` and ``fastq.starmap`` (``task.map()``, ``starmap()``, ``chunks()``)."""
-    if "fastq.starmap" in app.tasks:
+    """``fastq.map``, ``fastq.starmap`` (``task.map()``, ``starmap()``, ``chunks()``)
+    and ``fastq.accumulate`` (``Task.replace(group)``)."""
+    if "fastq.accumulate" in app.tasks:
         return
 
     def target(name: str):
@@ -36,8 +38,13 @@ def register_builtins(app) -> None:
             return _await_each(t(*args) for args in it)
         return [t(*args) for args in it]
 
+    def accumulate(values):
+        """The list of a group's results, as one result (a replacing group's value)."""
+        return values
+
     app.task(name="fastq.map")(xmap)
     app.task(name="fastq.starmap")(xstarmap)
+    app.task(name="fastq.accumulate")(accumulate)
 
 
 def _await_each(coros) -> list:

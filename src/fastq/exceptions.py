@@ -75,6 +75,20 @@ class MaxRetriesExceededError(FastQError):
     """``retry()`` was called after the last allowed try, without ``exc``."""
 
 
+class Ignore(FastQError):
+    """Raised by a task to end without a state: the worker acks its message and
+    stores nothing, and its callbacks, errbacks and chain do not run (Celery's ``Ignore``)."""
+
+
+class Replaced(Ignore):
+    """Raised by ``Task.replace(sig)`` in a worker: the task ends and ``sig`` takes its
+    place (its id, callbacks, errbacks, chain and chord), sent with the task's ack."""
+
+    def __init__(self, sig) -> None:
+        super().__init__("replaced by a new task")
+        self.sig = sig
+
+
 class Reject(FastQError):
     """Raised by a task to send its message to the dead-letter queue."""
 

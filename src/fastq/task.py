@@ -15,10 +15,10 @@ from . import states
 from ._speedups import current_request
 from .broker.keys import validate_queue_name
 from .builtin_tasks import register_builtins
-from .canvas import Signature, chunks
+from .canvas import Signature, chain, chunks, group
 from .eager import run_eagerly
 from .events import publish_progress
-from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry, ValidationError
+from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Replaced, Retry, ValidationError
 from .messages import ResultMeta
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
 from .typed import TypedCall, call_signature
@@ -276,6 +276,26 @@ class Task(Generic[P, R]):
             delay = self.default_retry_delay if countdown is None else countdown
             when = Countdown(time.time(), max(0.0, float(delay or 0)))
         raise Retry(f"retry in {max(0.0, when - time.time()):.3g}s", exc=exc, when=when)
+
+    def replace(self, sig: Signature) -> Any:
+        """Replace the running task with ``sig`` (a signature, chain, group or chord),
+        as Celery's ``return self.replace(sig)``: the replacement's result is stored
+        under this task's id (a group's as the list of its results), and this task's
+        callbacks, errbacks, the rest of its chain and its place in a chord move to
+        it. In a worker it raises (the replacement is sent with the task's ack, and
+        the task stores no state of its own); called outside a worker or eagerly,
+        the replacement runs here and its value is returned."""
+        if not isinstance(sig, Signature):
+            raise TypeError(f"replace() takes a signature (task.s(...)), not {type(sig).__name__}")
+        if "chord" in sig.options:
+            raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
+        if isinstance(sig, chain) and not sig.tasks:
+            raise ImproperlyConfigured("Cannot replace with an empty chain")
+        if isinstance(sig, group) and not sig.tasks:
+            raise ImproperlyConfigured("Cannot replace with an empty group")
+        if self.request.delivery is None:  # a plain or eager call: run it here
+            return sig.apply().get()
+        raise Replaced(sig)
 
     def _autoretry_delay(self, retries: int) -> float:
         backoff = self.retry_backoff

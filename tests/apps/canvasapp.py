@@ -9,7 +9,8 @@ import time
 
 from tests.apps.ledger import ledger
 
-from fastq import FastQ
+from fastq import FastQ, chord, group
+from fastq.exceptions import Ignore
 
 app = FastQ("canvas")
 app.conf.worker_lease_timeout = float(os.environ.get("FASTQ_TEST_LEASE", "30"))
@@ -99,3 +100,24 @@ def wait_child(allow=False):
     """Waits for a subtask's result: refused unless ``allow``."""
     r = add.delay(20, 22)
     return r.get(timeout=30, disable_sync_subtasks=not allow)
+
+
+@app.task(name="canvas.replace_with", bind=True)
+def replace_with(self, x, kind):
+    """Replaced by a task, chain, group or chord of ``x`` (``return self.replace(...)``)."""
+    if kind == "task":
+        return self.replace(add.s(x, 1))
+    if kind == "chain":
+        return self.replace(add.s(x, 1) | mul.s(10))
+    if kind == "group":
+        return self.replace(group(add.s(x, i) for i in range(3)))
+    if kind == "chord":
+        return self.replace(chord([add.s(x, i) for i in range(3)], tsum.s()))
+    if kind == "fail":
+        return self.replace(fail.s(message="replacement boom"))
+    return self.replace(kind)  # not a signature: the task fails with TypeError
+
+
+@app.task(name="canvas.ignore_me")
+def ignore_me():
+    raise Ignore("nothing to record")

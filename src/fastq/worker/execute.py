@@ -22,7 +22,7 @@ from ..broker.due import due_arg
 from ..broker.redis import CONNECTION_ERRORS
 from ..builtin_tasks import register_builtins
 from ..coroutines import run_coroutine
-from ..exceptions import NotRegistered, Reject, Retry, TaskRevokedError, ValidationError, format_exception
+from ..exceptions import Ignore, NotRegistered, Reject, Replaced, Retry, TaskRevokedError, ValidationError, format_exception
 from ..mail import mailer_for
 from ..messages import ResultMeta, encode_result, exception_args, message_decoder_for
 from ..options import Countdown, options_error
@@ -323,7 +323,10 @@ class Executor:
         out.ack(d.stream, d.entry_id)
 
     def failed(self, task, d, msg, exc: BaseException, runtime: float, out) -> None:
-        """The task raised: retry, reject or record FAILURE."""
+        """The task raised: retry, reject, ignore (or replace), or record FAILURE."""
+        if isinstance(exc, Ignore):
+            self._ignored(task, d, msg, exc, runtime, out)
+            return
         if isinstance(exc, Retry):
             self._retry(task, d, msg, exc.exc, exc.when, out)
             return
@@ -358,6 +361,24 @@ class Executor:
         if signals.task_failure:
             signals.task_failure.send(sender=task, task_id=msg.id, exception=exc, args=msg.args, kwargs=msg.kwargs,
                                       traceback=exc.__traceback__, einfo=tb)
+
+    def _ignored(self, task, d, msg, exc: Ignore, runtime: float, out) -> None:
+        """``Ignore``: ack, no state. ``Replaced``: the replacement goes out with
+        the ack (so it is sent exactly when the task is done), taking the task's id."""
+        if isinstance(exc, Replaced):
+            try:
+                cmds = steps.replacement(self.app, msg, exc.sig)
+            except Exception as bad:  # noqa: BLE001 - a bad replacement fails the task instead
+                self.failed(task, d, msg, TypeError(f"task {msg.task!r} cannot be replaced: {bad}"), runtime, out)
+                return
+            for c in cmds:
+                out.add_command(c, 1)
+            log.info("Task %s[%s] replaced by %r", msg.task, msg.id, exc.sig)
+        else:
+            log.info("Task %s[%s] ignored: %s", msg.task, msg.id, exc)
+        if msg.options:
+            release_unique(self.broker, msg, out)
+        out.ack(d.stream, d.entry_id)
 
     def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out) -> None:
         """Replace the message with its next try, atomically (retry.lua)."""

@@ -22,7 +22,7 @@ from .._speedups import Request
 from ..exceptions import ChordError
 from ..messages import ResultMeta
 from ..typed import call_signature
-from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, launch, task_ids
+from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, freeze, launch, task_ids
 
 log = logging.getLogger("fastq.worker")
 
@@ -227,6 +227,52 @@ def _stand_in_request(node: dict, hostname: str):
 def _error(exc: BaseException, tb: str | None) -> tuple:
     cls = type(exc)
     return cls.__name__, cls.__module__, str(exc), tb
+
+
+def replacement(app, msg, sig) -> list[bytes]:
+    """The commands that send ``sig`` in place of the task of ``msg``
+    (``Task.replace``, as Celery does it): its last task takes the task's id and
+    its callbacks and errbacks; then the rest of the task's chain runs, or, for a
+    chord header task, the replacement's result counts in that chord. A group
+    becomes a chord with ``fastq.accumulate`` as body, so its list of results is
+    one result under the task's id."""
+    opts = msg.options or {}
+    tree = _accumulated(sig.as_dict())
+    own = {"task_id": msg.id}
+    for key in ("link", "link_error"):
+        if opts.get(key):
+            own[key] = opts[key]
+    tree["options"] = {**tree.get("options", {}), **own}
+    member = (opts["chord"], opts.get("group_index")) if opts.get("chord") is not None else None
+    frozen = freeze(tree, None, member)
+    rest = list(opts.get("chain") or ())
+    if rest:
+        _then(frozen, rest)
+    return launch(app, frozen, (), {}, (), msg.id, msg.root_id or msg.id)
+
+
+def _accumulated(node: dict) -> dict:
+    """A group, or a chain ending in one, ends in a chord whose body gives the list."""
+    kind = node.get("subtask_type")
+    body = {"task": "fastq.accumulate", "args": [], "kwargs": {}, "options": {}, "immutable": False}
+    if kind == GROUP:
+        return {"subtask_type": CHORD, "header": node["tasks"], "body": body, "options": node.get("options") or {}}
+    if kind == CHAIN and node["tasks"]:
+        return {**node, "tasks": [*node["tasks"][:-1], _accumulated(node["tasks"][-1])]}
+    return node
+
+
+def _then(node: dict, rest: list) -> None:
+    """Run ``rest`` (frozen chain steps) after the frozen tree ``node``'s result."""
+    kind = node.get("subtask_type")
+    if kind is None:
+        node["options"]["chain"] = [*(node["options"].get("chain") or ()), *rest]
+    elif kind == CHAIN:
+        _then(node["tasks"][-1], rest)
+    elif kind == CHORD:
+        _then(node["body"], rest)
+    else:  # _accumulated() turned every group that ends a replacement into a chord
+        raise TypeError("a group cannot be followed by chain steps")
 
 
 def on_success(ex, d, msg, retval, out) -> None:
