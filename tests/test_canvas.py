@@ -329,8 +329,13 @@ def test_nested_workflows(capp, cworker):
     inner = chord([add.s(1, 1), add.s(2, 2)], tsum.s())
     assert chord([inner, add.s(10, 10)], tsum.s()).apply_async().get(timeout=30) == 26
     assert chain(add.s(1, 1), chord([add.s(1), add.s(2)], tsum.s()), mul.s(2)).apply_async().get(timeout=30) == 14
-    # a group of groups
-    assert group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)).apply_async().get(timeout=30) == [[2, 4], 6]
+    # a group of groups is unrolled, as Celery does; a chain ending in a group stays nested
+    assert group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)).apply_async().get(timeout=30) == [2, 4, 6]
+    nested = group(add.si(1, 10), group(add.si(1, 100), group(add.si(1, 1000), add.si(1, 2000))))
+    assert nested.apply_async().get(timeout=30) == [11, 101, 1001, 2001]
+    assert nested.apply().get() == [11, 101, 1001, 2001]
+    tail = group(add.si(1, 0), chain(add.si(2, 0), group(add.si(3, 0), add.si(4, 0))))
+    assert tail.apply_async().get(timeout=30) == [1, [3, 4]]
 
 
 def test_chord_with_a_failed_header_task(capp, cworker, ledger):

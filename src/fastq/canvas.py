@@ -308,8 +308,8 @@ class group(_Workflow):  # noqa: N801 - Celery's name
                 "options": _options_dict(self.options)}
 
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
-        """Run every member here (eager mode)."""
-        return _eager_group([t.apply(args, kwargs) for t in self.tasks])
+        """Run every member here (eager mode); inner groups unrolled, as when sent."""
+        return _eager_group([t.apply(args, kwargs) for t in _unrolled(self.tasks)])
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
@@ -416,6 +416,14 @@ class chunks(_Workflow):  # noqa: N801 - Celery's name
 
     def __repr__(self) -> str:
         return f"{self.target.task}.chunks({len(self.it)} items, {self.n})"
+
+
+def _unrolled(tasks) -> Iterable[Signature]:
+    for t in tasks:
+        if isinstance(t, group):
+            yield from _unrolled(t.tasks)
+        else:
+            yield t
 
 
 def _eager_group(results: list):

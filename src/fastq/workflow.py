@@ -198,6 +198,22 @@ def _spread(chain_node: dict) -> list:
     return out
 
 
+def _unroll_groups(tasks: list) -> list:
+    """A group's members with the groups directly inside it spliced in, as Celery
+    unrolls them (``group(a, group(b, c))`` gives ``[a, b, c]``); an inner group's
+    options go to its members. A group at the end of a chain stays nested."""
+    out: list = []
+    for t in tasks:
+        t = node_of(t, "group")
+        if t.get("subtask_type") != GROUP:
+            out.append(t)
+            continue
+        inner = {k: v for k, v in _own_options(t).items() if k not in ("group_id", "task_id")}
+        for c in _unroll_groups(t["tasks"]):
+            out.append({**c, "options": _merge(c.get("options") or {}, inner)} if inner else c)
+    return out
+
+
 def _flatten_header(tasks: list) -> list:
     out: list = []
     for t in tasks:
@@ -252,7 +268,7 @@ def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None
             raise TypeError("a group cannot end a chain inside a chord header (its result is a list, not one value)")
         gid = opts.pop("group_id", None) or opts.pop("task_id", None) or new_task_id()
         opts.pop("task_id", None)
-        return {"subtask_type": GROUP, "tasks": [freeze(node_of(t, "group"), opts) for t in node["tasks"]],
+        return {"subtask_type": GROUP, "tasks": [freeze(t, opts) for t in _unroll_groups(node["tasks"])],
                 "options": {"group_id": gid}}
     if kind == CHORD:
         if node.get("body") is None:
