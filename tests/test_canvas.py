@@ -336,6 +336,9 @@ def test_nested_workflows(capp, cworker):
     assert nested.apply().get() == [11, 101, 1001, 2001]
     tail = group(add.si(1, 0), chain(add.si(2, 0), group(add.si(3, 0), add.si(4, 0))))
     assert tail.apply_async().get(timeout=30) == [1, [3, 4]]
+    # ... and in a chord's header, a chain ending in a group gives its list as one result
+    header = [add.si(2, 0), chain(add.si(2, 0), group(add.si(3, 0), add.si(4, 0)))]
+    assert chord(header, capp.identity.s()).apply_async().get(timeout=30) == [2, [3, 4]]
 
 
 def test_chord_with_a_failed_header_task(capp, cworker, ledger):

@@ -198,6 +198,16 @@ def _spread(chain_node: dict) -> list:
     return out
 
 
+def accumulating(group_node: dict) -> dict:
+    """A chord of the group's members whose body (``fastq.accumulate``) returns
+    their list of results: the group's value as one result, for a group whose
+    result must be one task's (it ends a chain in a chord's header, or replaces
+    a task)."""
+    body = {"task": "fastq.accumulate", "args": [], "kwargs": {}, "options": {}, "immutable": False}
+    return {"subtask_type": CHORD, "header": group_node["tasks"], "body": body,
+            "options": group_node.get("options") or {}}
+
+
 def _unroll_groups(tasks: list) -> list:
     """A group's members with the groups directly inside it spliced in, as Celery
     unrolls them (``group(a, group(b, c))`` gives ``[a, b, c]``); an inner group's
@@ -264,8 +274,8 @@ def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None
             out.append(freeze(t, d, member if last else None))
         return out[0] if len(out) == 1 else {"subtask_type": CHAIN, "tasks": out, "options": {}}
     if kind == GROUP:
-        if member is not None:
-            raise TypeError("a group cannot end a chain inside a chord header (its result is a list, not one value)")
+        if member is not None:  # its list is one header result: Celery's chord(group, accumulate)
+            return freeze(accumulating(node), defaults, member)
         gid = opts.pop("group_id", None) or opts.pop("task_id", None) or new_task_id()
         opts.pop("task_id", None)
         return {"subtask_type": GROUP, "tasks": [freeze(t, opts) for t in _unroll_groups(node["tasks"])],

@@ -22,7 +22,7 @@ from .._speedups import Request
 from ..exceptions import ChordError
 from ..messages import ResultMeta
 from ..typed import call_signature
-from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, freeze, launch, task_ids
+from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, freeze, launch, node_of, task_ids
 
 log = logging.getLogger("fastq.worker")
 
@@ -254,11 +254,10 @@ def replacement(app, msg, sig) -> list[bytes]:
 def _accumulated(node: dict) -> dict:
     """A group, or a chain ending in one, ends in a chord whose body gives the list."""
     kind = node.get("subtask_type")
-    body = {"task": "fastq.accumulate", "args": [], "kwargs": {}, "options": {}, "immutable": False}
     if kind == GROUP:
-        return {"subtask_type": CHORD, "header": node["tasks"], "body": body, "options": node.get("options") or {}}
+        return accumulating(node)
     if kind == CHAIN and node["tasks"]:
-        return {**node, "tasks": [*node["tasks"][:-1], _accumulated(node["tasks"][-1])]}
+        return {**node, "tasks": [*node["tasks"][:-1], _accumulated(node_of(node["tasks"][-1]))]}
     return node
 
 
