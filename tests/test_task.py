@@ -457,3 +457,37 @@ def test_request_delivery_info_and_time_limits_as_celery_has_them(app, worker, e
         assert (got["time_limit"], got["soft_time_limit"]) == (10, 5)
     finally:
         app.conf.task_always_eager = False
+
+
+def test_arguments_that_do_not_fit_raise_typeerror_when_sent(redis_url):
+    """Celery's typing=True: the call is checked when sent, as calling the function would."""
+    app = FastQ("argcheck", broker=redis_url)
+
+    @app.task
+    def add(x, y, *, scale=1):
+        return (x + y) * scale
+
+    @app.task(bind=True)
+    def bound(self, x):
+        return x
+
+    @app.task(typing=False)
+    def unchecked(x, y):
+        return x + y
+
+    @app.task
+    def anything(*args, **kwargs):
+        return args
+
+    # Arguments that fit are sent
+    assert add.delay(1, 2).id and add.delay(1, y=2, scale=3).id and bound.delay(1).id
+    assert anything.delay(1, 2, 3, z=4).id and add.s(1).delay(2).id
+    # Too few, too many or unknown arguments raise TypeError at the call, naming the task
+    for call in (lambda: add.delay(1), lambda: add.delay(1, 2, 3), lambda: add.delay(1, 2, wrong=5),
+                 lambda: add.apply_async((1,)), lambda: bound.delay(), lambda: add.s(1).delay(),
+                 lambda: add.s(1, 2, 3).apply_async()):
+        with pytest.raises(TypeError, match="add\\(\\)|bound\\(\\)"):
+            call()
+    # ... nothing was sent for them; typing=False sends whatever it is given (the worker fails it)
+    assert app.broker.queue_totals(["default"])["default"][1] == 5
+    assert unchecked.delay(1).id

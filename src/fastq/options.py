@@ -97,6 +97,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "serializer": None,
     "send_error_emails": None,
     "typed": False,
+    "typing": True,
     "unique": False,
     "unique_for": None,
     "base": None,

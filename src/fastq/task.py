@@ -21,7 +21,7 @@ from .events import publish_progress
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Replaced, Retry, ValidationError
 from .messages import ResultMeta
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
-from .typed import TypedCall, call_signature
+from .typed import TypedCall, arguments_checker, call_signature
 from .unique import check_seconds, prepare
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ class Task(Generic[P, R]):
             self._typed = TypedCall(name, fn, self.bind)
         if self.unique:
             self._signature = call_signature(fn, self.bind)
+        #: Celery's ``typing``: arguments that do not fit the function raise TypeError
+        #: when sent (a typed task's converter checks them itself).
+        self.typing = bool(opts["typing"])
+        self._check_args = arguments_checker(name, fn, self.bind) if self.typing and not self.typed else None
         #: True when a send needs more than the plain path (typed or unique tasks).
         self._special = self.typed or self.unique
         #: Declared with a soft limit above the hard one: as in Celery, the task is
@@ -171,6 +175,8 @@ class Task(Generic[P, R]):
         ``priority``, ``task_id``, ``ignore_result``, ``link``, ``link_error``,
         ``unique_key``/``unique_for``, ``debounce_key`` ...)."""
         app = self.app
+        if self._check_args is not None:
+            self._check_args(args, kwargs)
         if self._special:  # typed: convert the arguments; unique: derive the key
             args, kwargs = self._prepare(args, kwargs, options)
         if app.conf.task_always_eager:
@@ -189,12 +195,16 @@ class Task(Generic[P, R]):
     async def delay_async(self, *args: Any, **kwargs: Any):
         """``await add.delay_async(2, 2)``: ``delay()`` for async code (the event loop
         is not blocked while the message is sent). Returns an AsyncResult."""
+        if self._check_args is not None:
+            self._check_args(args, kwargs)
         return await self.app.producer.send_async(self.name, args, kwargs, {}, self)
 
     async def apply_async_async(self, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
         """``await add.apply_async_async((2, 2), countdown=5)``: ``apply_async()`` for
         async code, with the same options. In eager mode the task runs here (a
         coroutine task on the caller's loop)."""
+        if self._check_args is not None:
+            self._check_args(args, kwargs)
         return await self.app.producer.send_async(self.name, args, kwargs, options, self)
 
     def apply(self, args: Iterable | None = None, kwargs: dict | None = None, task_id: str | None = None, **options: Any):

@@ -37,6 +37,41 @@ def call_signature(fn, bind: bool) -> inspect.Signature:
     return sig
 
 
+def arguments_checker(name: str, fn, bind: bool):
+    """Celery's ``typing=True``: a call whose arguments do not fit the function
+    raises ``TypeError`` when sent, as calling it would, not later in a worker.
+    Returns ``check(args, kwargs)``, or None when any call fits (``*args, **kwargs``).
+    The common case (positional arguments only, within the counts) is decided by
+    two comparisons; anything else binds to the signature."""
+    try:
+        sig = call_signature(fn, bind)
+    except (TypeError, ValueError):  # no signature to check against (a builtin, a C function)
+        return None
+    params = list(sig.parameters.values())
+    kinds = {p.kind for p in params}
+    if inspect.Parameter.VAR_POSITIONAL in kinds and inspect.Parameter.VAR_KEYWORD in kinds:
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    least = sum(1 for p in positional if p.default is p.empty)
+    most = None if inspect.Parameter.VAR_POSITIONAL in kinds else len(positional)
+    # a required keyword-only argument: no call without keywords fits
+    fast = not any(p.kind == p.KEYWORD_ONLY and p.default is p.empty for p in params)
+
+    def check(args, kwargs) -> None:
+        if fast and not kwargs and type(args) in (tuple, list):
+            n = len(args)
+            if least <= n and (most is None or n <= most):
+                return
+        elif args is not None and type(args) not in (tuple, list):
+            return  # an iterator: binding it would consume it; the worker checks
+        try:
+            sig.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{name}() {exc}") from None
+
+    return check
+
+
 def _unsupported(tp: Any) -> str | None:
     """Why msgspec cannot encode and convert ``tp`` back (None when it can):
     fastq has no encode/decode hooks, so any class msgspec does not know is out."""
