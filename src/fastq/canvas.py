@@ -128,11 +128,7 @@ class Signature:
     def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Send it (partial ``args`` are prepended); returns an AsyncResult."""
         s = self.clone(args, kwargs, **options)
-        app = s._app()
-        task = app.tasks.get(s.task)
-        if task is not None and task._check_args is not None:  # as Task.apply_async (Celery's typing)
-            task._check_args(s.args, s.kwargs)
-        return app.send_task(s.task, s.args, s.kwargs, **s.options)
+        return s._app().send_task(s.task, s.args, s.kwargs, **s.options)
 
     def delay(self, *args: Any, **kwargs: Any):
         """``apply_async(args, kwargs)``."""
