@@ -273,6 +273,28 @@ def test_a_task_that_raises_ignore_is_acked_without_a_state(capp, cworker):
     assert res.state == states.PENDING
 
 
+def test_header_errbacks_with_task_allow_error_cb_on_chord_header(capp, cworker, ledger):
+    """Celery's setting: the chord's errback is linked to each header task too (immutable)."""
+    cworker()
+    capp.app.backend.ensure_chords_allowed()  # Celery's check: fastq's backend always runs chords
+    capp.app.conf.task_allow_error_cb_on_chord_header = True
+    try:
+        sig = chord([capp.fail.s(), capp.fail.s(), capp.add.s(1, 1)], capp.tsum.s())
+        sig.link_error(capp.record.si(0, "header-eb", "runs"))
+    finally:
+        capp.app.conf.task_allow_error_cb_on_chord_header = False
+    with pytest.raises(ValueError, match="boom"):
+        sig.apply_async().get(timeout=30)
+    # Then it ran for each failed header task, and once for the failed chord
+    wait_for(lambda: ledger.hget("header-eb", "runs") == b"3", 30, message="three errback runs")
+    # ... and without the setting, only for the chord
+    plain = chord([capp.fail.s(), capp.fail.s()], capp.tsum.s())
+    plain.link_error(capp.record.si(0, "body-eb", "runs"))
+    with pytest.raises(ValueError, match="boom"):
+        plain.apply_async().get(timeout=30)
+    wait_for(lambda: ledger.hget("body-eb", "runs") == b"1", 30, message="one errback run")
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

@@ -343,6 +343,19 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
     def header(self) -> group:
         return group(self.tasks, app=self.app)
 
+    def link_error(self, errback: Any) -> Any:
+        """The errback runs when the chord fails (its body's errback). With
+        ``task_allow_error_cb_on_chord_header`` (Celery's setting) each header task
+        gets it too, immutable, so it also runs for each header task that fails."""
+        errback = maybe_signature(errback, self.app, "link_error")
+        app = self._find_app()
+        if app is not None and app.conf.task_allow_error_cb_on_chord_header:
+            for t in self.tasks:
+                frozen = errback.clone()
+                frozen.set_immutable(True)
+                t.link_error(frozen)
+        return super().link_error(errback)
+
     def _children(self) -> list[Signature]:
         return [*self.tasks, *([self.body] if self.body is not None else [])]
 

@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "task_queues": None,  # {"reports": {"fair_tenants": True, "tenant_concurrency": 2, ...}}: docs/fairness.md
     # tasks
     "task_always_eager": False,
+    # Celery's: chord.link_error() also links the errback to every header task
+    "task_allow_error_cb_on_chord_header": False,
     "task_eager_propagates": False,
     "task_ignore_result": False,
     "task_track_started": False,
@@ -187,6 +189,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "broker_wait_timeout": _number(strict=True), "queue_shards": _OPT_DICT, "task_serializer": _STR,
     "max_message_size": _number(1, integer=True), "task_default_queue": _STR,
     "task_default_priority": _number(integer=True), "task_routes": _routes, "task_queues": _OPT_DICT,
+    "task_allow_error_cb_on_chord_header": _is_bool,
     "task_always_eager": _is_bool, "task_eager_propagates": _is_bool, "task_ignore_result": _is_bool,
     "task_track_started": _is_bool, "task_acks_late": _is_bool,
     "task_time_limit": _number(none=True, strict=True), "task_soft_time_limit": _number(none=True, strict=True),

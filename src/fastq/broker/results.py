@@ -46,6 +46,10 @@ class RedisBackend:
         self.expires = int(broker.conf.result_expires)
         self._local = threading.local()
 
+    def ensure_chords_allowed(self) -> None:
+        """Celery's check that this backend can run chords: fastq's always can
+        (the chord counter lives in the broker's Redis)."""
+
     def store_commands(self, task_id: str, meta: ResultMeta, expires: int) -> list[bytes]:
         """The commands that store ``meta`` (a final state goes to the result list),
         for a worker's flush: sent with the ack, in one transaction when they can be."""
