@@ -215,3 +215,37 @@ def test_mypy_checks_delay_against_the_task_signature(tmp_path):
     assert set(errors) == set(expected), proc.stdout
     for n, words in expected.items():
         assert any(words in e for e in errors[n]), (n, words, errors[n])
+
+
+def test_pydantic_models_in_and_out_as_in_celery(tapp, worker):
+    """@app.task(pydantic=True): a model or a dict in, the model's dict out."""
+    from tests.apps.typedapp import AddParams, pyd_add
+
+    worker("-P", "solo", app=APP)
+    # When the caller passes a dict, a model, a model by keyword, or a model in a signature
+    sent = [pyd_add.delay({"x": 1, "y": 2}), pyd_add.delay(AddParams(x=2, y=3)),
+            pyd_add.apply_async(kwargs={"data": AddParams(x=3, y=4), "scale": 10}),
+            pyd_add.s(AddParams(x=4, y=5)).delay(), chain(pyd_add.s({"x": 1, "y": 1})).apply_async()]
+    # Then the task got a model each time, and its result is the returned model's dict
+    assert [r.get(timeout=30) for r in sent] == [{"result": 3}, {"result": 5}, {"result": 70}, {"result": 9},
+                                                 {"result": 2}]
+    # A dict that does not validate fails that task (pydantic's ValidationError, rebuilt or not)
+    bad = pyd_add.delay({"x": "not a number", "y": 1})
+    with pytest.raises(Exception, match="x"):
+        bad.get(timeout=30)
+    assert bad.state == "FAILURE"
+    # Eagerly, and called directly, the same conversions apply
+    assert pyd_add.apply(({"x": 5, "y": 5},)).get() == {"result": 10}
+    assert pyd_add({"x": 1, "y": 1}) == {"result": 2}
+
+
+def test_pydantic_is_refused_on_typed_and_async_tasks():
+    app = FastQ("pyd-bad")
+    with pytest.raises(ImproperlyConfigured, match="pydantic=True"):
+        app.task(typed=True, pydantic=True)(lambda x: x)
+
+    async def coro(x):
+        return x
+
+    with pytest.raises(ImproperlyConfigured, match="pydantic=True"):
+        app.task(pydantic=True)(coro)

@@ -98,6 +98,7 @@ TASK_OPTIONS: dict[str, Any] = {
     "send_error_emails": None,
     "typed": False,
     "typing": True,
+    "pydantic": False,
     "unique": False,
     "unique_for": None,
     "base": None,

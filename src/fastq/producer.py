@@ -238,7 +238,7 @@ class Producer:
                     results.append(task.apply_async(sig.args, sig.kwargs, **sig.options) if task is not None
                                    else self.send(name, sig.args, sig.kwargs, dict(sig.options), None))
                     continue
-                a, kw = task._typed.convert(sig.args, sig.kwargs)  # typed: convert, then batch as usual
+                a, kw = task._convert_args(sig.args, sig.kwargs)  # typed or pydantic: convert, then batch
                 sig = sig.clone()
                 sig.args, sig.kwargs = tuple(a), kw
             if sig.options:

@@ -21,7 +21,7 @@ from .events import publish_progress
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Replaced, Retry, ValidationError
 from .messages import ResultMeta
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
-from .typed import TypedCall, arguments_checker, call_signature
+from .typed import PydanticCall, TypedCall, arguments_checker, call_signature
 from .unique import check_seconds, prepare
 
 if TYPE_CHECKING:
@@ -107,8 +107,15 @@ class Task(Generic[P, R]):
         #: when sent (a typed task's converter checks them itself).
         self.typing = bool(opts["typing"])
         self._check_args = arguments_checker(name, fn, self.bind) if self.typing and not self.typed else None
-        #: True when a send needs more than the plain path (typed or unique tasks).
-        self._special = self.typed or self.unique
+        #: Celery's ``pydantic=True`` (fastq.typed.PydanticCall), else None.
+        self._pydantic = None
+        if opts["pydantic"]:
+            if self.typed or self.is_async:
+                raise ImproperlyConfigured(f"task {name!r}: pydantic=True is for plain (not typed, not async) tasks")
+            self._pydantic = PydanticCall(name, fn, self.bind)
+            fn = self._pydantic.wrap()
+        #: True when a send needs more than the plain path (typed, pydantic or unique tasks).
+        self._special = self.typed or self.unique or self._pydantic is not None
         #: Declared with a soft limit above the hard one: as in Celery, the task is
         #: accepted and every send of it refused (ValueError), unless the call overrides.
         self._limits_reversed = bool(self.soft_time_limit and self.time_limit
@@ -186,10 +193,17 @@ class Task(Generic[P, R]):
     def _prepare(self, args, kwargs, options: dict) -> tuple:
         """What a send of a typed or unique task does first (raises ValidationError
         for arguments that do not fit a typed task's annotations)."""
-        if self._typed is not None:
-            args, kwargs = self._typed.convert(args, kwargs)
+        args, kwargs = self._convert_args(args, kwargs)
         if self.unique:
             prepare(self, args, kwargs, options)
+        return args, kwargs
+
+    def _convert_args(self, args, kwargs) -> tuple:
+        """The arguments as sent: converted for a typed task, models dumped for a pydantic one."""
+        if self._typed is not None:
+            return self._typed.convert(args, kwargs)
+        if self._pydantic is not None:
+            return self._pydantic.dump(args, kwargs)
         return args, kwargs
 
     async def delay_async(self, *args: Any, **kwargs: Any):

@@ -381,8 +381,8 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
                 kw = {**kw, **kwargs}
         name = node["task"]
         task = app.tasks.get(name)
-        if task is not None and task._typed is not None:  # a typed step: its final arguments are known now
-            a, kw = task._typed.convert(a, kw)
+        if task is not None and (task._typed is not None or task._pydantic is not None):
+            a, kw = task._convert_args(a, kw)  # a typed or pydantic step: its final arguments are known now
         msg, queue, priority, due = app.producer.build(name, a, kw, opts, task)
         out.append((queue, priority, due, app.producer.encode(msg, task)))
         return

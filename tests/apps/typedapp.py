@@ -14,6 +14,7 @@ import uuid
 from decimal import Decimal
 
 import msgspec
+import pydantic
 from tests.apps.ledger import ledger
 
 from fastq import FastQ
@@ -118,3 +119,19 @@ def flaky(self, key: str, delay: float) -> int:
     if self.request.retries == 0:
         raise self.retry(countdown=delay)
     return n
+
+
+class AddParams(pydantic.BaseModel):
+    x: int
+    y: int
+
+
+class AddResult(pydantic.BaseModel):
+    result: int
+
+
+@app.task(name="pyd.add", pydantic=True)
+def pyd_add(data: AddParams, scale: int = 1) -> AddResult:
+    """Celery's pydantic=True: a model in (validated from a dict), a model out (stored as a dict)."""
+    assert isinstance(data, AddParams), type(data)
+    return AddResult(result=(data.x + data.y) * scale)
