@@ -32,10 +32,19 @@ def test_bad_broker_urls_say_what_is_wrong(url, message):
     "redis://u:s3cret@h:6379/0",
     "redis+cluster://u:s3cret@h1:7000,h2:7001/0",
     "sentinel://:s3cret@h1:26379;sentinel://:s3cret@h2:26379/0?master=m",
+    "redis://:p,s3cret@word@localhost:6379/0",  # a raw "@" in the password
+    "redis://user:s3cret@@localhost:6379/0",
 ])
 def test_passwords_are_masked_in_every_url_form(url):
     masked = safe_url(url)
-    assert "s3cret" not in masked and "***" in masked
+    assert "s3cret" not in masked and "word" not in masked and ":********@" in masked
+
+
+def test_masking_keeps_the_rest_of_the_url():
+    assert safe_url("redis://:p,ass@word@localhost:6379/0") == "redis://:********@localhost:6379/0"
+    assert safe_url("sentinel://:a@h1:26379;sentinel://:b@h2:26379/0") == \
+        "sentinel://:********@h1:26379;sentinel://:********@h2:26379/0"
+    assert safe_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
 @pytest.mark.parametrize(("shards", "message"), [

@@ -122,7 +122,7 @@ def test_every_subcommand_with_a_wrong_or_missing_password(redis_server):
     server = redis_server("--requirepass", "right-password")
     wrong = f"redis://:not-the-password@127.0.0.1:{server.port}/0"
     # the password is never echoed, the message says what to fix
-    walk(["-A", APP, "-b", wrong], ("refused the login", "check the password", ":***@"), forbidden="not-the-password")
+    walk(["-A", APP, "-b", wrong], ("refused the login", "check the password", ":********@"), forbidden="not-the-password")
     out = run(["bench", "--broker", wrong, "-s", "enqueue", "-n", "10"])
     assert "not-the-password" not in assert_one_line(out, "refused the login", what="bench")
     # no password at all: the same, for a few commands

@@ -45,15 +45,18 @@ ReplyError = ResponseError
 #: On a cluster, RedisClusterException is what "no node answers" raises while a failover is under way.
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisClusterException)
 
-_USERINFO = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/;]*):(?P<password>[^@/;]*)@")
+# The password runs to the last "@" of the URL's authority: a raw "@" in it (not
+# percent-encoded, as users write them) must not leave its tail in the open.
+_USERINFO = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/;]*):(?P<password>[^/;]*)@")
 
 #: URL query options that are not connection keyword arguments.
 _FASTQ_OPTIONS = {"master", "sentinel_password", "sentinel_username"}
 
 
 def safe_url(url: str) -> str:
-    """The URL with every password replaced by ``***`` (for logs and banners)."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """The URL with every password replaced by ``********`` (for logs, banners and
+    reports; Celery's mask)."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:********@", url)
 
 
 def describe_error(exc: BaseException, url: str) -> str | None:
