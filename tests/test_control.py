@@ -4,6 +4,7 @@ against real workers."""
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import json
 import os
@@ -44,7 +45,8 @@ def test_ping_inspect_and_destination(app, worker):
     assert stats[wp.name]["pool"]["implementation"] == "process"
     assert len(stats[wp.name]["pool"]["processes"]) == 2
     assert stats[wt.name]["pool"]["implementation"] == "thread"
-    assert i.active_queues()[wp.name] == [{"name": "default"}]
+    queues = i.active_queues()[wp.name]
+    assert [(q["name"], q["routing_key"], q["exchange"]["type"]) for q in queues] == [("default", "default", "direct")]
     # And the counters follow the work done (children report about every second)
     app.tasks["tests.add"].delay(1, 1).get(timeout=30)
     app.tasks["tests.fail"].delay().get(timeout=30, propagate=False)
@@ -71,7 +73,7 @@ def test_active_reserved_scheduled_and_revoked(app, worker):
     assert {r.id for r in queued} <= {t["id"] for t in reserved} <= {r.id for r in queued + quick}
     scheduled = i.scheduled()[w.name]
     assert [s["request"]["id"] for s in scheduled] == [later.id]
-    assert scheduled[0]["eta"] > 0
+    assert dt.datetime.fromisoformat(scheduled[0]["eta"]) > dt.datetime.now(dt.timezone.utc)
     # When the delayed one and a queued one are revoked
     app.control.revoke([later.id, queued[0].id])
     wait_for(lambda: set(i.revoked().get(w.name, [])) >= {later.id, queued[0].id}, 10, 0.2, message="revoked ids")
@@ -79,6 +81,50 @@ def test_active_reserved_scheduled_and_revoked(app, worker):
     reply = app.control.revoke(long.id, terminate=True, reply=True, timeout=3)
     assert "not supported" in reply[0][w.name]["ok"]
     w.kill_all()  # rather than wait for the long task
+
+
+def test_inspect_answers_in_celerys_shapes(app, worker):
+    """What Celery's own inspect tests ask, with Celery's reply shapes."""
+    long = app.tasks["tests.sleep"].delay(30)
+    later = app.tasks["tests.add"].apply_async((1, 2), {}, countdown=600)
+    w = worker("-P", "thread", "-c", "2")
+    i = app.control.inspect([w.name], timeout=3)
+    # active: Celery's Request.info()
+    active = wait_for(lambda: i.active().get(w.name), 30, 0.2, message="an active task")
+    assert active == [{"id": long.id, "name": "tests.sleep", "args": [30], "kwargs": {}, "type": "tests.sleep",
+                       "hostname": w.name, "time_start": None, "acknowledged": True,
+                       "delivery_info": {"exchange": "", "routing_key": "default", "priority": 0,
+                                         "redelivered": False},
+                       "worker_pid": active[0]["worker_pid"]}]
+    assert isinstance(active[0]["worker_pid"], int)
+    # query_task: where each task is; nothing for an unknown id
+    found = i.query_task(long.id, later.id, "no-such-id")[w.name]
+    assert found[long.id][0] == "active" and found[later.id][0] == "scheduled"
+    assert found[later.id][1]["args"] == [1, 2] and "no-such-id" not in found
+    assert i.query_task("no-such-id") == {w.name: {}}
+    # registered with task attributes; clock; conf; report
+    assert "tests.sleep [name=tests.sleep]" in i.registered("name")[w.name]
+    first = i.clock()[w.name]["clock"]
+    assert i.clock()[w.name]["clock"] > first > 0
+    conf = i.conf()[w.name]
+    assert "broker_url" not in conf or "********" in conf["broker_url"] or "@" not in conf["broker_url"]
+    assert "software -> fastq:" in i.report()[w.name]["ok"]
+    app.control.revoke([long.id, later.id])
+    w.kill_all()
+
+
+def test_bugreport_masks_every_password(app):
+    app.conf.result_backend = "sentinel://:secret1@h1:26379;sentinel://:secret2@h2:26379/0"
+    try:
+        report = app.bugreport()
+        assert "secret1" not in report and "secret2" not in report
+        assert "sentinel://:********@h1:26379;sentinel://:********@h2:26379/0" in report
+        app.conf.result_backend = "redis://:p,ass@word@localhost:6379/0"
+        report = app.bugreport()
+        assert "p,ass" not in report and "word@" not in report and "redis://:********@localhost:6379/0" in report
+        assert report.startswith("software -> fastq:")
+    finally:
+        app.conf.result_backend = None
 
 
 def test_revoke_with_terminate_in_process_pool_and_queued(app, worker):
@@ -144,10 +190,10 @@ def test_add_and_cancel_consumer(app, worker):
     r = app.tasks["tests.who"].apply_async(queue="extra")
     assert r.get(timeout=30)["queue"] == "extra"
     queues = app.control.inspect(timeout=3).active_queues()
-    assert queues[wp.name] == queues[wt.name] == [{"name": "default"}, {"name": "extra"}]
+    assert [q["name"] for q in queues[wp.name]] == [q["name"] for q in queues[wt.name]] == ["default", "extra"]
     # When the process worker cancels "default"
     app.control.cancel_consumer("default", destination=[wp.name], reply=True, timeout=3)
-    assert app.control.inspect([wp.name], timeout=3).active_queues()[wp.name] == [{"name": "extra"}]
+    assert [q["name"] for q in app.control.inspect([wp.name], timeout=3).active_queues()[wp.name]] == ["extra"]
     # Then it still serves "extra"; cancelling its last queue is refused
     assert app.tasks["tests.add"].apply_async((3, 4), queue="extra").get(timeout=30) == 7
     reply = app.control.cancel_consumer("extra", destination=[wp.name], reply=True, timeout=3)

@@ -41,7 +41,9 @@ COMMANDS: dict[str, list[str]] = {
     "dlq requeue": ["dlq", "requeue", "--all"],
     "dlq purge": ["dlq", "purge", "-f"],
     **{f"inspect {c}": ["inspect", c] for c in
-       ("active", "reserved", "scheduled", "registered", "stats", "revoked", "active_queues", "ping")},
+       ("active", "reserved", "scheduled", "registered", "stats", "revoked", "active_queues", "ping",
+        "clock", "conf", "report")},
+    "inspect query_task": ["inspect", "query_task", "some-task-id"],
     "control ping": ["control", "ping"],
     "control shutdown": ["control", "shutdown"],
     "control pool_grow": ["control", "pool_grow", "1"],

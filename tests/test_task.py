@@ -486,7 +486,7 @@ def test_arguments_that_do_not_fit_raise_typeerror_when_sent(redis_url):
     for call in (lambda: add.delay(1), lambda: add.delay(1, 2, 3), lambda: add.delay(1, 2, wrong=5),
                  lambda: add.apply_async((1,)), lambda: bound.delay(), lambda: add.s(1).delay(),
                  lambda: add.s(1, 2, 3).apply_async()):
-        with pytest.raises(TypeError, match="add\\(\\)|bound\\(\\)"):
+        with pytest.raises(TypeError, match=r"add\(\)|bound\(\)"):
             call()
     # ... nothing was sent for them; typing=False sends whatever it is given (the worker fails it)
     assert app.broker.queue_totals(["default"])["default"][1] == 5

@@ -14,7 +14,7 @@ from . import current, routing
 from .broker import RedisBroker, safe_url
 from .broker.results import RedisBackend
 from .canvas import Signature
-from .control import Control
+from .control import Control, bugreport
 from .exceptions import ImproperlyConfigured, NotRegistered
 from .messages import Serializer
 from .options import parse_rate
@@ -158,6 +158,11 @@ class FastQ:
         if args:
             raise TypeError("app.task() takes options as keyword arguments only")
         return register
+
+    def bugreport(self) -> str:
+        """Versions, platform and the settings changed from the defaults, passwords
+        masked: what to paste into a bug report (Celery's ``app.bugreport()``)."""
+        return bugreport(self)
 
     def send_task(self, name: str, args: Iterable | None = None, kwargs: dict | None = None, **options: Any):
         """Send a task by name (the task need not be registered here)."""

@@ -600,7 +600,8 @@ def _reply_dict(replies: list | None) -> dict:
 @main.group(cls=_UnderscoreGroup)
 @_remote_options
 def inspect() -> None:
-    """Ask the workers: active, reserved, scheduled, registered, stats, revoked, active_queues, ping."""
+    """Ask the workers: active, reserved, scheduled, registered, stats, revoked, active_queues, clock, conf,
+    report, ping, query_task ID...."""
 
 
 def _inspect_command(name: str, doc: str):
@@ -622,9 +623,22 @@ for _name, _doc in (
     ("stats", "Pool, counters, memory and uptime of the workers."),
     ("revoked", "Revoked task ids the workers know."),
     ("active_queues", "Queues the workers consume."),
+    ("clock", "The workers' logical clocks."),
+    ("conf", "The workers' settings changed from the defaults (passwords masked)."),
+    ("report", "The workers' bug reports: versions, platform, settings."),
     ("ping", "Which workers answer."),
 ):
     _inspect_command(_name, _doc)
+
+
+@inspect.command("query_task")
+@click.argument("task_ids", nargs=-1, required=True)
+@_remote_options
+@click.pass_obj
+def inspect_query_task(state: _AppState, task_ids: tuple[str, ...]) -> None:
+    """Where the workers have these tasks: active, reserved or scheduled."""
+    app, dest, timeout = _remote(state)
+    _print_replies(state, app.control.inspect(dest, timeout).query_task(*task_ids))
 
 
 @main.group(cls=_UnderscoreGroup)

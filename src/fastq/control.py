@@ -23,17 +23,25 @@ Layer: api (the producer side); imports base and broker, never ``fastq.worker`` 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import platform
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+import redis
+
+from . import __version__
+from .broker import safe_url
 from .broker.fair import split_member
 from .broker.keys import validate_queue_name
 from .messages import decode_fields, message_decoder_for
 from .ratelimit import set_rate_limit as store_rate_limit
+from .settings import DEFAULTS
 
 log = logging.getLogger("fastq.control")
 
@@ -191,23 +199,36 @@ class Inspect:
         return self._request("ping")
 
     def active(self) -> dict:
-        """The tasks each worker is running."""
+        """The tasks each worker is running, as Celery's ``Request.info()``: ``id``,
+        ``name``, ``args``, ``kwargs``, ``type``, ``hostname``, ``time_start``,
+        ``acknowledged``, ``delivery_info`` (``routing_key`` is the queue) and
+        ``worker_pid``."""
         return self._request("active")
 
     def reserved(self) -> dict:
-        """Messages each worker has fetched and not started yet."""
+        """Messages each worker has fetched and not started yet (the same shape)."""
         return self._request("reserved")
 
     def scheduled(self) -> dict:
-        """Delayed messages (countdown, ETA, retries) of the queues each worker consumes.
+        """Delayed messages (countdown, ETA, retries) of the queues each worker
+        consumes, as Celery's ``{"eta": ISO time, "priority", "request"}``.
 
         fastq keeps them in Redis rather than in a worker, so workers of the same
         queue report the same ones."""
         return self._request("scheduled")
 
-    def registered(self) -> dict:
-        """The task names each worker knows."""
-        return self._request("registered")
+    def query_task(self, *ids: str | Iterable[str]) -> dict:
+        """Where each worker has these tasks: ``{id: ["active" | "reserved" |
+        "scheduled", request]}`` (empty when it has none of them)."""
+        flat = [i for x in ids for i in ([x] if isinstance(x, str) else x)]
+        return self._request("query_task", ids=flat)
+
+    def registered(self, *taskinfoitems: str) -> dict:
+        """The task names each worker knows; with attribute names (``"rate_limit"``),
+        Celery's ``"name [rate_limit=10/s]"`` items."""
+        return self._request("registered", taskinfoitems=list(taskinfoitems))
+
+    registered_tasks = registered
 
     def stats(self) -> dict:
         """Pool, counters, memory and uptime of each worker."""
@@ -218,8 +239,22 @@ class Inspect:
         return self._request("revoked")
 
     def active_queues(self) -> dict:
-        """The queues each worker consumes."""
+        """The queues each worker consumes, in Celery's (kombu's) queue shape."""
         return self._request("active_queues")
+
+    def clock(self) -> dict:
+        """Each worker's logical clock: ``{"clock": n}``, counting the control
+        requests it has answered."""
+        return self._request("clock")
+
+    def conf(self, with_defaults: bool = False) -> dict:
+        """Each worker's settings (only those changed from the defaults unless
+        ``with_defaults``), passwords masked."""
+        return self._request("conf", with_defaults=with_defaults)
+
+    def report(self) -> dict:
+        """Each worker's ``bugreport()``: versions, platform and settings: ``{"ok": text}``."""
+        return self._request("report")
 
 
 # --- reading messages (for active/reserved/scheduled) -----------------------------------
@@ -232,6 +267,69 @@ def request_info(msg, queue: str | None = None) -> dict:
         "eta": msg.eta, "expires": msg.expires, "priority": msg.priority, "parent_id": msg.parent_id,
         "root_id": msg.root_id, "queue": queue, "created": msg.created,
     }
+
+
+def celery_request(info: dict, acknowledged: bool) -> dict:
+    """A request (``request_info`` with the worker's fields) in Celery's shape,
+    which inspect replies use."""
+    return {
+        "id": info["id"], "name": info["name"], "args": info["args"], "kwargs": info["kwargs"],
+        "type": info["name"], "hostname": info.get("hostname"), "time_start": info.get("time_start"),
+        "acknowledged": acknowledged,
+        "delivery_info": {"exchange": "", "routing_key": info.get("queue"), "priority": info.get("priority"),
+                          "redelivered": bool(info.get("redelivered"))},
+        "worker_pid": info.get("worker_pid"),
+    }
+
+
+def celery_queue(name: str) -> dict:
+    """A queue in Celery's ``active_queues`` shape (kombu's ``Queue.as_dict``): a
+    direct exchange of the queue's name, as Celery's Redis transport has it."""
+    exchange = {"arguments": None, "auto_delete": False, "delivery_mode": None, "durable": True, "name": name,
+                "no_declare": False, "passive": False, "type": "direct"}
+    return {"alias": None, "auto_delete": False, "binding_arguments": None, "bindings": [],
+            "consumer_arguments": None, "durable": True, "exchange": exchange, "exclusive": False, "expires": None,
+            "max_length": None, "max_length_bytes": None, "max_priority": None, "message_ttl": None, "name": name,
+            "no_ack": False, "no_declare": None, "queue_arguments": None, "routing_key": name}
+
+
+def iso_eta(epoch: float) -> str:
+    """Celery's ``eta`` text: ``2026-12-04T10:30:00.000000+00:00``."""
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00"
+
+
+_SECRET_WORDS = ("password", "secret", "token", "api_key")
+
+
+def settings_report(conf, with_defaults: bool = False) -> dict:
+    """The settings as JSON-able values, URLs and secrets masked (inspect ``conf``
+    and ``bugreport``)."""
+    out = {}
+    for name in sorted(conf):
+        value = conf[name]
+        if not with_defaults and name in DEFAULTS and value == DEFAULTS[name]:
+            continue
+        if isinstance(value, str) and "://" in value:
+            value = safe_url(value)
+        elif any(w in name.lower() for w in _SECRET_WORDS) and value:
+            value = "********"
+        out[name] = _jsonable(value)
+    return out
+
+
+def bugreport(app) -> str:
+    """What to paste into a bug report: versions, platform, and the app's settings
+    that differ from the defaults (passwords masked), as Celery's ``bugreport``."""
+    lines = [
+        f"software -> fastq:{__version__} py:{platform.python_version()} redis-py:{redis.__version__} "
+        f"msgspec:{msgspec.__version__}",
+        f"platform -> system:{platform.system()} arch:{platform.machine()} "
+        f"kernel version:{platform.release()} imp:{platform.python_implementation()}",
+        f"settings -> broker:{safe_url(app.broker_url)} results:{safe_url(app.conf.result_backend or app.broker_url)}",
+        "",
+    ]
+    lines += [f"{k}: {v!r}" for k, v in settings_report(app.conf).items()]
+    return "\n".join(lines) + "\n"
 
 
 def decode_delayed(member: bytes):
@@ -267,7 +365,7 @@ def read_messages(app, entries: list[tuple[str, bytes]], client=None) -> list[di
         if found is not None:
             msg = decode_fields(found[1])
             if msg is not None:
-                out.append(request_info(msg, q))
+                out.append(celery_request(request_info(msg, q), False))
     return out
 
 
@@ -277,8 +375,9 @@ def scheduled_messages(app, queues: list[str], limit: int = MAX_LISTED, client=N
         for member, score in app.broker.delayed_members(q, limit, client):
             msg = decode_delayed(member)
             if msg is not None:
-                out.append({"eta": score / 1000.0, "priority": msg.priority, "request": request_info(msg, q)})
-    out.sort(key=lambda r: r["eta"])
-    return out[:limit]
+                out.append((score, {"eta": iso_eta(score / 1000.0), "priority": msg.priority,
+                                    "request": celery_request(request_info(msg, q), False)}))
+    out.sort(key=lambda r: r[0])
+    return [r for _, r in out[:limit]]
 
 __all__ = ["NO_REPLY", "Control", "Inspect"]

@@ -25,7 +25,17 @@ from .. import __version__
 from ..broker.connect import safe_url
 from ..broker.keys import validate_queue_name
 from ..broker.redis import CONNECTION_ERRORS
-from ..control import NO_REPLY, _json, held_entries, read_messages, scheduled_messages
+from ..control import (
+    NO_REPLY,
+    _json,
+    bugreport,
+    celery_queue,
+    celery_request,
+    held_entries,
+    read_messages,
+    scheduled_messages,
+    settings_report,
+)
 from ..metrics import tree_rss
 from ..options import parse_rate
 
@@ -122,6 +132,8 @@ class ControlListener:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscription = None
+        #: Control requests addressed to this worker so far: its logical clock (inspect clock).
+        self.answered = 0
 
     def start(self, wait: float = 5.0) -> None:
         """Start listening; wait up to ``wait`` seconds for the subscription."""
@@ -186,6 +198,7 @@ class ControlListener:
         dest = req.get("destination")
         if dest and self.hostname not in dest:
             return
+        self.answered += 1
         handler = self.handlers.get(command)
         reply_to = req.get("reply_to")
         if handler is None:
@@ -234,6 +247,7 @@ class WorkerControl:
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {name: getattr(self, name) for name in (
             "ping", "stats", "registered", "active", "reserved", "scheduled", "revoked", "active_queues",
+            "query_task", "clock", "conf", "report",
             "revoke", "rate_limit", "shutdown", "pool_grow", "pool_shrink", "add_consumer", "cancel_consumer",
         )}
 
@@ -242,11 +256,39 @@ class WorkerControl:
     def ping(self) -> dict:
         return {"ok": "pong"}
 
-    def registered(self) -> list[str]:
-        return sorted(self.app.tasks)
+    def registered(self, taskinfoitems: list[str] | None = None) -> list[str]:
+        if not taskinfoitems:
+            return sorted(self.app.tasks)
+        out = []
+        for name in sorted(self.app.tasks):
+            task = self.app.tasks[name]
+            fields = " ".join(f"{k}={getattr(task, k)}" for k in taskinfoitems if getattr(task, k, None) is not None)
+            out.append(f"{name} [{fields}]" if fields else name)
+        return out
 
     def active_queues(self) -> list[dict]:
-        return [{"name": q} for q in self.worker.queues]
+        return [celery_queue(q) for q in self.worker.queues]
+
+    def clock(self) -> dict:
+        return {"clock": self.listener.answered}
+
+    def conf(self, with_defaults: bool = False) -> dict:
+        return settings_report(self.app.conf, with_defaults)
+
+    def report(self) -> dict:
+        return {"ok": bugreport(self.app)}
+
+    def query_task(self, ids: list[str] | None = None) -> dict:
+        wanted = set(ids or ())
+        out: dict = {}
+        for state, requests in (("active", self.active()), ("reserved", self.reserved())):
+            for r in requests:
+                if r["id"] in wanted:
+                    out.setdefault(r["id"], [state, r])
+        for s in self.scheduled():
+            if s["request"]["id"] in wanted:
+                out.setdefault(s["request"]["id"], ["scheduled", s["request"]])
+        return out
 
     def revoked(self) -> list[str]:
         return self.revokes.ids()
@@ -262,21 +304,25 @@ class WorkerControl:
             "pool": {"implementation": self.worker.pool_name, "max-concurrency": self.pool.concurrency
                      if hasattr(self.pool, "concurrency") else self.worker.concurrency,
                      "processes": [c.process.pid for c in self.pool.children] if self.process_pool else [os.getpid()]},
-            "prefetch": self.worker.prefetch, "queues": list(self.worker.queues),
+            "prefetch": self.worker.prefetch, "prefetch_count": self.worker.prefetch,
+            "queues": list(self.worker.queues), "clock": self.listener.answered,
             "broker": {"url": safe_url(self.app.broker_url)},
             "rusage": {"utime": times.user, "stime": times.system, "rss": rss},
             "loadavg": list(os.getloadavg()), **counters,
         }
 
     def active(self) -> list[dict]:
-        return self.pool.active()
+        return [celery_request(t, True) for t in self.pool.active()]
 
     def reserved(self) -> list[dict]:
         names = self.pool.maintenance.consumers()
         running = {t.get("entry_id") for t in self.pool.active()}
         entries = [(q, e) for q, e, _ in held_entries(self.app, list(self.worker.queues), names)
                    if e.decode() not in running]
-        return read_messages(self.app, entries)
+        out = read_messages(self.app, entries)
+        for r in out:
+            r["hostname"] = self.worker.hostname
+        return out
 
     def scheduled(self) -> list[dict]:
         return scheduled_messages(self.app, list(self.worker.queues))
