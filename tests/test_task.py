@@ -491,3 +491,22 @@ def test_arguments_that_do_not_fit_raise_typeerror_when_sent(redis_url):
     # ... nothing was sent for them; typing=False sends whatever it is given (the worker fails it)
     assert app.broker.queue_totals(["default"])["default"][1] == 5
     assert unchecked.delay(1).id
+
+
+def test_serializer_options_are_checked_not_ignored(redis_url):
+    """Celery's serializer=: json and msgpack are accepted (messages take the app's
+    serializer, both safe); pickle and anything else is refused where it is written."""
+    app = FastQ("ser", broker=redis_url)
+
+    @app.task(serializer="json")
+    def echo(x):
+        return x
+
+    assert echo.apply_async((1,), serializer="msgpack").id
+    with pytest.raises(ValueError, match="pickle is never supported"):
+        echo.apply_async((1,), serializer="pickle")
+    with pytest.raises(ImproperlyConfigured, match="pickle is never supported"):
+        app.task(serializer="pickle")(lambda: None)
+    # A result lifetime of 0 (Celery: never expire) would delete every result at once: refused
+    with pytest.raises(ImproperlyConfigured, match="result_expires"):
+        app.conf.result_expires = 0

@@ -62,6 +62,15 @@ class ResultMeta(msgspec.Struct, array_like=True, omit_defaults=False):
     exc_args: list | None = None
 
 
+def check_serializer(name: str | None, where: str) -> None:
+    """A serializer named on a task or a call (Celery's ``serializer=``): one fastq
+    has is accepted, and every message still takes the app's ``task_serializer``
+    (both are safe to decode); pickle and the rest are refused, not ignored."""
+    if name is not None and name not in SERIALIZER_FIELDS:
+        raise ValueError(f"{where}: serializer must be one of {sorted(SERIALIZER_FIELDS)}, not {name!r} "
+                         f"(pickle is never supported)")
+
+
 class Serializer:
     """Encodes and decodes messages and results in one format."""
 

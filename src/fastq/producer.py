@@ -26,7 +26,7 @@ from .broker.keys import validate_queue_name
 from .eager import run_eagerly_async
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .fairness import with_tenant
-from .messages import Message, Serializer, now
+from .messages import Message, Serializer, check_serializer, now
 from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, unknown_options
 from .result import AsyncResult
 from .signals import before_task_publish
@@ -371,7 +371,7 @@ def _message_options(options: dict) -> dict | None:
                 else:
                     check_option(key, value)  # a bad time_limit must fail here, not wedge a worker
                 out[key] = value
-    options.pop("serializer", None)
+    check_serializer(options.pop("serializer", None), "apply_async(serializer=...)")
     if options:
         raise unknown_options(options)
     return out

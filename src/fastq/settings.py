@@ -194,7 +194,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "task_track_started": _is_bool, "task_acks_late": _is_bool,
     "task_time_limit": _number(none=True, strict=True), "task_soft_time_limit": _number(none=True, strict=True),
     "task_annotations": _OPT_DICT, "rate_limit_scope": _STR, "queue_rate_limits": _OPT_DICT,
-    "result_expires": _number(), "worker_concurrency": _number(1, none=True, integer=True),
+    "result_expires": _number(1), "worker_concurrency": _number(1, none=True, integer=True),
     "worker_prefetch": _number(1, integer=True), "worker_hold_time": _number(strict=True),
     "worker_ack_flush_interval": _number(),
     "worker_lease_timeout": _number(strict=True), "worker_max_deliveries": _number(1, integer=True),

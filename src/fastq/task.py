@@ -19,7 +19,7 @@ from .canvas import Signature, chain, chunks, group
 from .eager import run_eagerly
 from .events import publish_progress
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Replaced, Retry, ValidationError
-from .messages import ResultMeta
+from .messages import ResultMeta, check_serializer
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
 from .typed import PydanticCall, TypedCall, arguments_checker, call_signature
 from .unique import check_seconds, prepare
@@ -91,6 +91,8 @@ class Task(Generic[P, R]):
         self.time_limit = opts["time_limit"] if opts["time_limit"] is not None else conf.task_time_limit
         self.soft_time_limit = opts["soft_time_limit"] if opts["soft_time_limit"] is not None else conf.task_soft_time_limit
         self.expires = opts["expires"]
+        #: Celery's option: checked (json or msgpack), and messages still take the app's task_serializer
+        self.serializer = opts["serializer"]
         self.send_error_emails = opts["send_error_emails"]
         self.typed = bool(opts["typed"])
         self.unique = bool(opts["unique"])
@@ -138,6 +140,10 @@ class Task(Generic[P, R]):
 
     def _validate(self) -> None:
         where = f"task {self.name!r}"
+        try:
+            check_serializer(self.serializer, where)
+        except ValueError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
         if self.queue is not None:
             validate_queue_name(self.queue)
         if self.priority is not None and (not isinstance(self.priority, int) or not 0 <= self.priority <= 9):
