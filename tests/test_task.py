@@ -510,3 +510,30 @@ def test_serializer_options_are_checked_not_ignored(redis_url):
     # A result lifetime of 0 (Celery: never expire) would delete every result at once: refused
     with pytest.raises(ImproperlyConfigured, match="result_expires"):
         app.conf.result_expires = 0
+
+
+def test_settings_a_task_reads_apply_when_changed_after_it_was_declared(redis_url):
+    """Celery reads task defaults lazily: a config set after @app.task still applies."""
+    app = FastQ("late", broker=redis_url)
+
+    @app.task(name="late.call_api", rate_limit="100/s")
+    def call_api(url):
+        return url
+
+    @app.task(name="late.other")
+    def other():
+        return None
+
+    assert call_api.rate_limit == "100/s" and not other.ignore_result
+    # When annotations (one task, and '*' for all: they override, as Celery's do) and a
+    # default are set afterwards
+    app.conf.task_annotations = {"late.call_api": {"rate_limit": "50/s"}, "*": {"max_retries": 7}}
+    app.conf.task_ignore_result = True
+    # Then the tasks declared before take them
+    assert call_api.rate_limit == "50/s"
+    assert call_api.max_retries == other.max_retries == 7
+    assert call_api.ignore_result and other.ignore_result
+    assert app.tasks["late.call_api"] is call_api
+    # A bad annotation fails where it is set, naming the task
+    with pytest.raises(ImproperlyConfigured, match=r"late\.other"):
+        app.conf.task_annotations = {"late.other": {"priority": 42}}

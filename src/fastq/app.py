@@ -44,6 +44,9 @@ class FastQ:
     def __init__(self, main: str | None = None, broker: str | None = None, backend: str | None = None, **settings: Any) -> None:
         self.main = main
         self.conf = Settings(settings)
+        # Tasks read some settings when declared (task_annotations, task_acks_late...):
+        # set later, as Celery allows, they reach the tasks declared before.
+        self.conf.__dict__["on_task_defaults"] = self._redeclare_tasks
         if broker:
             self.conf.broker_url = broker
         if backend:
@@ -137,6 +140,14 @@ class FastQ:
     def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
     @overload
     def task(self, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def _redeclare_tasks(self) -> None:
+        for task in list(self.tasks.values()):
+            task._redeclare()
+            if task._special:
+                self._special_tasks.add(task.name)
+            else:
+                self._special_tasks.discard(task.name)
 
     def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""

@@ -222,6 +222,11 @@ def check_setting(name: str, value: Any) -> None:
         raise ImproperlyConfigured(f"setting {name} {problem}, not {type(value).__name__} {value!r}")
 
 
+#: Settings a task reads when declared; changing one later re-applies it to every task.
+TASK_DEFAULT_SETTINGS = frozenset({"task_annotations", "task_ignore_result", "task_acks_late", "task_track_started",
+                                   "task_time_limit", "task_soft_time_limit"})
+
+
 class Settings(dict):
     """A dict with attribute access: ``app.conf.result_expires``.
 
@@ -240,6 +245,10 @@ class Settings(dict):
     def __setitem__(self, name: str, value: Any) -> None:
         check_setting(name, value)
         super().__setitem__(name, value)
+        if name in TASK_DEFAULT_SETTINGS:
+            hook = self.__dict__.get("on_task_defaults")
+            if hook is not None:  # the app's tasks take the new defaults (declared before it changed)
+                hook()
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         for name, value in dict(*args, **kwargs).items():

@@ -60,9 +60,12 @@ class Task(Generic[P, R]):
         name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
         if unknown:
             raise TypeError(f"task {name!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        #: What it was declared with: the settings it reads are applied again when they change.
+        self._declared = (app, fn, options)
         opts = {**TASK_OPTIONS, **options}
         conf = app.conf
-        annotations = (conf.task_annotations or {}).get(name) or {}
+        table = conf.task_annotations or {}
+        annotations = {**(table.get("*") or {}), **(table.get(name) or {})}  # '*': every task, as in Celery
         opts.update({k: v for k, v in annotations.items() if k in TASK_OPTIONS})
         self.app = app
         self.fn = fn
@@ -125,6 +128,11 @@ class Task(Generic[P, R]):
         #: What the worker calls: the function, bound to the task when bind=True.
         self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
         self._refresh()
+
+    def _redeclare(self) -> None:
+        """Declare again with the same arguments: a task-default setting changed."""
+        app, fn, options = self._declared
+        self.__init__(app, fn, **options)
 
     def _refresh(self) -> None:
         #: True when a normal return needs nothing but a result write and an ack.
