@@ -537,3 +537,21 @@ def test_settings_a_task_reads_apply_when_changed_after_it_was_declared(redis_ur
     # A bad annotation fails where it is set, naming the task
     with pytest.raises(ImproperlyConfigured, match=r"late\.other"):
         app.conf.task_annotations = {"late.other": {"priority": 42}}
+
+
+def test_celerys_handler_methods_of_a_base_class_are_called(app, worker, ledger):
+    """on_success / on_retry / on_failure / after_return / before_start of a base class."""
+    worker("-A", EXTRA, "-P", "solo")
+    handled = extra.handled
+    assert handled.delay("ok", "ok").get(timeout=30) == "ok"
+    with pytest.raises(ValueError, match="handled boom"):
+        handled.delay("bad", "fail").get(timeout=30)
+    assert handled.delay("again", "retry").get(timeout=30) == "retry"
+    assert ledger.lrange("handlers:ok", 0, -1) == [b"before_start True", b"on_success ok", b"after_return SUCCESS"]
+    assert ledger.lrange("handlers:bad", 0, -1) == [b"before_start True", b"on_failure ValueError True",
+                                                    b"after_return FAILURE"]
+    assert ledger.lrange("handlers:again", 0, -1) == [
+        b"before_start True", b"on_retry KeyError", b"after_return RETRY",
+        b"before_start True", b"on_success retry", b"after_return SUCCESS"]
+    # Plain tasks keep the fast path; a task with handlers takes the full one
+    assert app.tasks["tests.add"]._fast and not handled._fast

@@ -53,8 +53,9 @@ class FastQ:
             self.conf.result_backend = backend
         #: Registered tasks by name.
         self.tasks: dict[str, Any] = {}
-        #: The class ``@app.task`` makes (None: fastq.task.Task); ``@app.task(base=...)`` picks one per task.
-        self.Task: type | None = None
+        #: The class ``@app.task`` makes (``fastq.task.Task``, or a subclass set here, as
+        #: Celery's ``app.Task``); ``@app.task(base=...)`` picks one per task.
+        self.Task: type = Task
         #: Names of tasks whose sends need more than the plain path (typed, unique).
         self._special_tasks: set[str] = set()
         self._pid = os.getpid()

@@ -46,6 +46,9 @@ class _EmptyRequest:
 
 _EMPTY_REQUEST = _EmptyRequest()
 
+#: Celery's handler methods, called by the worker when a base class defines them.
+_HANDLERS = ("before_start", "on_success", "on_retry", "on_failure", "after_return")
+
 #: Task options with their defaults (None: take the app setting).
 
 
@@ -125,6 +128,8 @@ class Task(Generic[P, R]):
         #: accepted and every send of it refused (ValueError), unless the call overrides.
         self._limits_reversed = bool(self.soft_time_limit and self.time_limit
                                      and self.soft_time_limit > self.time_limit)
+        #: A base class defines Celery's handler methods (on_success...): the worker calls them.
+        self._handlers = any(getattr(type(self), h) is not getattr(Task, h) for h in _HANDLERS)
         #: What the worker calls: the function, bound to the task when bind=True.
         self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
         self._refresh()
@@ -138,6 +143,7 @@ class Task(Generic[P, R]):
         #: True when a normal return needs nothing but a result write and an ack.
         self._fast = (
             self.acks_late
+            and not self._handlers
             and not self.track_started
             and not self.time_limit
             and not self.soft_time_limit
@@ -352,6 +358,24 @@ class Task(Generic[P, R]):
             and not isinstance(exc, self.dont_autoretry_for)
             and not isinstance(exc, ValidationError)  # bad arguments stay bad: never retried
         )
+
+    # --- Celery's handlers: a base class (@app.task(base=...)) overrides them ---------
+
+    def before_start(self, task_id: str, args: list, kwargs: dict) -> None:
+        """Called in the worker just before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: list, kwargs: dict) -> None:
+        """Called in the worker after the task returned (its result is stored)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: list, kwargs: dict, einfo: str | None) -> None:
+        """Called in the worker when the task will be retried."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: list, kwargs: dict, einfo: str | None) -> None:
+        """Called in the worker when the task failed for good (``einfo``: the traceback text)."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: list, kwargs: dict,
+                     einfo: str | None) -> None:
+        """Called in the worker after on_success, on_retry or on_failure, with the state."""
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"

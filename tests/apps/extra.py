@@ -170,3 +170,36 @@ def request_info(self):
 @app.task(name="extra.declared_limits", bind=True, time_limit=60, soft_time_limit=45)
 def declared_limits(self):
     return _request_info(self.request)
+
+
+class Recorded(app.Task):
+    """A base class with Celery's handler methods: each call is pushed to the ledger
+    list ``handlers:<first argument>``."""
+
+    def _note(self, args, *what):
+        ledger().rpush(f"handlers:{args[0]}", " ".join(str(w) for w in what))
+
+    def before_start(self, task_id, args, kwargs):
+        self._note(args, "before_start", task_id == self.request.id)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        self._note(args, "on_success", retval)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        self._note(args, "on_retry", type(exc).__name__)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        self._note(args, "on_failure", type(exc).__name__, "Traceback" in (einfo or ""))
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        self._note(args, "after_return", status)
+
+
+@app.task(name="extra.handled", base=Recorded, bind=True, max_retries=1, default_retry_delay=0.05)
+def handled(self, key, outcome):
+    """Succeeds, fails, or fails once and then succeeds ("retry"), per ``outcome``."""
+    if outcome == "fail":
+        raise ValueError("handled boom")
+    if outcome == "retry" and self.request.retries == 0:
+        raise self.retry(exc=KeyError("once"))
+    return outcome

@@ -268,6 +268,11 @@ class Executor:
         token = current_request.set(Request(msg, self.hostname, d, self.queue_of[d.stream], task))
         if signals.task_prerun:
             signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
+        if task._handlers:
+            try:
+                task.before_start(msg.id, msg.args, msg.kwargs)
+            except Exception:  # user code: never stop the worker
+                log.exception("before_start of task %s[%s] failed", msg.task, msg.id)
         opts = msg.options or {}
         return (token, opts.get("soft_time_limit") or task.soft_time_limit, opts.get("time_limit") or task.time_limit,
                 args, kwargs)
@@ -277,13 +282,40 @@ class Executor:
         the ack, signals; then the request context is reset."""
         if exc is not None:
             self.failed(task, d, msg, exc, runtime, out)
+            if task._handlers:
+                self._handlers_after(task, msg, None, exc)
             self._postrun(task, msg, None, "FAILURE")
         else:
             self.finished(task, d, msg, retval, runtime, out)
+            if task._handlers:
+                self._handlers_after(task, msg, retval, None)
             if signals.task_success:
                 signals.task_success.send(sender=task, result=retval)
             self._postrun(task, msg, retval, states.SUCCESS)
         current_request.reset(token)
+
+    def _handlers_after(self, task, msg, retval, exc: BaseException | None) -> None:
+        """Celery's Task handler methods, for a base class that defines them:
+        on_success, on_retry or on_failure, then after_return with the state. An
+        Ignore (or a replacement) calls none; a handler's error is logged."""
+        if isinstance(exc, Ignore):
+            return
+        einfo = None
+        try:
+            if exc is None:
+                state = states.SUCCESS
+                task.on_success(retval, msg.id, msg.args, msg.kwargs)
+            elif isinstance(exc, Retry) or (task.should_autoretry(exc) and
+                                            (task.max_retries is None or msg.retries < task.max_retries)):
+                state, einfo = states.RETRY, format_exception(exc)
+                task.on_retry(exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc, msg.id, msg.args,
+                              msg.kwargs, einfo)
+            else:
+                state, einfo = states.FAILURE, format_exception(exc)
+                task.on_failure(exc, msg.id, msg.args, msg.kwargs, einfo)
+            task.after_return(state, retval if exc is None else exc, msg.id, msg.args, msg.kwargs, einfo)
+        except Exception:  # user code: never stop the worker
+            log.exception("A handler of task %s[%s] failed", msg.task, msg.id)
 
     @staticmethod
     def _postrun(task, msg, retval, state: str) -> None:
