@@ -295,6 +295,29 @@ def test_header_errbacks_with_task_allow_error_cb_on_chord_header(capp, cworker,
     wait_for(lambda: ledger.hget("body-eb", "runs") == b"1", 30, message="one errback run")
 
 
+def test_frozen_workflows_keep_their_ids_when_sent(capp, cworker):
+    """Celery's chain/group/chord .freeze(): the ids handed out are the ones used."""
+    cworker()
+    add = capp.add
+    c = chain(add.si(1, 1), add.s(2), add.s(3))
+    frozen = c.freeze()
+    assert c.id == frozen.id and frozen.parent.parent is not None
+    res = c.apply_async()
+    assert res.id == frozen.id and res.parent.id == frozen.parent.id and res.get(timeout=30) == 7
+    g = group(add.si(i, i) for i in range(3))
+    gfrozen = g.freeze("my-group-id")
+    assert gfrozen.id == "my-group-id" and g.apply_async().id == "my-group-id"
+    assert [r.id for r in g.apply_async().results] == [r.id for r in gfrozen.results]
+    ch = chord([add.si(1, 1), add.si(2, 2)], capp.tsum.s())
+    cfrozen = ch.freeze()
+    assert ch.apply_async().id == cfrozen.id and cfrozen.get(timeout=30) == 6
+    # A workflow changed after freeze() is frozen again when sent (new ids)
+    c2 = chain(add.si(1, 1), add.s(1))
+    first = c2.freeze()
+    changed = c2.set(queue="default").apply_async()
+    assert changed.get(timeout=30) == 3 and changed.id != first.id
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

@@ -206,9 +206,25 @@ class _Workflow(Signature):
     def _children(self) -> list[Signature]:
         raise NotImplementedError
 
+    _frozen: tuple[dict, dict] | None = None  #: (the tree as it was, the tree frozen), after freeze()
+
     @property
     def id(self) -> str | None:
-        return None
+        """The result's id once frozen (the last task's, a group's id), else None."""
+        if self._frozen is None:
+            return None
+        return workflow.result_of(self._app(), self._frozen[1]).id
+
+    def freeze(self, _id: str | None = None):
+        """Fix every task id now and return the result handle; sending it later
+        (unchanged) keeps those ids, as Celery's ``freeze()``. ``_id`` names the
+        result (the last task of a chain, a chord's body, a group)."""
+        tree = self.as_dict()
+        if _id is not None:
+            key = "group_id" if tree.get("subtask_type") == workflow.GROUP else "task_id"
+            tree["options"] = {**tree.get("options", {}), key: _id}
+        self._frozen = (self.as_dict(), workflow.freeze(tree))
+        return workflow.result_of(self._app(), self._frozen[1])
 
     def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Send the workflow: every first step in pipelined batches. Returns the
@@ -216,10 +232,13 @@ class _Workflow(Signature):
         app = self._app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        tree = self.as_dict()
-        if options:
-            tree["options"] = {**tree["options"], **_options_dict(options)}
-        tree = workflow.freeze(tree)
+        if self._frozen is not None and not options and self._frozen[0] == self.as_dict():
+            tree = self._frozen[1]  # frozen and unchanged since: the ids given out then
+        else:
+            tree = self.as_dict()
+            if options:
+                tree["options"] = {**tree["options"], **_options_dict(options)}
+            tree = workflow.freeze(tree)
         result = workflow.result_of(app, tree)
         workflow.publish(app, workflow.launch(app, tree, tuple(args or ()), dict(kwargs or {})))
         return result
@@ -233,8 +252,6 @@ class _Workflow(Signature):
         s.options = {**self.options, **options}
         return s
 
-    def freeze(self, _id: str | None = None):
-        raise NotImplementedError(f"{type(self).__name__}.freeze(): use apply_async(), which returns the result")
 
 
 class chain(_Workflow):  # noqa: N801 - Celery's name
