@@ -163,7 +163,7 @@ def test_fastq_modules_are_imported_at_the_top():
 
 
 #: Third-party packages fastq does not require (extras), which may be imported late.
-OPTIONAL_PACKAGES = {"prometheus_client", "uvicorn", "starlette", "django"}
+OPTIONAL_PACKAGES = {"prometheus_client", "uvicorn", "starlette", "django", "pydantic"}
 
 
 def test_only_optional_packages_are_imported_inside_functions():

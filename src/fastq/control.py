@@ -30,10 +30,8 @@ import platform
 import time
 import uuid
 from collections.abc import Iterable
+from importlib.metadata import version
 from typing import Any
-
-import msgspec
-import redis
 
 from . import __version__
 from .broker import safe_url
@@ -321,8 +319,8 @@ def bugreport(app) -> str:
     """What to paste into a bug report: versions, platform, and the app's settings
     that differ from the defaults (passwords masked), as Celery's ``bugreport``."""
     lines = [
-        f"software -> fastq:{__version__} py:{platform.python_version()} redis-py:{redis.__version__} "
-        f"msgspec:{msgspec.__version__}",
+        f"software -> fastq:{__version__} py:{platform.python_version()} redis-py:{version('redis')} "
+        f"msgspec:{version('msgspec')}",
         f"platform -> system:{platform.system()} arch:{platform.machine()} "
         f"kernel version:{platform.release()} imp:{platform.python_implementation()}",
         f"settings -> broker:{safe_url(app.broker_url)} results:{safe_url(app.conf.result_backend or app.broker_url)}",
