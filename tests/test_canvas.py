@@ -318,6 +318,20 @@ def test_frozen_workflows_keep_their_ids_when_sent(capp, cworker):
     assert changed.get(timeout=30) == 3 and changed.id != first.id
 
 
+def test_a_header_task_adds_tasks_to_its_chord(capp, cworker):
+    cworker()
+    grow = capp.grow_chord
+    # Tasks added by a header task run, and the body waits for and gets their results
+    res = chord([grow.s([1, 2, 3], 4, "tasks")], capp.identity.s()).apply_async()
+    assert sorted(res.get(timeout=30)) == [0, 5, 6, 7]
+    # ... a chord added counts as one result
+    res = chord([grow.s([1, 2, 3], 4, "chord"), capp.add.s(1, 1)], capp.identity.s()).apply_async()
+    assert sorted(res.get(timeout=30)) == [0, 2, 18]
+    # Outside a chord it is refused
+    with pytest.raises(ValueError, match="not member of any chord"):
+        grow.delay([1], 1, "alone").get(timeout=30)
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import states
+from . import states, workflow
 from ._speedups import current_request
 from .broker.keys import validate_queue_name
 from .builtin_tasks import register_builtins
@@ -340,6 +340,29 @@ class Task(Generic[P, R]):
         if self.request.delivery is None:  # a plain or eager call: run it here
             return sig.apply().get()
         raise Replaced(sig)
+
+    def add_to_chord(self, sig: Signature, lazy: bool = False) -> Any:
+        """Add ``sig`` to the header of the chord this running task belongs to, as
+        Celery's: the chord's body then waits for it too, and gets its result
+        (after the others). Sends it and returns its result, or with ``lazy`` (a
+        single signature only) returns the signature, set up, to send yourself."""
+        if not isinstance(sig, Signature):
+            raise TypeError(f"add_to_chord() takes a signature (task.s(...)), not {type(sig).__name__}")
+        opts = self.request.options or {}
+        chord_id = opts.get("chord")
+        if chord_id is None:
+            raise ValueError("Current task is not member of any chord")
+        composite = sig.subtask_type is not None  # a chain, group or chord
+        if lazy and composite:
+            raise ValueError("add_to_chord(lazy=True) takes a single task's signature")
+        index = self.app.broker.chord_grow(chord_id)
+        if not composite:
+            sig = sig.clone(chord=chord_id, group_index=index)
+            return sig if lazy else sig.apply_async()
+        tree = workflow.freeze(sig.as_dict(), None, (chord_id, index))
+        workflow.publish(self.app, workflow.launch(self.app, tree, (), {}, (), self.request.id,
+                                                   self.request.root_id or self.request.id))
+        return workflow.result_of(self.app, tree)
 
     def _autoretry_delay(self, retries: int) -> float:
         backoff = self.retry_backoff

@@ -121,3 +121,16 @@ def replace_with(self, x, kind):
 @app.task(name="canvas.ignore_me")
 def ignore_me():
     raise Ignore("nothing to record")
+
+
+@app.task(name="canvas.grow_chord", bind=True)
+def grow_chord(self, nums, val, kind):
+    """A header task that adds tasks to its own chord (Celery's add_to_chord)."""
+    if kind == "tasks":
+        for n in nums:
+            self.add_to_chord(add.s(n, val))
+    elif kind == "chord":
+        self.add_to_chord(group(add.s(n, val) for n in nums) | tsum.s())
+    else:
+        self.add_to_chord(add.s(1, 1))  # not in a chord: ValueError
+    return 0

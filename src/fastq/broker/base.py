@@ -286,6 +286,10 @@ class Broker(abc.ABC):
         message (its first run died before acting on it)."""
 
     @abc.abstractmethod
+    def chord_grow(self, chord_id: str) -> int:
+        """Add one header task to a chord (its size grows by one); its header index."""
+
+    @abc.abstractmethod
     def chord_sent_commands(self, chord_id: str) -> list[bytes]:
         """The chord's body went out: forget what a replay no longer needs."""
 

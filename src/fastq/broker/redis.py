@@ -866,6 +866,17 @@ class RedisBroker(Broker):
                             b"1" if redelivered else b"0"))
         return self.execute_packed([cmd])[0]
 
+    def chord_grow(self, chord_id: str) -> int:
+        """One more header task (``Task.add_to_chord``): the chord's size grows by one;
+        returns the new task's header index. Only a running header task calls it,
+        so the chord cannot complete meanwhile (its own result is still to come)."""
+        meta, _ = chord_keys(self.keys.prefix, chord_id)
+        size = self.execute_packed([pack_command((b"HINCRBY", meta, b"n", 1))])[0]
+        if size <= 1:  # no such chord: HINCRBY made a hash of its own
+            self.execute_packed([pack_command((b"DEL", meta))])
+            raise ValueError(f"chord {chord_id} is unknown (expired or never sent)")
+        return size - 1
+
     def chord_sent_commands(self, chord_id: str) -> list[bytes]:
         """After the body (or its failure) went out: a replay is a no-op from now on,
         so the body and the header results are no longer needed."""
