@@ -399,3 +399,24 @@ def test_a_saved_group_is_restored_forgotten_and_a_garbled_one_reads_as_unknown(
     assert r.exists("fastq:g:outer-1") == 0
     assert GroupResult.restore("outer-1", app=app) is None
     assert all(r.exists(f"fastq:r:{leaf.id}") == 0 for leaf in g._leaves())
+
+
+def test_result_set_built_by_add_and_joined_with_a_callback(app, worker):
+    """Celery's ResultSet([]).add(...) and join(callback=...)."""
+    from fastq import ResultSet
+
+    worker("-P", "solo")
+    add = app.tasks["tests.add"]
+    rs = ResultSet([])
+    rs.add(add.delay(1, 1))
+    rs.add(add.delay(2, 2))
+    assert rs.get(timeout=30) == [2, 4]
+    rs.add(add.delay(3, 3))
+    assert rs.join(timeout=30) == [2, 4, 6]
+    seen = []
+    assert rs.join(timeout=30, callback=lambda task_id, value: seen.append((task_id, value))) is None
+    assert seen == [(r.id, v) for r, v in zip(rs.results, [2, 4, 6])]
+    # The timeout is the whole call's budget: spent, a result still to come raises
+    never = AsyncResult(str(uuid.uuid4()), app=app)
+    with pytest.raises(fastq.exceptions.TimeoutError):
+        ResultSet([rs.results[0], never]).join(timeout=0.2, callback=lambda i, v: time.sleep(0.3))

@@ -263,7 +263,19 @@ class ResultSet:
 
     def __init__(self, results: Iterable[_ResultBase], app=None) -> None:
         self.results = list(results)
-        self.app = app or next((r.app for r in self.results if isinstance(r, AsyncResult)), None)
+        self._app = app
+
+    @property
+    def app(self):
+        """The given app, else that of the first result (one added later counts:
+        ``ResultSet([])`` then ``add()``, as Celery users build them)."""
+        if self._app is None:
+            self._app = next((r.app for r in self.results if isinstance(r, AsyncResult) and r.app is not None), None)
+        return self._app
+
+    @app.setter
+    def app(self, value) -> None:
+        self._app = value
 
     def __len__(self) -> int:
         return len(self.results)
@@ -314,13 +326,26 @@ class ResultSet:
         self._refresh()
         return sum(1 for r in self.results if r.successful())
 
-    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> list:
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True,
+            callback=None, **_celery: Any) -> list | None:
         """All values in order. Walks the results in chunks of 1000: one pipelined
         read per chunk, then a blocking wait on the first missing result and
         another read of that chunk's missing ones, so each result is read about
-        once however slowly they arrive."""
+        once however slowly they arrive.
+
+        ``callback(task_id, value)``, as in Celery: called for each result in order
+        as it is ready, and nothing is returned; ``timeout`` is the budget of the
+        whole call. Celery's polling arguments (``interval``, ``no_ack``...) are
+        accepted and not needed."""
         _check_sync_subtask(disable_sync_subtasks)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if callback is not None:
+            for r in self.results:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0 and not r.ready():
+                    raise FastQTimeout(f"results not ready after {timeout} s")
+                callback(r.id, r.get(timeout=left, propagate=propagate, disable_sync_subtasks=False))
+            return None
         pending = [r for r in self.results if isinstance(r, AsyncResult) and r._cache is None]
         backend = self.app.backend if pending else None
         for i in range(0, len(pending), 1000):
