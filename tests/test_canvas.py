@@ -332,6 +332,15 @@ def test_a_header_task_adds_tasks_to_its_chord(capp, cworker):
         grow.delay([1], 1, "alone").get(timeout=30)
 
 
+def test_a_callback_linked_to_a_group_runs_once(capp, cworker, ledger):
+    """Celery's group.link: linked (immutable) to the first task, so it runs once."""
+    cworker()
+    g = group(capp.identity.si(42), capp.identity.si(1337))
+    g.link(capp.record.si(0, "group-link", "runs"))
+    assert g.delay().get(timeout=30) == [42, 1337]
+    wait_for(lambda: ledger.hget("group-link", "runs") == b"1", 30, message="the callback")
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

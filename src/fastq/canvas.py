@@ -314,6 +314,17 @@ class group(_Workflow):  # noqa: N801 - Celery's name
             raise TypeError(f"cannot chain {self!r} with {type(other).__name__}: expected a signature (task.s(...))")
         return chord(self, other, app=self.app)
 
+    def link(self, callback: Any) -> Any:
+        """As Celery's ``group.link``: the callback, immutable, is linked to the
+        group's first task, so it runs once, without the group's results (for a
+        callback with the results, make a chord: ``group | callback``)."""
+        callback = maybe_signature(callback, self.app, "link")
+        if not self.tasks:
+            raise ValueError("cannot link a callback to an empty group")
+        once = callback.clone()
+        once.set_immutable(True)
+        return self.tasks[0].link(once)
+
     def __len__(self) -> int:
         return len(self.tasks)
 
