@@ -157,6 +157,11 @@ def test_chain_passes_results_through_three_steps(capp, cworker):
     res = (add.s(1, 1) | capp.noop.si() | capp.who_parent.si()).delay()
     info = res.get(timeout=30)
     assert info["parent_id"] == res.parent.id and info["root_id"] == res.parent.parent.id
+    # ... and a task sent from outside any task is its own root (Celery's request.root_id)
+    first = capp.who_parent.delay().get(timeout=30)
+    assert first["root_id"] == first["id"] and first["parent_id"] is None
+    eager = capp.who_parent.apply().get()
+    assert eager["root_id"] == eager["id"]
 
 
 def test_a_failed_step_stops_the_chain_and_fails_its_result(capp, cworker, ledger):

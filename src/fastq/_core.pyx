@@ -546,7 +546,9 @@ cdef class Request:
 
     @property
     def root_id(self):
-        return self.message.root_id
+        # A task sent from outside any task is its own root (as in Celery); the
+        # message leaves it out rather than carry its id twice.
+        return self.message.root_id or self.message.id
 
     @property
     def options(self):

@@ -345,7 +345,9 @@ class Request:
     expires = property(lambda self: self.message.expires)
     priority = property(lambda self: self.message.priority)
     parent_id = property(lambda self: self.message.parent_id)
-    root_id = property(lambda self: self.message.root_id)
+    # A task sent from outside any task is its own root (as in Celery); the
+    # message leaves it out rather than carry its id twice.
+    root_id = property(lambda self: self.message.root_id or self.message.id)
     options = property(lambda self: self.message.options)
     headers = property(lambda self: self.message.headers)
     called_directly = property(lambda self: self.delivery is None)
