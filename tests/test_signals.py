@@ -23,6 +23,7 @@ def test_task_signals_in_a_process_pool(redis_url, worker, ledger):
     # Then each signal fired with the task and its outcome
     assert "worker_ready" in seen and "worker_process_init" in seen
     assert f"prerun:signals.ok:{ok.id}" in seen
+    assert seen.index(f"received:signals.ok:{ok.id}") < seen.index(f"prerun:signals.ok:{ok.id}")
     assert "success:signals.ok:42" in seen
     assert "postrun:signals.ok:SUCCESS" in seen
     assert "failure:signals.bad:RuntimeError" in seen

@@ -59,6 +59,9 @@ class Signal:
 #: ``Message.headers`` dict, which receivers may add to (e.g. a trace context),
 #: ``routing_key`` the queue, ``priority`` and ``eta`` (epoch seconds or None).
 before_task_publish = Signal("before_task_publish")
+#: Sent in the worker when a task message is taken to run (Celery's): ``request``
+#: is its Request (``id``, ``task``, ``args``...), before expiry, revoke and rate checks.
+task_received = Signal("task_received")
 task_prerun = Signal("task_prerun")
 task_postrun = Signal("task_postrun")
 task_success = Signal("task_success")

@@ -9,6 +9,7 @@ from fastq.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_received,
     task_retry,
     task_success,
     worker_process_init,
@@ -36,6 +37,11 @@ def again(self):
     if self.request.retries == 0:
         raise self.retry(countdown=0.1)
     return "second try"
+
+
+@task_received.connect
+def _received(sender=None, request=None, **kw):
+    ledger().rpush("sig", f"received:{request.task}:{request.id}")
 
 
 @task_prerun.connect

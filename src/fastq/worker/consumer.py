@@ -93,7 +93,8 @@ class Consumer:
         self.executor.limiter = self.limiter
         self.runner.slow_streams = {k for qk in self.queues if qk.name in self.limiter.limited_queues
                                     for k in qk.fetch_order}
-        if any((signals.task_prerun, signals.task_postrun, signals.task_success, signals.task_failure)):
+        if any((signals.task_received, signals.task_prerun, signals.task_postrun, signals.task_success,
+                signals.task_failure)):
             # Receivers are connected (an integration): every task takes the path that sends signals.
             self.runner.slow_streams = set(queue_of)
         self.runner.slot = slot

@@ -235,6 +235,9 @@ class Executor:
         soft limit, hard limit, args, kwargs - converted for a typed task), or None when the message was dealt with instead
         (expired, revoked, deferred). The asyncio pool calls this and ``end_run``
         around its own call of the task."""
+        if signals.task_received:
+            signals.task_received.send(sender=self, request=Request(msg, self.hostname, d, self.queue_of[d.stream],
+                                                                    task))
         bad = options_error(msg.options)
         if bad is not None:  # checked at the call too; this message may come from elsewhere
             self.bad_options(d, msg, out, bad)
