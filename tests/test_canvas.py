@@ -346,6 +346,18 @@ def test_a_callback_linked_to_a_group_runs_once(capp, cworker, ledger):
     wait_for(lambda: ledger.hget("group-link", "runs") == b"1", 30, message="the callback")
 
 
+def test_signatures_travel_as_arguments_and_results(capp, cworker):
+    """Celery allows a signature as a task's argument or return value: it travels
+    as its dict form, and signature() rebuilds the same kind of canvas."""
+    cworker()
+    assert chain(capp.make_sig.s("chord"), capp.rebuild.s()).apply_async().get(timeout=60) == ["chord", 2]
+    assert chain(capp.make_sig.s("chain"), capp.rebuild.s()).apply_async().get(timeout=60) == ["chain", 4]
+    assert capp.rebuild.delay(capp.add.s(2, 3)).get(timeout=60) == ["Signature", 5]
+    assert capp.rebuild.delay(group([capp.add.s(1, 1), capp.add.s(2, 2)])).get(timeout=60) == ["group", [2, 4]]
+    stored = capp.make_sig.delay("task").get(timeout=30)
+    assert signature(stored, app=capp.app) == capp.add.s(1, 2)
+
+
 def test_group_result_api(capp, cworker):
     cworker()
     add = capp.add

@@ -71,6 +71,17 @@ def check_serializer(name: str | None, where: str) -> None:
                          f"(pickle is never supported)")
 
 
+def encode_hook(obj: Any) -> Any:
+    """What msgspec cannot encode by itself, made data: a signature (a task's
+    argument or return value, as Celery allows) becomes its dict form, which
+    ``Signature.from_dict`` / ``fastq.signature()`` rebuild. Anything else stays
+    refused (msgspec's TypeError names its type)."""
+    as_dict = getattr(obj, "as_dict", None)
+    if as_dict is not None and hasattr(obj, "subtask_type"):  # a fastq Signature (canvas is above this layer)
+        return as_dict()
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
+
+
 class Serializer:
     """Encodes and decodes messages and results in one format."""
 
@@ -82,7 +93,7 @@ class Serializer:
         self.name = name
         self.field = SERIALIZER_FIELDS[name]
         mod = msgspec.msgpack if name == "msgpack" else msgspec.json
-        self.encode = mod.Encoder().encode
+        self.encode = mod.Encoder(enc_hook=encode_hook).encode
         self.decode_message = mod.Decoder(Message).decode
         self.decode_result = mod.Decoder(ResultMeta).decode
         self.error = (msgspec.EncodeError, TypeError, OverflowError, ValueError)
@@ -99,7 +110,7 @@ def message_decoder_for(field: bytes):
     return _msgpack_decoders.get(field)
 
 
-_result_encoder = msgspec.msgpack.Encoder()
+_result_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _result_decoder = msgspec.msgpack.Decoder(ResultMeta)
 
 

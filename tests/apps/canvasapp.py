@@ -9,7 +9,7 @@ import time
 
 from tests.apps.ledger import ledger
 
-from fastq import FastQ, chord, group
+from fastq import FastQ, chord, group, signature
 from fastq.exceptions import Ignore
 
 app = FastQ("canvas")
@@ -134,3 +134,18 @@ def grow_chord(self, nums, val, kind):
     else:
         self.add_to_chord(add.s(1, 1))  # not in a chord: ValueError
     return 0
+
+
+@app.task(name="canvas.make_sig")
+def make_sig(kind):
+    """Returns a signature (Celery allows it): it is stored as its dict form."""
+    return {"task": add.s(1, 2), "chain": add.s(1, 1) | mul.s(2), "group": group([add.s(1, 1)]),
+            "chord": chord([add.s(1, 1)], tsum.s())}[kind]
+
+
+@app.task(name="canvas.rebuild")
+def rebuild(sig_dict):
+    """Rebuilds a signature from its dict form and sends it; its type name and value."""
+    sig = signature(sig_dict, app=app)
+    value = sig.apply_async().get(timeout=20, disable_sync_subtasks=False)
+    return [type(sig).__name__, value]

@@ -20,13 +20,13 @@ import msgspec
 from .. import states
 from .._speedups import Request
 from ..exceptions import ChordError
-from ..messages import ResultMeta
+from ..messages import ResultMeta, encode_hook
 from ..typed import call_signature
 from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, freeze, launch, node_of, task_ids
 
 log = logging.getLogger("fastq.worker")
 
-_pack = msgspec.msgpack.Encoder().encode
+_pack = msgspec.msgpack.Encoder(enc_hook=encode_hook).encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
