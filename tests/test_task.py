@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from tests.apps import extra
 
+import fastq.exceptions
 from conftest import wait_for
 from fastq import AsyncResult, EagerResult, FastQ, ResultSet, Task, states
 from fastq.exceptions import ImproperlyConfigured
@@ -555,3 +556,29 @@ def test_celerys_handler_methods_of_a_base_class_are_called(app, worker, ledger)
         b"before_start True", b"on_success retry", b"after_return SUCCESS"]
     # Plain tasks keep the fast path; a task with handlers takes the full one
     assert app.tasks["tests.add"]._fast and not handled._fast
+
+
+def test_class_based_tasks_registered_with_register_task(app, worker, ledger):
+    """Celery's class-based tasks: options as class attributes, run(self, ...)."""
+    from fastq import Task
+
+    t = extra.auto_retry_class_task
+    assert (t.name, t.max_retries, t.default_retry_delay, t.bind) == ("extra.auto_retry_class_task", 1, 0.05, True)
+    worker("-A", EXTRA, "-P", "solo")
+    # Sent, it runs in the worker, retried once by autoretry_for
+    assert t.delay("class-runs").get(timeout=30) == 1
+    assert ledger.get("class-runs") == b"2"
+
+    class NotYet(Task):
+        def run(self, x):
+            return x
+
+    # Unregistered, it says how to register; a class without run() is refused
+    with pytest.raises(fastq.exceptions.NotRegistered, match="register_task"):
+        NotYet().delay(1)
+
+    class NoRun(Task):
+        pass
+
+    with pytest.raises(TypeError, match="defines run"):
+        app.register_task(NoRun)

@@ -444,8 +444,13 @@ def test_wrong_arguments_fail_with_type_error(app, worker, pool):
     # Given a worker
     w = worker(*pool)
     add = app.tasks["tests.add"]
-    # When a task gets too few, too many or unknown arguments
-    bad = [add.delay(1), add.delay(1, 2, 3), add.apply_async(kwargs={"x": 1, "z": 2})]
+    # When a task gets too few, too many or unknown arguments (sent by name from a
+    # client that does not have the task: where it is registered, the send is refused)
+    client = FastQ("client", broker=app.conf.broker_url)
+    bad = [client.send_task("tests.add", (1,)), client.send_task("tests.add", (1, 2, 3)),
+           client.send_task("tests.add", kwargs={"x": 1, "z": 2})]
+    with pytest.raises(TypeError, match="missing a required argument"):
+        add.delay(1)
     # Then each fails with TypeError
     for res in bad:
         with pytest.raises(TypeError):

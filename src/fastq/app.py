@@ -142,6 +142,21 @@ class FastQ:
     @overload
     def task(self, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
+    def register_task(self, task: Any) -> Any:
+        """Register a class-based task (Celery's ``app.register_task(MyTask())``): a
+        ``fastq.Task`` subclass that defines ``run(self, ...)`` and its options as
+        class attributes. The worker must register it too (import the module that
+        does). Returns the registered task."""
+        if isinstance(task, type):
+            task = task()
+        if not isinstance(task, Task):
+            raise TypeError(f"register_task() takes a fastq.Task subclass or instance, not {type(task).__name__}")
+        if task.app is not self:
+            task.__init__(self)
+        self.tasks[task.name] = task
+        (self._special_tasks.add if task._special else self._special_tasks.discard)(task.name)
+        return task
+
     def _redeclare_tasks(self) -> None:
         for task in list(self.tasks.values()):
             task._redeclare()

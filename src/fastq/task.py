@@ -18,7 +18,7 @@ from .builtin_tasks import register_builtins
 from .canvas import Signature, chain, chunks, group
 from .eager import run_eagerly
 from .events import publish_progress
-from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, Replaced, Retry, ValidationError
+from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, NotRegistered, Replaced, Retry, ValidationError
 from .messages import ResultMeta, check_serializer
 from .options import TASK_OPTIONS, Countdown, due_time, parse_rate
 from .typed import PydanticCall, TypedCall, arguments_checker, call_signature
@@ -58,7 +58,12 @@ class Task(Generic[P, R]):
     Generic in the function's parameters and return type: ``add.delay(1, 2)`` is
     checked by mypy against ``add``'s signature and gives an ``AsyncResult[int]``."""
 
-    def __init__(self, app, fn: Callable[..., Any], **options: Any) -> None:
+    def __init__(self, app=None, fn: Callable[..., Any] | None = None, **options: Any) -> None:
+        if fn is None:  # a class-based task: class Send(app.Task): name = ...; def run(self, ...)
+            fn, options = self._class_based(options)
+            if app is None:  # made as Celery users do, Send(): bound by app.register_task()
+                self.app, self.name, self._declared = None, options["name"], None
+                return
         unknown = set(options) - set(TASK_OPTIONS)
         name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
         if unknown:
@@ -134,6 +139,29 @@ class Task(Generic[P, R]):
         self.run = (lambda *a, **kw: fn(self, *a, **kw)) if self.bind else fn
         self._refresh()
 
+    @classmethod
+    def _class_based(cls, options: dict) -> tuple[Callable[..., Any], dict]:
+        """The function and options of a class-based task: its ``run`` method (bound:
+        it gets the task as ``self``), and the options set as class attributes
+        (``name``, ``max_retries``, ``autoretry_for``..., and Celery's
+        ``retry_kwargs`` max_retries / countdown)."""
+        own = [c for c in cls.__mro__ if c is not Task and issubclass(c, Task)]
+        run = next((vars(c)["run"] for c in own if "run" in vars(c)), None)
+        if run is None:
+            raise TypeError(f"{cls.__name__}: a class-based task defines run(self, ...)")
+        found: dict[str, Any] = {}
+        for c in reversed(own):
+            found.update({k: v for k, v in vars(c).items() if k in TASK_OPTIONS})
+            retry_kwargs = vars(c).get("retry_kwargs") or {}
+            if "max_retries" in retry_kwargs:
+                found["max_retries"] = retry_kwargs["max_retries"]
+            if "countdown" in retry_kwargs:
+                found["default_retry_delay"] = retry_kwargs["countdown"]
+        found.update(options)
+        found["bind"] = True
+        found.setdefault("name", f"{cls.__module__}.{cls.__qualname__}")
+        return run, found
+
     def _redeclare(self) -> None:
         """Declare again with the same arguments: a task-default setting changed."""
         app, fn, options = self._declared
@@ -202,6 +230,8 @@ class Task(Generic[P, R]):
         ``priority``, ``task_id``, ``ignore_result``, ``link``, ``link_error``,
         ``unique_key``/``unique_for``, ``debounce_key`` ...)."""
         app = self.app
+        if app is None:
+            raise NotRegistered(f"task {self.name!r} is not registered: app.register_task({type(self).__name__}())")
         if self._check_args is not None:
             self._check_args(args, kwargs)
         if self._special:  # typed: convert the arguments; unique: derive the key

@@ -203,3 +203,20 @@ def handled(self, key, outcome):
     if outcome == "retry" and self.request.retries == 0:
         raise self.retry(exc=KeyError("once"))
     return outcome
+
+
+class AutoRetryClassTask(app.Task):
+    """Celery's class-based task, as its integration tests declare one."""
+
+    name = "extra.auto_retry_class_task"
+    autoretry_for = (ValueError,)
+    retry_kwargs = {"max_retries": 1, "countdown": 0.05}
+
+    def run(self, key):
+        ledger().incr(key)
+        if self.request.retries:
+            return self.request.retries
+        raise ValueError("first try fails")
+
+
+auto_retry_class_task = app.register_task(AutoRetryClassTask())
