@@ -1,0 +1,59 @@
+"""Celery's integration tests that cannot apply to fastq, whatever fastq implements:
+they test Celery internals (kombu pub/sub channel names, backend classes, the
+in-process worker's state, Celery's CLI, the Django fixup, pidbox control
+commands). Skipped as "not applicable: <reason>" and left out of the pass rate.
+
+Keys are pytest node ids in the prepared directory (parameters stripped: a key
+covers every parametrization).
+"""
+
+from __future__ import annotations
+
+_KV = "needs Celery's BaseKeyValueStoreBackend class (isinstance check / monkeypatching its _apply_chord_incr)"
+_CHANNELS = "counts Celery's Redis-backend pub/sub channels (PUBSUB CHANNELS names kombu/Celery subscribe)"
+_WSTATE = ("reads the in-process worker's celery.worker.state (Celery's test worker runs in the test process; "
+           "fastq's is a `fastq worker` subprocess)")
+_STAMPS = ("clears/reads the in-process worker's celery.worker.state revoked stamps (the stamping feature it "
+           "exercises, revoke_by_stamped_headers, fastq lacks too)")
+_SIGNAL_HERE = ("connects task_received in the test process and expects it to fire there: Celery's test worker "
+                "runs in that process, fastq's is a `fastq worker` subprocess (its own signals, tested in tests/test_signals.py)")
+_PICKLE = "catches celery.utils.serialization.UnpickleableExceptionWrapper, the wrapper of Celery's pickle serializer"
+_DJANGO = "Celery's Django fixup internals (celery.fixups.django, celery._state, celery.app.trace)"
+
+NOT_APPLICABLE: dict[str, str] = {
+    # test_canvas.py
+    "t/integration/test_canvas.py::test_result_set::test_join_native_timeout_zero_gives_up_on_pending_results": _KV,
+    "t/integration/test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": _KV,
+    "t/integration/test_canvas.py::test_chord::test_simple_chord_with_a_delay_in_group_save": _KV,
+    "t/integration/test_canvas.py::test_chord::test_redis_subscribed_channels_leak": _CHANNELS,
+    # test_tasks.py
+    "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_each_instance_receives": _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_disconnect_leaves_other_instance_connected":
+        _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_other_instance_receives_after_garbage_collection":
+        _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_tasks::test_fail_with_unpickleable_exception": _PICKLE,
+    "t/integration/test_tasks.py::test_tasks::test_send_task_without_ignore_result_uses_task_ignore_result": _WSTATE,
+    "t/integration/test_tasks.py::test_tasks::test_send_task_without_ignore_result_stores_result": _WSTATE,
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_retry_preserves_ignore_result_false": _WSTATE,
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_retry_preserves_ignore_result_true": _WSTATE,
+    "t/integration/test_tasks.py::test_tasks::test_revoked_by_headers_simple_canvas": _STAMPS,
+    "t/integration/test_tasks.py::test_tasks::test_revoked_by_headers_complex_canvas": _STAMPS,
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_ignoring_result_no_subscriptions": _CHANNELS,
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_asyncresult_forget_cancels_subscription":
+        _CHANNELS,
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_asyncresult_get_cancels_subscription":
+        _CHANNELS,
+    # test_inspect.py
+    "t/integration/test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": _STAMPS,
+    # test_worker.py
+    "t/integration/test_worker.py::test_run_worker":
+        "runs Celery's own CLI (`celery --config t.integration.worker_config worker`) in a subprocess",
+    "t/integration/test_worker.py::test_concurrency_auto_sizes_prefork_pool":
+        "runs Celery's own CLI (`python -m celery worker -c auto`) and reads its log line",
+    "t/integration/test_worker.py::test_django_fixup_direct_worker": _DJANGO,
+    "t/integration/test_worker.py::test_django_fixup_installs_django_task_for_celery_subclass": _DJANGO,
+    "t/integration/test_worker.py::test_django_fixup_signals_only_handled_by_own_app": _DJANGO,
+    "t/integration/test_worker.py::test_pidbox_reset_after_repeated_control_errors":
+        "registers a custom kombu pidbox command (celery.worker.control.control_command) and checks pidbox resets",
+}
