@@ -66,6 +66,12 @@ def test_signature_forms_and_options(capp):
     assert again.as_dict() == flow.as_dict()
 
 
+def test_set_takes_immutable_as_celerys_does(capp):
+    sig = capp.add.s(1).set(immutable=True, queue="q")
+    assert sig.immutable and sig.options == {"queue": "q"}
+    assert not sig.set(immutable=False).immutable
+
+
 def test_composing_something_that_is_not_a_signature_raises_type_error(capp):
     add = capp.add
     # When a workflow is built from something that is not a signature, it fails at once
@@ -424,6 +430,59 @@ def test_nested_workflows(capp, cworker):
     # ... and in a chord's header, a chain ending in a group gives its list as one result
     header = [add.si(2, 0), chain(add.si(2, 0), group(add.si(3, 0), add.si(4, 0)))]
     assert chord(header, capp.identity.s()).apply_async().get(timeout=30) == [2, [3, 4]]
+
+
+def test_empty_chains_and_groups_are_steps_that_do_nothing(capp, cworker):
+    cworker()
+    add, tsum = capp.add, capp.tsum
+    # Given empty chains and groups inside workflows, they are skipped, as in Celery
+    assert chain(group(add.s(2, 2), add.s(4, 4)), group(), group()).apply_async().get(timeout=30) == [4, 8]
+    assert chain(group(add.s(2, 2), add.s(4, 4)), group(), chain(), tsum.s()).apply_async().get(timeout=30) == 12
+    # ... the arguments go past leading empty steps to the first real task
+    assert chain(group(), add.s(10)).apply_async((5,)).get(timeout=30) == 15
+    assert chain(chain(group(), add.s(10)), add.s(20)).apply_async((5,)).get(timeout=30) == 35
+    # ... in a group or a chord's header, only the real tasks count
+    res = group(chain(), add.s(1, 2), chain(), add.s(3, 4)).apply_async()
+    assert len(res.results) == 2 and res.get(timeout=30) == [3, 7]
+    assert chord([chain()], tsum.s()).apply_async().get(timeout=30) == 0
+    assert chord([chain(), add.s(1, 1), group(), add.s(2, 2)], tsum.s()).apply_async().get(timeout=30) == 6
+    # A chain with nothing to run is still an error at the call
+    with pytest.raises(ValueError, match="empty chain"):
+        chain(group(), chain()).apply_async()
+
+
+def test_results_give_their_ancestry_as_tuples_and_equal_their_ids(capp, cworker):
+    cworker()
+    add, tsum = capp.add, capp.tsum
+    # Given a chain of a task, two groups (a chord) and two tasks
+    res = chain(add.si(1, 0), group(add.s(1), add.s(2)), group(tsum.s(), tsum.s()), tsum.s(), add.s(1)).apply_async()
+    ids: list = []
+
+    def walk(tup):
+        if tup is not None:
+            (node_id, parent), members = tup
+            ids.append(node_id)
+            for m in members or ():
+                walk(m)
+            walk(parent)
+
+    # Then as_tuple() (Celery's shape) names every task and group result once
+    walk(res.as_tuple())
+    assert len(ids) == len(set(ids)) == 9, ids
+    assert res.get(timeout=30) == 11
+    # ... and a result equals its id, so an id can be looked up in a group's results
+    header = res.parent.parent
+    assert header.results[1].id in header.results and "nope" not in header.results
+
+
+def test_replacements_count_their_nesting_and_requests_show_celerys_fields(capp, cworker):
+    cworker()
+    # Given a task that replaces itself twice (each replacement sent with app_id="relay")
+    seen = capp.nesting.apply_async((2,), app_id="first").get(timeout=30)
+    # Then each run saw its nesting level, that it ran in a worker, and its message's app_id
+    assert seen == [[0, False, "first"], [1, False, "relay"], [2, False, "relay"]]
+    # ... and run eagerly, the request says so
+    assert capp.nesting.apply((0,)).get() == [[0, True, None]]
 
 
 def test_chord_with_a_failed_header_task(capp, cworker, ledger):

@@ -446,3 +446,19 @@ def test_the_twins_parse_the_same_deliveries(both):
         a = [_fields(d) for d in mod_a.parse_xread_reply(xread_reply, {b"k2": "k2"})]
         b = [_fields(d) for d in mod_b.parse_xread_reply(xread_reply, {b"k2": "k2"})]
         assert a == b
+
+
+def test_request_shows_celerys_fields_from_the_message(core):
+    from fastq.messages import Message
+
+    # Given a message sent with app_id and reply_to, replaced twice, and one with malformed headers
+    msg = Message("id-1", "t", priority=3, options={"reply_to": "box"},
+                  headers={"app_id": "web", "replaced_task_nesting": 2})
+    req = core.Request(msg, "host", delivery=None)
+    # Then the request reads them as Celery's does
+    assert (req.replaced_task_nesting, req.reply_to, req.is_eager) == (2, "box", False)
+    assert req.properties == {"correlation_id": "id-1", "reply_to": "box", "priority": 3, "delivery_mode": 2,
+                              "app_id": "web"}
+    assert core.Request(msg, "eager").is_eager
+    bad = core.Request(Message("id-2", "t", headers={"replaced_task_nesting": "x"}), "host")
+    assert (bad.replaced_task_nesting, bad.reply_to, bad.properties["app_id"]) == (0, None, None)

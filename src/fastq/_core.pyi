@@ -77,6 +77,10 @@ class Request:
     delivery_info: dict
     time_limit: float | None
     soft_time_limit: float | None
+    is_eager: bool
+    reply_to: str | None
+    replaced_task_nesting: int
+    properties: dict
     def __init__(
         self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None,
         task_obj: Any = None,

@@ -376,6 +376,30 @@ class Request:
         limit = opts.get("soft_time_limit") if opts else None
         return limit if limit is not None else getattr(self._task_obj, "soft_time_limit", None)
 
+    @property
+    def is_eager(self) -> bool:
+        """True while the task runs eagerly (``apply()``, ``task_always_eager``), which names its host "eager"."""
+        return self.delivery is None and self.hostname == "eager"
+
+    @property
+    def reply_to(self):
+        opts = self.message.options
+        return opts.get("reply_to") if opts else None
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        """How many ``Task.replace`` calls led to this task (0: none), as in Celery."""
+        headers = self.message.headers
+        n = headers.get("replaced_task_nesting") if headers else None
+        return n if n.__class__ is int else 0
+
+    @property
+    def properties(self) -> dict:
+        """Celery's message properties: the id as correlation_id, reply_to, priority, app_id."""
+        headers = self.message.headers
+        return {"correlation_id": self.message.id, "reply_to": self.reply_to, "priority": self.message.priority,
+                "delivery_mode": 2, "app_id": headers.get("app_id") if headers else None}
+
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}]>"
 

@@ -89,8 +89,11 @@ class Signature:
             s.kwargs.update(kwargs)
         return s
 
-    def set(self, **options: Any) -> Signature:
-        """Set options in place (``sig.set(queue="q", countdown=5)``); returns self."""
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+        """Set options in place (``sig.set(queue="q", countdown=5)``); returns self.
+        ``immutable=True`` makes it ignore the previous step's result, as Celery's."""
+        if immutable is not None:
+            self.set_immutable(immutable)
         self.options.update(options)
         return self
 

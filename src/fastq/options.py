@@ -108,6 +108,10 @@ TASK_OPTIONS: dict[str, Any] = {
 SEND_OPTIONS = ("task_id", "eta", "countdown", "expires", "priority", "queue", "parent_id", "root_id", "retries",
                  "headers", "serializer", "tenant_key", "group_key")
 
+#: apply_async options Celery users pass for monitoring (argsrepr/kwargsrepr: how to show
+#: the arguments; app_id: the sending app), carried in the message's headers.
+REPR_OPTIONS = ("argsrepr", "kwargsrepr", "app_id")
+
 #: apply_async options the worker acts on; carried in ``Message.options``.
 WORKER_OPTIONS = (
     "ignore_result", "link", "link_error", "time_limit", "soft_time_limit",

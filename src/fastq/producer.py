@@ -27,7 +27,7 @@ from .eager import run_eagerly_async
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .fairness import with_tenant
 from .messages import Message, Serializer, check_serializer, now
-from .options import SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, unknown_options
+from .options import REPR_OPTIONS, SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, unknown_options
 from .result import AsyncResult
 from .signals import before_task_publish
 from .unique import (
@@ -351,11 +351,6 @@ class Producer:
 
 def _text(reply) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
-
-
-#: apply_async options Celery users pass for monitoring (argsrepr/kwargsrepr: how to show
-#: the arguments; app_id: the sending app), carried in the message's headers.
-REPR_OPTIONS = ("argsrepr", "kwargsrepr", "app_id")
 
 
 def _message_options(options: dict) -> dict | None:

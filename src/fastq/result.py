@@ -132,7 +132,12 @@ class _ResultBase:
         return exc
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ResultBase) and other.id == self.id
+        # A result equals its own id too, as in Celery (``task_id in group_result.results``).
+        if isinstance(other, _ResultBase):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -164,6 +169,11 @@ class AsyncResult(_ResultBase, Generic[R]):
     @property
     def backend(self):
         return self._backend or self.app.backend
+
+    def as_tuple(self) -> tuple:
+        """``((id, parent's as_tuple or None), None)``: the result's ancestry, in Celery's shape."""
+        parent = self.parent
+        return (self.id, parent.as_tuple() if parent is not None else None), None
 
     @property
     def children(self) -> list:
@@ -400,6 +410,11 @@ class GroupResult(ResultSet):
     @property
     def children(self) -> list:
         return self.results
+
+    def as_tuple(self) -> tuple:
+        """``((id, parent's as_tuple or None), [each member's as_tuple])``, in Celery's shape."""
+        parent = self.parent
+        return (self.id, parent.as_tuple() if parent is not None else None), [r.as_tuple() for r in self.results]
 
     def _leaves(self) -> list:
         out = []

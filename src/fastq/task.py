@@ -42,6 +42,10 @@ class _EmptyRequest:
     priority = 0
     called_directly = True
     delivery = None
+    is_eager = False
+    reply_to = None
+    replaced_task_nesting = 0
+    properties: dict = {}
 
 
 _EMPTY_REQUEST = _EmptyRequest()

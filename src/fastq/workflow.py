@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 
 from ._speedups import new_task_id
-from .options import SEND_OPTIONS, WORKER_OPTIONS, unknown_options
+from .options import REPR_OPTIONS, SEND_OPTIONS, WORKER_OPTIONS, unknown_options
 from .result import AsyncResult, GroupResult
 
 log = logging.getLogger("fastq.worker")
@@ -126,7 +126,7 @@ _known_options: frozenset | None = None
 def _check_options(opts: dict) -> None:
     global _known_options
     if _known_options is None:
-        _known_options = frozenset((*SEND_OPTIONS, *WORKER_OPTIONS))
+        _known_options = frozenset((*SEND_OPTIONS, *WORKER_OPTIONS, *REPR_OPTIONS))
     unknown = [k for k in opts if k not in _known_options]
     if unknown:
         raise unknown_options(unknown)
@@ -159,6 +159,8 @@ def _normalize_chain(tasks: list) -> list:
     flat: list = []
     for t in tasks:
         t = node_of(t, "chain")
+        if _is_empty(t):
+            continue
         if t.get("subtask_type") == CHAIN:
             flat.extend(_normalize_chain(_spread(t)))
         else:
@@ -178,6 +180,12 @@ def _normalize_chain(tasks: list) -> list:
             body = {"subtask_type": CHAIN, "tasks": [t["body"], *rest], "options": {}}
             return [*flat[:i], {**t, "body": body}]
     return flat
+
+
+def _is_empty(node: dict) -> bool:
+    """An empty chain or group, or one made only of those: a step that does
+    nothing, which Celery skips (its arguments go on to the next real step)."""
+    return node.get("subtask_type") in (CHAIN, GROUP) and all(_is_empty(node_of(t, "canvas")) for t in node["tasks"])
 
 
 def _spread(chain_node: dict) -> list:
@@ -215,6 +223,8 @@ def _unroll_groups(tasks: list) -> list:
     out: list = []
     for t in tasks:
         t = node_of(t, "group")
+        if _is_empty(t):
+            continue
         if t.get("subtask_type") != GROUP:
             out.append(t)
             continue
@@ -228,6 +238,8 @@ def _flatten_header(tasks: list) -> list:
     out: list = []
     for t in tasks:
         t = node_of(t, "chord header")
+        if _is_empty(t):
+            continue
         if t.get("subtask_type") == GROUP:
             out.extend(_flatten_header(t["tasks"]))
         else:
@@ -312,18 +324,24 @@ def result_of(app, node: dict, parent=None):
     return walk(node, parent)
 
 
-def task_ids(node: dict) -> Iterator[tuple[str, str]]:
-    """(task id, task name) of every task in a frozen tree."""
+def task_nodes(node: dict) -> Iterator[dict]:
+    """Every task's node in a frozen tree."""
     kind = node.get("subtask_type")
     if kind is None:
-        yield node["options"]["task_id"], node["task"]
+        yield node
     elif kind == CHORD:
         for t in node["header"]:
-            yield from task_ids(t)
-        yield from task_ids(node["body"])
+            yield from task_nodes(t)
+        yield from task_nodes(node["body"])
     else:
         for t in node["tasks"]:
-            yield from task_ids(t)
+            yield from task_nodes(t)
+
+
+def task_ids(node: dict) -> Iterator[tuple[str, str]]:
+    """(task id, task name) of every task in a frozen tree."""
+    for t in task_nodes(node):
+        yield t["options"]["task_id"], t["task"]
 
 
 # --- sending ---------------------------------------------------------------------------------

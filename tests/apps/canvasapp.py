@@ -149,3 +149,13 @@ def rebuild(sig_dict):
     sig = signature(sig_dict, app=app)
     value = sig.apply_async().get(timeout=20, disable_sync_subtasks=False)
     return [type(sig).__name__, value]
+
+
+@app.task(name="canvas.nesting", bind=True)
+def nesting(self, replacements, seen=None):
+    """Replaces itself ``replacements`` times; the list of each run's request fields."""
+    seen = [*(seen or ()), [self.request.replaced_task_nesting, self.request.is_eager,
+                            self.request.properties["app_id"]]]
+    if replacements:
+        return self.replace(nesting.s(replacements - 1, seen).set(app_id="relay"))
+    return seen

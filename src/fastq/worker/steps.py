@@ -22,7 +22,7 @@ from .._speedups import Request
 from ..exceptions import ChordError
 from ..messages import ResultMeta, encode_hook
 from ..typed import call_signature
-from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, freeze, launch, node_of, task_ids
+from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, freeze, launch, node_of, task_ids, task_nodes
 
 log = logging.getLogger("fastq.worker")
 
@@ -245,6 +245,10 @@ def replacement(app, msg, sig) -> list[bytes]:
     tree["options"] = {**tree.get("options", {}), **own}
     member = (opts["chord"], opts.get("group_index")) if opts.get("chord") is not None else None
     frozen = freeze(tree, None, member)
+    # Celery's request.replaced_task_nesting: each replacement's tasks count one more.
+    level = Request(msg, None).replaced_task_nesting + 1
+    for node in task_nodes(frozen):
+        node["options"]["headers"] = {**(node["options"].get("headers") or {}), "replaced_task_nesting": level}
     rest = list(opts.get("chain") or ())
     if rest:
         _then(frozen, rest)
