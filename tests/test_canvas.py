@@ -639,3 +639,17 @@ def test_worker_killed_after_completing_a_chord_but_before_sending_the_body(capp
     assert res.get(timeout=90) == sum(range(6))
     assert ledger.hget("window-body", "body") == b"1"
     assert r.hget(meta, "sent") == b"1"
+
+
+def test_celerys_shortcuts_tasks_as_signatures_single_group_and_immutable_maps(capp, cworker):
+    cworker()
+    add, tsum = capp.add, capp.tsum
+    # Given tasks themselves in a chord's header: each is its signature without arguments
+    res = chord([add.s(0, 1)], chord([tsum, tsum], chain(tsum.s(), group(add.s(8), add.s(16)), tsum.s()))).apply_async()
+    assert res.get(timeout=30) == 2 + 8 + 2 + 16
+    # A group of one chain ending in a group gives the inner group's result (Celery's special case)
+    assert group(add.s(1, 2) | group(add.s(1), add.s(2))).apply_async().get(timeout=30) == [4, 5]
+    # map/starmap ignore the previous step's result in a chain, as Celery's
+    assert chain(add.si(1, 1), add.starmap([(1, 1), (2, 2)])).apply_async().get(timeout=30) == [2, 4]
+    # A task replaced by an empty group gives an empty list
+    assert capp.replace_with.delay(0, "empty group").get(timeout=30) == []

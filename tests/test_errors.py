@@ -195,6 +195,7 @@ def test_every_subcommand_with_malformed_settings(redis_url, bad_apps, spec, exp
     ({"worker_prefetch": 0}, "setting worker_prefetch must be a whole number >= 1, not int 0"),
     ({"task_always_eager": "yes"}, "setting task_always_eager must be True or False, not str 'yes'"),
     ({"worker_lease_timeout": -1}, "setting worker_lease_timeout must be a number > 0"),
+    ({"task_protocol": 1}, "setting task_protocol must be 2 (fastq has no protocol 1), not int 1"),
 ])
 def test_settings_in_code_are_errors_at_call_time(settings, message):
     # the constructor, conf.update() and attribute assignment all check

@@ -582,3 +582,38 @@ def test_class_based_tasks_registered_with_register_task(app, worker, ledger):
 
     with pytest.raises(TypeError, match="defines run"):
         app.register_task(NoRun)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_retry_with_new_arguments_merges_them_as_celery_does(app, worker, eager):
+    app = extra.app
+    app.conf.task_always_eager = eager
+    if not eager:
+        worker("-P", "solo", app=EXTRA)
+    try:
+        # Given a task called with keywords that retries with new positional arguments
+        got = extra.retry_with.apply_async(kwargs={"foo": 1, "bar": 2, "label": "kept"}).get(timeout=30)
+        # Then the next try has the new ones and keeps the keyword they do not fill
+        assert got == [2, 3, "kept", 1, eager]
+        # ... and called positionally, retrying with a keyword replaces that argument only
+        assert extra.retry_with.apply_async((1, 2), {"how": "kwargs"}).get(timeout=30) == [2, 2, None, 1, eager]
+    finally:
+        app.conf.task_always_eager = False
+    # Arguments of the wrong kind are refused in the task, naming the option
+    with pytest.raises(TypeError, match=r"retry\(args=...\) takes a list"):
+        extra.retry_with._retry_arguments(fastq.task._EMPTY_REQUEST, "ab", None)
+
+
+def test_reject_with_requeue_sends_the_message_back_then_dead_letters_a_loop(app, worker, r):
+    app = extra.app
+    w = worker("-P", "thread", "-c", "2", "--max-deliveries", "3", app=EXTRA)
+    # Given a task that rejects with requeue on its first delivery
+    # Then its message comes back, marked redelivered, and the second run succeeds
+    assert extra.reject_once.delay().get(timeout=30) == "second pass"
+    # ... and one that always rejects is dead-lettered after worker_max_deliveries requeues
+    res = extra.reject_once.delay(always=True)
+    with pytest.raises(fastq.exceptions.Reject):
+        res.get(timeout=30)
+    wait_for(lambda: any(e.get("reason") == "rejected" and res.id.encode() in e["payload"]
+                         for e in app.broker.dlq_list("default")), 30, message="the dead letter")
+    assert w.log().count(f"{res.id}] rejected and requeued") == 3

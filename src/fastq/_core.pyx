@@ -493,6 +493,12 @@ cdef class Output:
         return o
 
 
+cdef inline bint _requeued(message):
+    # A message put back by Reject(requeue=True) (execute.py marks it).
+    headers = message.headers
+    return bool(headers and headers.get("requeued"))
+
+
 cdef class Request:
     """The running task's context: ``self.request`` in a bound task.
 
@@ -570,7 +576,7 @@ cdef class Request:
     def delivery_info(self):
         """Celery's shape: where the message came from (``priority`` 0-9, higher first)."""
         return {"exchange": "", "routing_key": self.queue, "priority": self.message.priority,
-                "redelivered": self.delivery is not None and (<Delivery>self.delivery).dc > 0}
+                "redelivered": self.delivery is not None and ((<Delivery>self.delivery).dc > 0 or _requeued(self.message))}
 
     @property
     def time_limit(self):

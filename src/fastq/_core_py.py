@@ -320,6 +320,12 @@ class Output:
         return o
 
 
+def _requeued(message) -> bool:
+    """A message put back by ``Reject(requeue=True)`` (execute.py marks it)."""
+    headers = message.headers
+    return bool(headers and headers.get("requeued"))
+
+
 class Request:
     """The running task's context: ``self.request`` in a bound task.
 
@@ -360,7 +366,7 @@ class Request:
     def delivery_info(self) -> dict:
         """Celery's shape: where the message came from (``priority`` 0-9, higher first)."""
         return {"exchange": "", "routing_key": self.queue, "priority": self.message.priority,
-                "redelivered": self.delivery is not None and self.delivery.dc > 0}
+                "redelivered": self.delivery is not None and (self.delivery.dc > 0 or _requeued(self.message))}
 
     @property
     def time_limit(self):

@@ -31,6 +31,8 @@ def maybe_signature(obj: Any, app=None, where: str = "workflow") -> Signature:
         return obj
     if isinstance(obj, dict) and ("task" in obj or "subtask_type" in obj):
         return Signature.from_dict(obj, app=app)
+    if isinstance(getattr(obj, "name", None), str) and callable(getattr(obj, "s", None)):
+        return obj.s()  # a task itself, as Celery takes it: its signature without arguments
     raise TypeError(f"{where}: expected a signature (task.s(...)), not {type(obj).__name__}: {obj!r:.80}")
 
 
@@ -244,6 +246,9 @@ class _Workflow(Signature):
             tree = workflow.freeze(tree)
         result = workflow.result_of(app, tree)
         workflow.publish(app, workflow.launch(app, tree, tuple(args or ()), dict(kwargs or {})))
+        if isinstance(result, GroupResult) and len(result.results) == 1 and isinstance(result.results[0], GroupResult):
+            # Celery's special case: group(a | group(b, c)) gives the inner group's result
+            return result.results[0]
         return result
 
     def __call__(self, *args: Any, **kwargs: Any):

@@ -86,6 +86,11 @@ class _EagerRun:
     def _retry_or_fail(self, exc: BaseException) -> None:
         if _again(self.task, exc, self.retries):
             self.retries += 1
+            if isinstance(exc, Retry):  # retry(args=..., kwargs=...): the next try's arguments
+                if exc.retry_args is not None:
+                    self.args = exc.retry_args
+                if exc.retry_kwargs is not None:
+                    self.kwargs = exc.retry_kwargs
         else:
             self.result = _failure(self.task, self.task_id, exc, time.perf_counter() - self._t0, self.retries)
 
@@ -97,7 +102,7 @@ def run_eagerly(task, args: list, kwargs: dict, task_id: str | None, options: di
     run = _EagerRun(task, args, kwargs, task_id, options=options)
     while run.result is None:
         with run.attempt():
-            value = task.run(*args, **kwargs)
+            value = task.run(*run.args, **run.kwargs)
             if task.is_async:
                 value = run_coroutine(value, task.soft_time_limit)
             run.succeeded(value)
@@ -110,7 +115,7 @@ async def run_eagerly_async(task, args: list, kwargs: dict, task_id: str | None,
     run = _EagerRun(task, args, kwargs, task_id, on_loop=True, options=options)
     while run.result is None:
         with run.attempt():
-            value = task.run(*args, **kwargs)
+            value = task.run(*run.args, **run.kwargs)
             if task.is_async:
                 value = await call_limited(value, task.soft_time_limit)
             run.succeeded(value)

@@ -65,10 +65,13 @@ class TaskError(FastQError):
 class Retry(FastQError):
     """Raised by ``Task.retry()``: the task will run again."""
 
-    def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None) -> None:
+    def __init__(self, message: str = "", exc: BaseException | None = None, when: float | None = None,
+                 args: list | None = None, kwargs: dict | None = None) -> None:
         super().__init__(message)
         self.exc = exc
         self.when = when
+        self.retry_args = args  #: the next try's arguments (None: this try's)
+        self.retry_kwargs = kwargs
 
 
 class MaxRetriesExceededError(FastQError):

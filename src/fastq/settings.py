@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "queue_shards": None,
     # messages
     "task_serializer": "msgpack",  # or "json"; never pickle
+    # Celery's message protocol version: fastq's messages carry what protocol 2's do
+    # (headers, chain, root/parent ids); 1, the Celery 3 format, is not spoken
+    "task_protocol": 2,
     "max_message_size": 16 * 1024 * 1024,
     "task_default_queue": "default",
     "task_default_priority": 0,
@@ -187,6 +190,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "broker_socket_timeout": _number(strict=True), "broker_wait_replicas": _number(integer=True),
     "broker_startup_wait": _number(),
     "broker_wait_timeout": _number(strict=True), "queue_shards": _OPT_DICT, "task_serializer": _STR,
+    "task_protocol": lambda v: None if v == 2 and not isinstance(v, bool) else "must be 2 (fastq has no protocol 1)",
     "max_message_size": _number(1, integer=True), "task_default_queue": _STR,
     "task_default_priority": _number(integer=True), "task_routes": _routes, "task_queues": _OPT_DICT,
     "task_allow_error_cb_on_chord_header": _is_bool,

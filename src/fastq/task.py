@@ -15,7 +15,7 @@ from . import states, workflow
 from ._speedups import current_request
 from .broker.keys import validate_queue_name
 from .builtin_tasks import register_builtins
-from .canvas import Signature, chain, chunks, group
+from .canvas import Signature, chain, chunks
 from .eager import run_eagerly
 from .events import publish_progress
 from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, NotRegistered, Replaced, Retry, ValidationError
@@ -303,12 +303,14 @@ class Task(Generic[P, R]):
         """A signature of one task calling this one for each item: ``add.map([...])``
         (``fastq.map``; the result is the list of results)."""
         register_builtins(self.app)
-        return Signature("fastq.map", (), {"task": self.name, "it": list(it)}, app=self.app)
+        # immutable, as Celery's xmap: in a chain, the previous result is not an argument
+        return Signature("fastq.map", (), {"task": self.name, "it": list(it)}, app=self.app, immutable=True)
 
     def starmap(self, it: Iterable):
         """Like ``map`` with each item unpacked as arguments: ``add.starmap([(1, 2), (3, 4)])``."""
         register_builtins(self.app)
-        return Signature("fastq.starmap", (), {"task": self.name, "it": [list(a) for a in it]}, app=self.app)
+        return Signature("fastq.starmap", (), {"task": self.name, "it": [list(a) for a in it]}, app=self.app,
+                         immutable=True)
 
     def chunks(self, it: Iterable, n: int):
         """Split the calls into chunks of ``n``, one task each: ``add.chunks(zip(xs, ys), 10)``.
@@ -336,13 +338,17 @@ class Task(Generic[P, R]):
 
     # --- retries -------------------------------------------------------------------
 
-    def retry(self, exc: BaseException | None = None, countdown: float | None = None, eta: Any = None,
-              max_retries: Any = ..., **options: Any) -> Retry:
+    def retry(self, args: Iterable | None = None, kwargs: dict | None = None, exc: BaseException | None = None,
+              countdown: float | None = None, eta: Any = None, max_retries: Any = ..., **options: Any) -> Retry:
         """Ask for another try (``raise self.retry(exc=exc, countdown=5)``).
 
-        Raises Retry. After the last allowed try it raises ``exc`` itself (or
-        MaxRetriesExceededError when no ``exc`` was given)."""
+        ``args`` / ``kwargs``: the next try's arguments instead of this one's; as
+        in Celery, giving only one keeps what the other passed unless it names
+        the same parameters. Raises Retry. After the last allowed try it raises
+        ``exc`` itself (or MaxRetriesExceededError when no ``exc`` was given)."""
         req = self.request
+        if args is not None or kwargs is not None:
+            args, kwargs = self._retry_arguments(req, args, kwargs)
         limit = self.max_retries if max_retries is ... else max_retries
         if limit is not None and req.retries >= limit:
             if exc is not None:
@@ -353,7 +359,34 @@ class Task(Generic[P, R]):
         else:  # a delay: counted on Redis's clock when filed (broker/due.py)
             delay = self.default_retry_delay if countdown is None else countdown
             when = Countdown(time.time(), max(0.0, float(delay or 0)))
-        raise Retry(f"retry in {max(0.0, when - time.time()):.3g}s", exc=exc, when=when)
+        raise Retry(f"retry in {max(0.0, when - time.time()):.3g}s", exc=exc, when=when, args=args, kwargs=kwargs)
+
+    def _retry_arguments(self, req, args, kwargs) -> tuple[list, dict]:
+        """The next try's (args, kwargs) from ``retry(args=..., kwargs=...)``, as Celery
+        5.7 merges them: new positional arguments drop the inherited keywords they
+        fill; new keywords replace the inherited positional arguments they name."""
+        if args is not None and (isinstance(args, (str, bytes, dict)) or not isinstance(args, Iterable)):
+            raise TypeError(f"retry(args=...) takes a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"retry(kwargs=...) takes a dict, not {type(kwargs).__name__}")
+        old_args, old_kwargs = list(req.args or ()), dict(req.kwargs or {})
+        if args is not None and kwargs is not None:
+            return list(args), dict(kwargs)
+        params = call_signature(self.fn, self.bind).parameters if self.fn is not None else {}
+        by_keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        if args is not None:
+            args = list(args)
+            positional = [p for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, by_keyword)]
+            for p in positional[: len(args)]:
+                if p.kind == by_keyword:
+                    old_kwargs.pop(p.name, None)
+            return args, old_kwargs
+        kwargs = dict(kwargs)
+        names = [p.name for p in params.values() if p.kind in (inspect.Parameter.POSITIONAL_ONLY, by_keyword)]
+        for i, name in enumerate(names[: len(old_args)]):
+            if name in kwargs and params[name].kind == by_keyword:
+                old_args[i] = kwargs.pop(name)
+        return old_args, {**old_kwargs, **kwargs}
 
     def replace(self, sig: Signature) -> Any:
         """Replace the running task with ``sig`` (a signature, chain, group or chord),
@@ -369,8 +402,6 @@ class Task(Generic[P, R]):
             raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
         if isinstance(sig, chain) and not sig.tasks:
             raise ImproperlyConfigured("Cannot replace with an empty chain")
-        if isinstance(sig, group) and not sig.tasks:
-            raise ImproperlyConfigured("Cannot replace with an empty group")
         if self.request.delivery is None:  # a plain or eager call: run it here
             return sig.apply().get()
         raise Replaced(sig)

@@ -113,6 +113,8 @@ def replace_with(self, x, kind):
         return self.replace(group(add.s(x, i) for i in range(3)))
     if kind == "chord":
         return self.replace(chord([add.s(x, i) for i in range(3)], tsum.s()))
+    if kind == "empty group":
+        return self.replace(group())
     if kind == "fail":
         return self.replace(fail.s(message="replacement boom"))
     return self.replace(kind)  # not a signature: the task fails with TypeError

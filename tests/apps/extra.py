@@ -16,6 +16,7 @@ import time
 from tests.apps.basic import app, ledger
 
 from fastq import FastQ
+from fastq.exceptions import Reject
 
 #: Result TTL of ``expiring_app`` (seconds).
 EXPIRING_RESULT_EXPIRES = 120
@@ -220,3 +221,21 @@ class AutoRetryClassTask(app.Task):
 
 
 auto_retry_class_task = app.register_task(AutoRetryClassTask())
+
+
+@app.task(name="extra.retry_with", bind=True, max_retries=1)
+def retry_with(self, foo, bar, label=None, how="args"):
+    """First try: retries with new arguments (Celery's retry(args=/kwargs=)); then reports them."""
+    if not self.request.retries:
+        if how == "args":
+            raise self.retry(args=(foo + 1, bar + 1), countdown=0)
+        raise self.retry(kwargs={"foo": foo + 1}, countdown=0)
+    return [foo, bar, label, self.request.retries, self.request.is_eager]
+
+
+@app.task(name="extra.reject_once", bind=True)
+def reject_once(self, always=False):
+    """Rejects with requeue until its message comes back redelivered (or always)."""
+    if always or not self.request.delivery_info["redelivered"]:
+        raise Reject("again", requeue=True)
+    return "second pass"

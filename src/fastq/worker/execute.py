@@ -363,12 +363,14 @@ class Executor:
             self._ignored(task, d, msg, exc, runtime, out)
             return
         if isinstance(exc, Retry):
-            self._retry(task, d, msg, exc.exc, exc.when, out)
+            self._retry(task, d, msg, exc.exc, exc.when, out, exc.retry_args, exc.retry_kwargs)
             return
         if task.should_autoretry(exc) and (task.max_retries is None or msg.retries < task.max_retries):
             self._retry(task, d, msg, exc, Countdown(time.time(), task._autoretry_delay(msg.retries)), out)
             return
         if isinstance(exc, Reject):
+            if exc.requeue and self._requeue(d, msg, exc, out):
+                return
             log.warning("Task %s[%s] rejected, dead-lettered: %s", msg.task, msg.id, exc.reason)
             self._store(out, msg.id, self._meta(states.FAILURE, msg, exc, runtime))
             if msg.options:
@@ -415,13 +417,18 @@ class Executor:
             release_unique(self.broker, msg, out)
         out.ack(d.stream, d.entry_id)
 
-    def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out) -> None:
-        """Replace the message with its next try, atomically (retry.lua)."""
+    def _retry(self, task, d, msg, exc: BaseException | None, when: float | None, out,
+               args: list | None = None, kwargs: dict | None = None) -> None:
+        """Replace the message with its next try, atomically (retry.lua); ``args``
+        / ``kwargs``: the next try's arguments (``retry(args=..., kwargs=...)``)."""
         if signals.task_retry:
             signals.task_retry.send(sender=task, request=current_request.get(), reason=exc,
                                     einfo=format_exception(exc) if exc is not None else None)
         eta = None if when is None else float(when)  # the wire format takes plain floats
         nxt = msgspec.structs.replace(msg, retries=msg.retries + 1, eta=eta)
+        if args is not None or kwargs is not None:
+            nxt = msgspec.structs.replace(nxt, args=msg.args if args is None else args,
+                                          kwargs=msg.kwargs if kwargs is None else kwargs)
         payload = self.app.serializer.encode(nxt)
         field = self.app.serializer.field
         prio = msg.priority if 0 <= msg.priority <= 9 else 0
@@ -437,6 +444,24 @@ class Executor:
             out.event("task-retried", msg.id, msg.task, None, {"exception": repr(exc)[:500], "eta": eta})
         log.info("Task %s[%s] retry %d in %.3gs: %r", msg.task, msg.id, msg.retries + 1, max(delay, 0.0), exc,
                  extra={"task_name": msg.task, "task_id": msg.id, "state": states.RETRY})
+
+    def _requeue(self, d, msg, exc, out) -> bool:
+        """``Reject(requeue=True)``: the message goes back to its queue at once, marked
+        as requeued (its request then says ``redelivered``, as in Celery). A message
+        requeued ``worker_max_deliveries`` times is dead-lettered instead (False),
+        so a task that always rejects cannot loop for ever."""
+        headers = msg.headers or {}
+        n = headers.get("requeued")
+        n = n if n.__class__ is int and n >= 0 else 0
+        if n >= self.app.conf.worker_max_deliveries:
+            return False
+        nxt = msgspec.structs.replace(msg, headers={**headers, "requeued": n + 1})
+        prio = msg.priority if 0 <= msg.priority <= 9 else 0
+        out.add_command(self._retry_command(d, prio, b"0", self.app.serializer.field,
+                                            self.app.serializer.encode(nxt)), 1)
+        log.info("Task %s[%s] rejected and requeued (%d): %s", msg.task, msg.id, n + 1, exc.reason,
+                 extra={"task_name": msg.task, "task_id": msg.id})
+        return True
 
     def _defer(self, d, msg, wait: float, out) -> None:
         """No rate-limit token: the same message waits in the delayed set (atomic
