@@ -239,6 +239,19 @@ def test_a_chord_failed_by_its_header_calls_the_bodys_errbacks_with_the_bodys_id
              message="both errbacks")
     assert ledger.lrange("chord-old", 0, -1) == [body_id.encode()]
     assert ledger.lrange("chord-new", 0, -1) == [body_id.encode(), b"ChordError", b"no tb"]
+    # Given a group body (its first task with an errback of its own) and a chord body in a group
+    first = capp.tsum.s()
+    first.link_error(capp.errback.s("own"))
+    body = group(first, capp.tsum.s(), chord([capp.add.si(2, 2)], capp.tsum.s()))
+    res = chord([capp.add.si(1, 1), capp.fail.si()], body).apply_async(link_error=capp.errback.s("each"))
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    # Then, as Celery, the chord's errback runs for each task of the group (once for the
+    # inner chord: for its body), and the first task's own errback runs too
+    ids = [t.id for t in res.results[:2]] + [res.results[2].id]
+    wait_for(lambda: ledger.llen("each") == 3 and ledger.llen("own") == 1, 30, message="the errbacks")
+    assert sorted(ledger.lrange("each", 0, -1)) == sorted(i.encode() for i in ids)
+    assert ledger.lrange("own", 0, -1) == [ids[0].encode()]
 
 
 def test_a_task_replaced_by_a_task_chain_group_or_chord_gives_their_result_under_its_id(capp, cworker, r):

@@ -19,6 +19,9 @@ _SIGNAL_HERE = ("connects task_received in the test process and expects it to fi
                 "runs in that process, fastq's is a `fastq worker` subprocess (its own signals, tested in tests/test_signals.py)")
 _PICKLE = "catches celery.utils.serialization.UnpickleableExceptionWrapper, the wrapper of Celery's pickle serializer"
 _DJANGO = "Celery's Django fixup internals (celery.fixups.django, celery._state, celery.app.trace)"
+_CAPLOG = ("reads the in-process worker's log records (caplog) under Celery's logger names and celery.app.trace's "
+           "format constants: fastq's worker logs in its own process")
+_KOMBU = "monkeypatches kombu's producer channel (app.amqp.Producer().channel.basic_publish) and app.amqp's event buffer"
 
 NOT_APPLICABLE: dict[str, str] = {
     # test_canvas.py
@@ -32,6 +35,12 @@ NOT_APPLICABLE: dict[str, str] = {
         _SIGNAL_HERE,
     "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_other_instance_receives_after_garbage_collection":
         _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_level_0": _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_level_1": _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_chain": _SIGNAL_HERE,
+    "t/integration/test_tasks.py::test_trace_log_arguments::test_task_success": _CAPLOG,
+    "t/integration/test_tasks.py::test_trace_log_arguments::test_task_failed": _CAPLOG,
+    "t/integration/test_tasks.py::test_tasks::test_task_sent_event_respects_publish_retry_limit": _KOMBU,
     "t/integration/test_tasks.py::test_tasks::test_fail_with_unpickleable_exception": _PICKLE,
     "t/integration/test_tasks.py::test_tasks::test_send_task_without_ignore_result_uses_task_ignore_result": _WSTATE,
     "t/integration/test_tasks.py::test_tasks::test_send_task_without_ignore_result_stores_result": _WSTATE,
@@ -46,6 +55,10 @@ NOT_APPLICABLE: dict[str, str] = {
         _CHANNELS,
     # test_inspect.py
     "t/integration/test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": _STAMPS,
+    "t/integration/test_inspect.py::test_Inspect::test_stats":
+        "expects Celery's test worker: in the test process (stats pid == os.getpid()) with one pool slot",
+    "t/integration/test_inspect.py::test_Inspect::test_report":
+        "expects the report to name the software Celery ('software -> celery:'); fastq's names fastq",
     # test_worker.py
     "t/integration/test_worker.py::test_run_worker":
         "runs Celery's own CLI (`celery --config t.integration.worker_config worker`) in a subprocess",

@@ -156,24 +156,21 @@ class _Step:
 
 
 def errbacks_of(node: dict) -> list[tuple[dict, dict]]:
-    """The errbacks that stand for a whole tree (deduplicated by their frozen id),
-    each with the task node that carries it."""
+    """The errbacks of a tree that never runs (a chord body failed by its header),
+    each with the task node that carries it, as Celery calls them: a chain's once
+    (its errbacks, pushed down to every step, are deduplicated by their frozen id),
+    a chord's body's, and a group's once per member (a chord's errback pushed down
+    to the tasks of a group body runs for each)."""
+    kind = node.get("subtask_type")
+    if kind == GROUP:
+        return [pair for t in node["tasks"] for pair in errbacks_of(t)]
+    if kind == CHAIN:
+        return errbacks_of(node["tasks"][0])
+    if kind == CHORD:
+        return errbacks_of(node["body"])
     seen: dict[str, tuple[dict, dict]] = {}
-
-    def walk(n: dict) -> None:
-        kind = n.get("subtask_type")
-        if kind is None:
-            for eb in n["options"].get("link_error") or ():
-                seen.setdefault(_first_id(eb), (eb, n))
-        elif kind == CHAIN:
-            walk(n["tasks"][0])
-        elif kind == GROUP:
-            for t in n["tasks"]:
-                walk(t)
-        else:
-            walk(n["body"])
-
-    walk(node)
+    for eb in node["options"].get("link_error") or ():
+        seen.setdefault(_first_id(eb), (eb, node))
     return list(seen.values())
 
 
