@@ -666,3 +666,35 @@ def test_celerys_shortcuts_tasks_as_signatures_single_group_and_immutable_maps(c
     assert chain(add.si(1, 1), add.starmap([(1, 1), (2, 2)])).apply_async().get(timeout=30) == [2, 4]
     # A task replaced by an empty group gives an empty list
     assert capp.replace_with.delay(0, "empty group").get(timeout=30) == []
+
+
+def test_a_generator_header_is_sent_as_it_yields(capp, cworker, ledger, r):
+    cworker()
+    record = capp.record
+
+    def header(n, seen):
+        for i in range(n):
+            if i == n - 1:  # the first header task ran before the generator ended
+                wait_for(lambda: ledger.hget("lazy", "0"), 30, message="the first header task")
+                seen.append(True)
+            yield record.s(i, "lazy", str(i))
+
+    # Given a chord whose header is a generator
+    seen: list = []
+    res = chord(header(4, seen), capp.tsum.s())()
+    # Then each header task went out as it was yielded, and the body got every result
+    assert res.get(timeout=30) == 0 + 1 + 2 + 3 and seen == [True]
+    assert [r.get(timeout=30) for r in res.parent.results] == [0, 1, 2, 3]
+    # ... a header whose tasks all finished before the generator ended completes when sealed
+    meta, results = (f"{capp.app.conf.key_prefix}chord:{{sealed-chord}}:{k}" for k in ("m", "r"))
+
+    def finished_first():
+        yield from (record.s(i, "sealed", str(i)) for i in range(3))
+        wait_for(lambda: r.hlen(results) == 3, 30, message="the header results")
+
+    assert chord(finished_first(), capp.tsum.s()).apply_async(chord_id="sealed-chord").get(timeout=30) == 3
+    assert r.hget(meta, "by") == b"seal"
+    # ... an empty generator runs the body with no results; a failed header task fails the chord
+    assert chord(iter(()), capp.tsum.s())().get(timeout=30) == 0
+    with pytest.raises(ValueError, match="lazy boom"):
+        chord((capp.fail.si(message="lazy boom") for _ in range(2)), capp.tsum.s())().get(timeout=30)

@@ -11,7 +11,7 @@ Layer: api (the producer side); imports base and broker, never ``fastq.worker`` 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import workflow
@@ -371,9 +371,34 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
             header = [header]
         elif not isinstance(header, Iterable):
             raise TypeError(f"chord header: expected a group or signatures, not {type(header).__name__}")
-        self.tasks = tuple(maybe_signature(t, app, "chord header") for t in header)
+        # A generator is kept as it is: apply_async sends each header task as it is
+        # yielded, as Celery does; anything that reads .tasks first turns it into a tuple.
+        self._lazy: Iterator | None = header if isinstance(header, Iterator) else None
+        self._tasks = () if self._lazy is not None else tuple(maybe_signature(t, app, "chord header") for t in header)
         self.body = maybe_signature(body, app, "chord body") if body is not None else None
         super().__init__("fastq.chord", (), {}, options, app=app)
+
+    @property
+    def tasks(self) -> tuple:
+        if self._lazy is not None:
+            lazy, self._lazy = self._lazy, None
+            self._tasks = tuple(maybe_signature(t, self.app, "chord header") for t in lazy)
+        return self._tasks
+
+    @tasks.setter
+    def tasks(self, value) -> None:
+        self._lazy, self._tasks = None, tuple(value)
+
+    def apply_async(self, args: Any = None, kwargs: dict | None = None, **options: Any):
+        """Send the chord (see _Workflow.apply_async); a generator header is sent as it yields."""
+        app = self._app()
+        if self._lazy is None or self.body is None or app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, **options)
+        lazy, self._lazy = self._lazy, None  # consumed by this send, as Celery's
+        node = {"subtask_type": "chord", "header": [], "body": self.body.as_dict(),
+                "options": _options_dict({**self.options, **options})}
+        header = (maybe_signature(t, app, "chord header").as_dict() for t in lazy)
+        return workflow.send_lazy_chord(app, node, header, tuple(args or ()), dict(kwargs or {}))
 
     @property
     def header(self) -> group:
@@ -393,7 +418,8 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
         return super().link_error(errback)
 
     def _children(self) -> list[Signature]:
-        return [*self.tasks, *([self.body] if self.body is not None else [])]
+        # not .tasks: finding the app must not consume a generator header
+        return [*self._tasks, *([self.body] if self.body is not None else [])]
 
     def __or__(self, other: Any) -> Signature:
         """``chord | task``: the task runs after the body, with its result."""

@@ -293,15 +293,21 @@ def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None
         return {"subtask_type": GROUP, "tasks": [freeze(t, opts) for t in _unroll_groups(node["tasks"])],
                 "options": {"group_id": gid}}
     if kind == CHORD:
-        if node.get("body") is None:
-            raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
-        cid = opts.pop("chord_id", None) or opts.pop("group_id", None) or new_task_id()
-        body_only = {k: opts.pop(k) for k in ("link", "link_error", "task_id") if k in opts}
-        placement = {k: v for k, v in opts.items() if k not in _FIRST_ONLY}
+        cid, opts, body = _chord_parts(node, opts, member)
         header = [freeze(t, opts, (cid, i)) for i, t in enumerate(_flatten_header(node["header"]))]
-        body = freeze(node_of(node["body"], "chord body"), {**placement, **body_only}, member)
         return {"subtask_type": CHORD, "header": header, "body": body, "options": {"chord_id": cid}}
     raise TypeError(f"unknown signature type {kind!r}")
+
+
+def _chord_parts(node: dict, opts: dict, member: tuple | None) -> tuple[str, dict, dict]:
+    """A chord's id, the options its header tasks inherit, and its frozen body."""
+    if node.get("body") is None:
+        raise TypeError("a chord needs a body: chord(header, body) or chord(header)(body)")
+    cid = opts.pop("chord_id", None) or opts.pop("group_id", None) or new_task_id()
+    body_only = {k: opts.pop(k) for k in ("link", "link_error", "task_id") if k in opts}
+    placement = {k: v for k, v in opts.items() if k not in _FIRST_ONLY}
+    body = freeze(node_of(node["body"], "chord body"), {**placement, **body_only}, member)
+    return cid, opts, body
 
 
 def result_of(app, node: dict, parent=None):
@@ -422,6 +428,30 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
                                               int(app.conf.result_expires)))
     for t in header:
         _launch(app, t, args, kwargs, [], parent_id, root_id, out)
+
+
+def send_lazy_chord(app, node: dict, header: Iterable[dict], args: tuple = (), kwargs: dict | None = None):
+    """Send a chord whose header is a generator (of signature dicts) as Celery
+    does: each header task goes out as the generator yields it, so a long header
+    starts running before it is all built (and is never all in memory here). The
+    chord is opened without a size, and sealed with it once the generator is
+    spent; if every header task had finished by then, sealing completed the
+    chord and the body is sent from here. Returns the body's result, whose
+    parent is the header's GroupResult."""
+    cid, opts, body = _chord_parts(node, _merge(_own_options(node), {}), None)
+    broker, expires = app.broker, int(app.conf.result_expires)
+    publish(app, broker.chord_open_commands(cid, None, _pack(body), expires))
+    results = []
+    for item in header:
+        for t in _flatten_header([item]):
+            frozen = freeze(t, opts, (cid, len(results)))
+            publish(app, launch(app, frozen, args, kwargs))
+            results.append(result_of(app, frozen))
+    reply = broker.chord_seal(cid, len(results), expires)
+    if reply[0] == 1:
+        values = [_unpack(v) for v in reply[2]]
+        publish(app, [*launch(app, body, (values,)), *broker.chord_sent_commands(cid)])
+    return result_of(app, body, GroupResult(cid, results, app=app))
 
 
 def publish(app, commands: list[bytes], batch: int = 1000) -> None:

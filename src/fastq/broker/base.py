@@ -274,8 +274,9 @@ class Broker(abc.ABC):
     # --- chords ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def chord_open_commands(self, chord_id: str, size: int, body: bytes, expires: int) -> list[bytes]:
-        """Record a chord (its size and body) before its header tasks are sent."""
+    def chord_open_commands(self, chord_id: str, size: int | None, body: bytes, expires: int) -> list[bytes]:
+        """Record a chord (its size and body) before its header tasks are sent; size
+        None: not known yet (``chord_seal`` gives it), and until then it cannot complete."""
 
     @abc.abstractmethod
     def chord_done(self, chord_id: str, mode: bytes | str, index: int, value: bytes, expires: int,
@@ -284,6 +285,12 @@ class Broker(abc.ABC):
         call decided the chord (then: the body, and the results or the error). The
         index that decided gets the decision again only from a ``redelivered``
         message (its first run died before acting on it)."""
+
+    @abc.abstractmethod
+    def chord_seal(self, chord_id: str, size: int, expires: int) -> list:
+        """A chord opened with no size (its header a generator, sent as it yields)
+        gets its size; the reply says whether every header task had finished
+        already (then this call completed it: the body and the results)."""
 
     @abc.abstractmethod
     def chord_grow(self, chord_id: str) -> int:

@@ -79,6 +79,8 @@ def is_oom(reply) -> bool:
 
 
 _MULTI, _EXEC = pack_command((b"MULTI",)), pack_command((b"EXEC",))
+#: The size of a chord whose header is still being sent from a generator: no count reaches it.
+_UNSEALED = 1 << 40
 
 
 def transaction(parts: list[bytes], replies: int) -> tuple[bytes, int]:
@@ -846,11 +848,13 @@ class RedisBroker(Broker):
 
     # --- chords ----------------------------------------------------------------------
 
-    def chord_open_commands(self, chord_id: str, size: int, body: bytes, expires: int) -> list[bytes]:
+    def chord_open_commands(self, chord_id: str, size: int | None, body: bytes, expires: int) -> list[bytes]:
         """Record a chord before its header tasks are sent: its size and body. HSETNX
         on the state: sending the same chord again (a re-run step) never reopens a
-        decided chord."""
+        decided chord. Size None: a size no header can reach, until chord_seal."""
         meta, _ = chord_keys(self.keys.prefix, chord_id)
+        if size is None:
+            size = _UNSEALED
         return [pack_command((b"HSET", meta, b"n", size, b"body", body)),
                 pack_command((b"HSETNX", meta, b"state", b"open")),
                 pack_command((b"EXPIRE", meta, expires))]
@@ -864,6 +868,13 @@ class RedisBroker(Broker):
         meta, res = chord_keys(self.keys.prefix, chord_id)
         cmd = pack_command((b"EVALSHA", SCRIPTS.chord_done.sha_bytes, 2, meta, res, mode, index, value, expires,
                             b"1" if redelivered else b"0"))
+        return self.execute_packed([cmd])[0]
+
+    def chord_seal(self, chord_id: str, size: int, expires: int) -> list:
+        """Give a chord opened without a size its size (chord_seal.lua); the reply is
+        chord_done's {1, body, results} when every header task had finished already."""
+        meta, res = chord_keys(self.keys.prefix, chord_id)
+        cmd = pack_command((b"EVALSHA", SCRIPTS.chord_seal.sha_bytes, 2, meta, res, size, _UNSEALED, expires))
         return self.execute_packed([cmd])[0]
 
     def chord_grow(self, chord_id: str) -> int:
