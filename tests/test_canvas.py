@@ -6,6 +6,8 @@ Run: FASTQ_TEST_DB=13 FASTQ_TEST_LEDGER_DB=14 python -m pytest tests/test_canvas
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 
@@ -319,7 +321,7 @@ def test_header_errbacks_with_task_allow_error_cb_on_chord_header(capp, cworker,
     wait_for(lambda: ledger.hget("body-eb", "runs") == b"1", 30, message="one errback run")
 
 
-def test_frozen_workflows_keep_their_ids_when_sent(capp, cworker):
+def test_frozen_workflows_keep_their_ids_when_sent(capp, cworker, ledger):
     """Celery's chain/group/chord .freeze(): the ids handed out are the ones used."""
     cworker()
     add = capp.add
@@ -335,6 +337,12 @@ def test_frozen_workflows_keep_their_ids_when_sent(capp, cworker):
     ch = chord([add.si(1, 1), add.si(2, 2)], capp.tsum.s())
     cfrozen = ch.freeze()
     assert ch.apply_async().id == cfrozen.id and cfrozen.get(timeout=30) == 6
+    # ... and applied again, a frozen chord runs again (a new run with the same ids, as in Celery)
+    ch2 = chord([add.si(1, 1), add.si(2, 2)], capp.record.si(1, "frozen-again", "body"))
+    ch2.freeze()
+    for n in (1, 2):
+        assert ch2.apply_async().get(timeout=30) == 1
+        wait_for(lambda n=n: ledger.hget("frozen-again", "body") == str(n).encode(), 30, message=f"body run {n}")
     # A workflow changed after freeze() is frozen again when sent (new ids)
     c2 = chain(add.si(1, 1), add.s(1))
     first = c2.freeze()
@@ -363,6 +371,15 @@ def test_a_callback_linked_to_a_group_runs_once(capp, cworker, ledger):
     g.link(capp.record.si(0, "group-link", "runs"))
     assert g.delay().get(timeout=30) == [42, 1337]
     wait_for(lambda: ledger.hget("group-link", "runs") == b"1", 30, message="the callback")
+    # ... so does a chord's link when its body is a group; the body's tasks keep their own
+    first = capp.tsum.s()
+    first.link(capp.record.si(0, "body-link", "own"))
+    res = chord([capp.add.si(1, 1), capp.add.si(2, 2)], group(first, capp.tsum.s())).apply_async(
+        link=capp.record.si(0, "body-link", "chord"))
+    assert res.get(timeout=30) == [6, 6]
+    wait_for(lambda: ledger.hgetall("body-link") == {b"own": b"1", b"chord": b"1"}, 30, message="the callbacks")
+    time.sleep(0.5)  # a second run of the chord's callback would show by now
+    assert ledger.hgetall("body-link") == {b"own": b"1", b"chord": b"1"}
 
 
 def test_signatures_travel_as_arguments_and_results(capp, cworker):
@@ -698,3 +715,13 @@ def test_a_generator_header_is_sent_as_it_yields(capp, cworker, ledger, r):
     assert chord(iter(()), capp.tsum.s())().get(timeout=30) == 0
     with pytest.raises(ValueError, match="lazy boom"):
         chord((capp.fail.si(message="lazy boom") for _ in range(2)), capp.tsum.s())().get(timeout=30)
+
+
+def test_a_task_returning_a_result_handle_stores_its_as_tuple(capp, cworker):
+    cworker()
+    # Given a task that sends a chain and returns its result handle
+    value = capp.send_chain.delay().get(timeout=30)
+    # Then its value is the handle's as_tuple(), as Celery stores it
+    (last_id, parent), members = value
+    assert members is None and isinstance(last_id, str) and parent[0][0] != last_id
+    assert capp.app.AsyncResult(last_id).get(timeout=30) == 3

@@ -420,3 +420,19 @@ def test_result_set_built_by_add_and_joined_with_a_callback(app, worker):
     never = AsyncResult(str(uuid.uuid4()), app=app)
     with pytest.raises(fastq.exceptions.TimeoutError):
         ResultSet([rs.results[0], never]).join(timeout=0.2, callback=lambda i, v: time.sleep(0.3))
+
+
+def test_backend_store_result_and_get_state_as_celerys(app):
+    backend = app.backend
+    tid = str(uuid.uuid4())
+    # Given nothing stored, the state is PENDING
+    assert backend.get_state(tid) == states.PENDING
+    # When a state is stored through Celery's backend API, readers see it
+    assert backend.store_result(tid, {"progress": 1}, "PROGRESS") == {"progress": 1}
+    assert backend.get_state(tid) == "PROGRESS" and app.AsyncResult(tid).result == {"progress": 1}
+    # ... and a final one, with an exception, is the task's outcome
+    backend.store_result(tid, ValueError("stored"), states.FAILURE, traceback="tb")
+    res = app.AsyncResult(tid)
+    assert backend.get_state(tid) == states.FAILURE and res.traceback == "tb"
+    with pytest.raises(ValueError, match="stored"):
+        res.get(timeout=5)

@@ -212,6 +212,7 @@ class _Workflow(Signature):
         raise NotImplementedError
 
     _frozen: tuple[dict, dict] | None = None  #: (the tree as it was, the tree frozen), after freeze()
+    _sent = False  #: the frozen tree was sent already
 
     @property
     def id(self) -> str | None:
@@ -237,15 +238,19 @@ class _Workflow(Signature):
         app = self._app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
+        again = False
         if self._frozen is not None and not options and self._frozen[0] == self.as_dict():
             tree = self._frozen[1]  # frozen and unchanged since: the ids given out then
+            # Sent before with these ids: as in Celery each apply is a new run, so a
+            # chord that ran to its end is opened afresh.
+            again, self._sent = self._sent, True
         else:
             tree = self.as_dict()
             if options:
                 tree["options"] = {**tree["options"], **_options_dict(options)}
             tree = workflow.freeze(tree)
         result = workflow.result_of(app, tree)
-        workflow.publish(app, workflow.launch(app, tree, tuple(args or ()), dict(kwargs or {})))
+        workflow.publish(app, workflow.launch(app, tree, tuple(args or ()), dict(kwargs or {}), again=again))
         if isinstance(result, GroupResult) and len(result.results) == 1 and isinstance(result.results[0], GroupResult):
             # Celery's special case: group(a | group(b, c)) gives the inner group's result
             return result.results[0]

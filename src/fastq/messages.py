@@ -74,11 +74,15 @@ def check_serializer(name: str | None, where: str) -> None:
 def encode_hook(obj: Any) -> Any:
     """What msgspec cannot encode by itself, made data: a signature (a task's
     argument or return value, as Celery allows) becomes its dict form, which
-    ``Signature.from_dict`` / ``fastq.signature()`` rebuild. Anything else stays
-    refused (msgspec's TypeError names its type)."""
+    ``Signature.from_dict`` / ``fastq.signature()`` rebuild; a result handle
+    (``AsyncResult``, ``GroupResult``) becomes its ``as_tuple()``, as Celery
+    stores one. Anything else stays refused (msgspec's TypeError names its type)."""
     as_dict = getattr(obj, "as_dict", None)
     if as_dict is not None and hasattr(obj, "subtask_type"):  # a fastq Signature (canvas is above this layer)
         return as_dict()
+    as_tuple = getattr(obj, "as_tuple", None)
+    if as_tuple is not None and hasattr(obj, "parent"):  # a fastq result handle (result is above this layer)
+        return as_tuple()
     raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 

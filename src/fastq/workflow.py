@@ -290,13 +290,33 @@ def freeze(node: dict, defaults: dict | None = None, member: tuple | None = None
             return freeze(accumulating(node), defaults, member)
         gid = opts.pop("group_id", None) or opts.pop("task_id", None) or new_task_id()
         opts.pop("task_id", None)
-        return {"subtask_type": GROUP, "tasks": [freeze(t, opts) for t in _unroll_groups(node["tasks"])],
-                "options": {"group_id": gid}}
+        members = _unroll_groups(node["tasks"])
+        link = opts.pop("link", None)
+        tasks = [freeze(t, opts) for t in members]
+        if link and tasks:
+            # As Celery's group.link: the callbacks (a chord's link, given to its group
+            # body) run once, immutable, after the first member, not once per member.
+            first = _result_task(tasks[0])
+            once = [{**cb, "immutable": True} if "task" in cb else cb for cb in link]
+            first["options"]["link"] = [*(first["options"].get("link") or ()), *once]
+        return {"subtask_type": GROUP, "tasks": tasks, "options": {"group_id": gid}}
     if kind == CHORD:
         cid, opts, body = _chord_parts(node, opts, member)
         header = [freeze(t, opts, (cid, i)) for i, t in enumerate(_flatten_header(node["header"]))]
         return {"subtask_type": CHORD, "header": header, "body": body, "options": {"chord_id": cid}}
     raise TypeError(f"unknown signature type {kind!r}")
+
+
+def _result_task(node: dict) -> dict:
+    """The task node a frozen tree's result is read from last: a chain's last step's, a chord's body's."""
+    kind = node.get("subtask_type")
+    if kind is None:
+        return node
+    if kind == CHAIN:
+        return _result_task(node["tasks"][-1])
+    if kind == CHORD:
+        return _result_task(node["body"])
+    return _result_task(node["tasks"][0])
 
 
 def _chord_parts(node: dict, opts: dict, member: tuple | None) -> tuple[str, dict, dict]:
@@ -361,13 +381,14 @@ def _when(value: Any) -> Any:
 
 
 def launch(app, node: dict, args: tuple = (), kwargs: dict | None = None, rest: Iterable = (),
-           parent_id: str | None = None, root_id: str | None = None) -> list[bytes]:
+           parent_id: str | None = None, root_id: str | None = None, again: bool = False) -> list[bytes]:
     """The packed commands that start a frozen tree (``args`` prepended to its
     first tasks' arguments; ``rest``: chain steps to run after it). Messages go
     out in bulk (publish_many) in batches of 1000; order is kept, so a chord's
-    state is written before its header tasks."""
+    state is written before its header tasks. ``again``: the same frozen tree
+    was sent before; its chords that ran to their end start afresh."""
     items: list = []
-    _launch(app, node, tuple(args), kwargs or {}, list(rest), parent_id, root_id, items)
+    _launch(app, node, tuple(args), kwargs or {}, list(rest), parent_id, root_id, items, again)
     broker, field = app.broker, app.serializer.field
     out: list[bytes] = []
     batch: list = []
@@ -386,7 +407,7 @@ def launch(app, node: dict, args: tuple = (), kwargs: dict | None = None, rest: 
     return out
 
 
-def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
+def _launch(app, node, args, kwargs, rest, parent_id, root_id, out, again=False) -> None:
     kind = node.get("subtask_type")
     if kind is None:
         opts = dict(node["options"])
@@ -412,22 +433,24 @@ def _launch(app, node, args, kwargs, rest, parent_id, root_id, out) -> None:
         return
     if kind == CHAIN:
         tasks = node["tasks"]
-        _launch(app, tasks[0], args, kwargs, [*tasks[1:], *rest], parent_id, root_id, out)
+        _launch(app, tasks[0], args, kwargs, [*tasks[1:], *rest], parent_id, root_id, out, again)
         return
     if rest:  # freeze() ends chains with groups and chords only; a hand-made tree may not
         raise TypeError(f"a {kind} cannot be followed by more chain steps here; build the workflow with canvas")
     if kind == GROUP:
         for t in node["tasks"]:
-            _launch(app, t, args, kwargs, [], parent_id, root_id, out)
+            _launch(app, t, args, kwargs, [], parent_id, root_id, out, again)
         return
     header, body = node["header"], node["body"]
     if not header:
-        _launch(app, body, ([],), {}, [], parent_id, root_id, out)
+        _launch(app, body, ([],), {}, [], parent_id, root_id, out, again)
         return
-    out.extend(app.broker.chord_open_commands(node["options"]["chord_id"], len(header), _pack(body),
-                                              int(app.conf.result_expires)))
+    cid = node["options"]["chord_id"]
+    if again:
+        out.extend(app.broker.chord_reopen_commands(cid))
+    out.extend(app.broker.chord_open_commands(cid, len(header), _pack(body), int(app.conf.result_expires)))
     for t in header:
-        _launch(app, t, args, kwargs, [], parent_id, root_id, out)
+        _launch(app, t, args, kwargs, [], parent_id, root_id, out, again)
 
 
 def send_lazy_chord(app, node: dict, header: Iterable[dict], args: tuple = (), kwargs: dict | None = None):

@@ -161,3 +161,9 @@ def nesting(self, replacements, seen=None):
     if replacements:
         return self.replace(nesting.s(replacements - 1, seen).set(app_id="relay"))
     return seen
+
+
+@app.task(name="canvas.send_chain")
+def send_chain():
+    """Sends a chain and returns its result handle."""
+    return (add.s(1, 1) | add.s(1)).apply_async()

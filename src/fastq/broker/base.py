@@ -293,6 +293,10 @@ class Broker(abc.ABC):
         already (then this call completed it: the body and the results)."""
 
     @abc.abstractmethod
+    def chord_reopen_commands(self, chord_id: str) -> list[bytes]:
+        """Forget a chord that ran to its end, so the same (frozen) chord can run again."""
+
+    @abc.abstractmethod
     def chord_grow(self, chord_id: str) -> int:
         """Add one header task to a chord (its size grows by one); its header index."""
 

@@ -877,6 +877,12 @@ class RedisBroker(Broker):
         cmd = pack_command((b"EVALSHA", SCRIPTS.chord_seal.sha_bytes, 2, meta, res, size, _UNSEALED, expires))
         return self.execute_packed([cmd])[0]
 
+    def chord_reopen_commands(self, chord_id: str) -> list[bytes]:
+        """chord_reopen.lua: a chord that ran to its end is forgotten, so the same
+        frozen chord applied again is a new run; one still running is left alone."""
+        meta, res = chord_keys(self.keys.prefix, chord_id)
+        return [pack_command((b"EVALSHA", SCRIPTS.chord_reopen.sha_bytes, 2, meta, res))]
+
     def chord_grow(self, chord_id: str) -> int:
         """One more header task (``Task.add_to_chord``): the chord's size grows by one;
         returns the new task's header index. Only a running header task calls it,

@@ -111,6 +111,22 @@ class RedisBackend:
         with self.broker.retrying():
             self.broker.execute_packed(cmds)
 
+    def store_result(self, task_id: str, result, state: str, traceback: str | None = None, **_: object):
+        """Celery's backend API: store ``result`` with ``state`` under ``task_id``
+        (an exception is stored as the error of the state); returns ``result``."""
+        if isinstance(result, BaseException):
+            cls = type(result)
+            meta = ResultMeta(state, None, cls.__name__, cls.__module__, str(result), traceback, time.time())
+        else:
+            meta = ResultMeta(state, result, traceback=traceback, date_done=time.time())
+        self.store(task_id, meta)
+        return result
+
+    def get_state(self, task_id: str) -> str:
+        """Celery's backend API: the task's state (PENDING when nothing is stored)."""
+        meta = self.get_meta(task_id)
+        return meta.state if meta is not None else states.PENDING
+
     def forget(self, task_id: str) -> None:
         with self.broker.retrying():
             # two commands, not one DEL of two keys: result keys carry no hash tag, so

@@ -42,7 +42,8 @@ class Scripts:
     """The broker's scripts, by name."""
 
     NAMES = ("fetch", "ack", "publish_many", "rate_claim", "release", "renew", "reap", "promote", "bury", "retry", "requeue_dead",
-             "beat_lock", "beat_release", "beat_send", "chord_done", "chord_seal", "unique_publish", "unique_release", "debounce",
+             "beat_lock", "beat_release", "beat_send", "chord_done", "chord_seal", "chord_reopen",
+             "unique_publish", "unique_release", "debounce",
              "fair_publish", "fair_ack", "fair_promote", "fair_requeue", "fair_heal", "delay",
              "claim_name")
     #: Scripts that start with a shared Lua file (gate.lua: the fair-queue gate, fastq.fairness,
