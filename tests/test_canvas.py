@@ -287,6 +287,14 @@ def test_a_replaced_task_hands_on_its_chain_callbacks_and_chord_place(capp, cwor
     # In a chord's header: each replacement's result counts in the chord, once
     res = chord([rw.s(i, "task") for i in range(5)] + [rw.s(10, "chord")], capp.tsum.s()).apply_async()
     assert res.get(timeout=30) == sum(i + 1 for i in range(5)) + 33
+    # ... a replacement chain that fails, with an errback of its own, inside a chain with
+    # an errback: the rest of the chain fails, and both errbacks run (Celery's test)
+    c = chain(capp.add.s(1, 1), rw.s("failing chain with errback"), capp.add.s(5))
+    c.link_error(capp.record.si(0, "replaced-errbacks", "outer"))
+    with pytest.raises(ValueError, match="inner boom"):
+        c.apply_async().get(timeout=30)
+    wait_for(lambda: ledger.hgetall("replaced-errbacks") == {b"inner": b"1", b"outer": b"1"}, 30,
+             message="both errbacks")
     # ... and a chain ending in a replaced task ends with the replacement's value
     assert chain(capp.add.s(2, 2), rw.s("group")).apply_async().get(timeout=30) == [4, 5, 6]
 

@@ -9,7 +9,7 @@ import time
 
 from tests.apps.ledger import ledger
 
-from fastq import FastQ, chord, group, signature
+from fastq import FastQ, chain, chord, group, signature
 from fastq.exceptions import Ignore
 
 app = FastQ("canvas")
@@ -113,6 +113,10 @@ def replace_with(self, x, kind):
         return self.replace(group(add.s(x, i) for i in range(3)))
     if kind == "chord":
         return self.replace(chord([add.s(x, i) for i in range(3)], tsum.s()))
+    if kind == "failing chain with errback":
+        c = chain(add.s(x, 1), fail.s(message="inner boom"))
+        c.link_error(record.si(0, "replaced-errbacks", "inner"))
+        return self.replace(c)
     if kind == "empty group":
         return self.replace(group())
     if kind == "fail":

@@ -29,6 +29,9 @@ NOT_APPLICABLE: dict[str, str] = {
     "t/integration/test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": _KV,
     "t/integration/test_canvas.py::test_chord::test_simple_chord_with_a_delay_in_group_save": _KV,
     "t/integration/test_canvas.py::test_chord::test_redis_subscribed_channels_leak": _CHANNELS,
+    "t/integration/test_canvas.py::test_chord::test_chord_on_error":
+        "reads Celery's Redis-backend chord keys (backend.get_key_for_group(group_id, '.j')) and the children of "
+        "Celery's chord unlock task",
     # test_tasks.py
     "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_each_instance_receives": _SIGNAL_HERE,
     "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_disconnect_leaves_other_instance_connected":

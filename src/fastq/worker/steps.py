@@ -22,7 +22,7 @@ from .._speedups import Request
 from ..exceptions import ChordError
 from ..messages import ResultMeta, encode_hook
 from ..typed import call_signature
-from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, freeze, launch, node_of, task_ids, task_nodes
+from ..workflow import CHAIN, CHORD, GROUP, WORKFLOW_KEYS, accumulating, as_list, freeze, launch, node_of, task_ids, task_nodes
 
 log = logging.getLogger("fastq.worker")
 
@@ -235,11 +235,12 @@ def replacement(app, msg, sig) -> list[bytes]:
     one result under the task's id."""
     opts = msg.options or {}
     tree = _accumulated(sig.as_dict())
+    mine = tree.get("options") or {}
     own = {"task_id": msg.id}
     for key in ("link", "link_error"):
-        if opts.get(key):
-            own[key] = opts[key]
-    tree["options"] = {**tree.get("options", {}), **own}
+        if opts.get(key):  # the task's callbacks join the replacement's own, not replace them
+            own[key] = [*as_list(mine.get(key)), *opts[key]]
+    tree["options"] = {**mine, **own}
     member = (opts["chord"], opts.get("group_index")) if opts.get("chord") is not None else None
     frozen = freeze(tree, None, member)
     # Celery's request.replaced_task_nesting: each replacement's tasks count one more.
