@@ -76,6 +76,11 @@ class Signature:
         return current_app_or_none()  # signature("proj.add") without an app: the current one, as in Celery
 
     @property
+    def name(self) -> str:
+        """The task's name (Celery's ``Signature.name``, as a task has)."""
+        return self.task
+
+    @property
     def id(self) -> str | None:
         """The task id, once set (``freeze()`` or ``set(task_id=...)``)."""
         return self.options.get("task_id")
@@ -315,7 +320,8 @@ class group(_Workflow):  # noqa: N801 - Celery's name
     def __init__(self, *tasks: Any, app=None, **options: Any) -> None:
         if len(tasks) == 1 and not isinstance(tasks[0], (Signature, dict)) and isinstance(tasks[0], Iterable):
             tasks = tuple(tasks[0])
-        self.tasks = tuple(maybe_signature(t, app, "group") for t in tasks)
+        # Copies, as Celery's group makes: linking a member later does not change the caller's signature
+        self.tasks = tuple(maybe_signature(t, app, "group").clone() for t in tasks)
         super().__init__("fastq.group", (), {}, options, app=app)
 
     def _children(self) -> list[Signature]:
@@ -379,7 +385,8 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
         # A generator is kept as it is: apply_async sends each header task as it is
         # yielded, as Celery does; anything that reads .tasks first turns it into a tuple.
         self._lazy: Iterator | None = header if isinstance(header, Iterator) else None
-        self._tasks = () if self._lazy is not None else tuple(maybe_signature(t, app, "chord header") for t in header)
+        self._tasks = () if self._lazy is not None else tuple(
+            maybe_signature(t, app, "chord header").clone() for t in header)  # copies, as a group's
         self.body = maybe_signature(body, app, "chord body") if body is not None else None
         super().__init__("fastq.chord", (), {}, options, app=app)
 
@@ -387,7 +394,7 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
     def tasks(self) -> tuple:
         if self._lazy is not None:
             lazy, self._lazy = self._lazy, None
-            self._tasks = tuple(maybe_signature(t, self.app, "chord header") for t in lazy)
+            self._tasks = tuple(maybe_signature(t, self.app, "chord header").clone() for t in lazy)
         return self._tasks
 
     @tasks.setter

@@ -26,15 +26,64 @@ pytestmark = [pytest.mark.slow, pytest.mark.celery, pytest.mark.timeout(600)]
 #: wait 10 s by design (an eta of 10 s, "not called within 10 s" checks) fail under it.
 PER_TEST_TIMEOUT = float(os.environ.get("CELERY_COMPAT_TIMEOUT", "10"))
 
-#: Measured passes minus 3 for flakiness (the floor only ratchets up).
-#: 2026-12: 208 passed of 302 applicable in two consecutive full runs (the same 208).
-PASSED_FLOOR = 205
+#: Measured passes minus 3 or 4 for flakiness (the floor only ratchets up).
+#: 2026-12 (stop 27): 208 passed of 302 applicable in two consecutive full runs (the same 208).
+#: 2026-12 (stop 28): 255 and 256 passed of 290 and 289 applicable (88.6%) in two consecutive runs.
+PASSED_FLOOR = 252
 
 #: Tests that passed in two consecutive full runs and cover what fastq fixed for them:
 #: errbacks (new-style, chord errbacks, link_error), Task.replace, nested groups and
-#: chains, chord header errbacks, ChordError, typing=/pydantic= and inspect replies.
+#: chains, chord header errbacks, ChordError, typing=/pydantic= and inspect replies;
+#: (stop 28) as_tuple and parent ids, empty steps, generator headers (the sizes well
+#: under the per-test timeout), retry(args=/kwargs=), Reject(requeue=True), group
+#: bodies' errbacks and links, re-applied frozen chords, replacement nesting.
 #: A regression in any of them fails this test.
 KEEP_PASSING: set[str] = {
+    "t/integration/test_canvas.py::test_chain::test_chain_forwards_args_past_leading_empty_steps",
+    "t/integration/test_canvas.py::test_chain::test_chain_of_group_followed_by_empty_groups",
+    "t/integration/test_canvas.py::test_chain::test_chain_of_nine_implicit_chords",
+    "t/integration/test_canvas.py::test_chain::test_chain_of_two_groups_as_tuple_holds_each_task_once[False]",
+    "t/integration/test_canvas.py::test_chain::test_chain_of_two_groups_as_tuple_holds_each_task_once[True]",
+    "t/integration/test_canvas.py::test_chain::test_chain_skips_empty_groups_before_chord_body",
+    "t/integration/test_canvas.py::test_chain::test_chord_with_chain_body_with_task_id",
+    "t/integration/test_canvas.py::test_chain::test_group_in_center_of_chain",
+    "t/integration/test_canvas.py::test_chain::test_group_results_in_chain",
+    "t/integration/test_canvas.py::test_chain::test_groupresult_serialization",
+    "t/integration/test_canvas.py::test_chain::test_parent_ids",
+    "t/integration/test_canvas.py::test_chord::test_chain_of_implicit_chords_as_body[False-False]",
+    "t/integration/test_canvas.py::test_chord::test_chain_of_implicit_chords_as_body[True-False]",
+    "t/integration/test_canvas.py::test_chord::test_chain_of_implicit_chords_body_failure[body]",
+    "t/integration/test_canvas.py::test_chord::test_chain_of_implicit_chords_body_failure[header]",
+    "t/integration/test_canvas.py::test_chord::test_chord_header_with_empty_chains",
+    "t/integration/test_canvas.py::test_chord::test_empty_header_chord",
+    "t/integration/test_canvas.py::test_chord::test_errbacks_of_chord_in_group_body_run_on_header_failure[method]",
+    "t/integration/test_canvas.py::test_chord::test_errbacks_of_chord_in_group_body_run_on_header_failure[option]",
+    "t/integration/test_canvas.py::test_chord::test_errbacks_of_group_body_tasks_run_on_header_failure[method]",
+    "t/integration/test_canvas.py::test_chord::test_errbacks_of_group_body_tasks_run_on_header_failure[option]",
+    "t/integration/test_canvas.py::test_chord::test_generator[3]",
+    "t/integration/test_canvas.py::test_chord::test_generator[4]",
+    "t/integration/test_canvas.py::test_chord::test_generator[5]",
+    "t/integration/test_canvas.py::test_chord::test_link_error_option_runs_on_header_failure[group]",
+    "t/integration/test_canvas.py::test_chord::test_link_option_on_group_body_runs_once",
+    "t/integration/test_canvas.py::test_chord::test_parent_ids",
+    "t/integration/test_canvas.py::test_chord::test_parent_ids__OR",
+    "t/integration/test_canvas.py::test_chord::test_parent_ids__plain_task_body",
+    "t/integration/test_canvas.py::test_chord::test_reapplying_frozen_chord_dispatches_body_again",
+    "t/integration/test_canvas.py::test_group::test_empty_group_result",
+    "t/integration/test_canvas.py::test_group::test_generator_group_iterated_while_calling_len",
+    "t/integration/test_canvas.py::test_group::test_group_with_empty_chain_members",
+    "t/integration/test_canvas.py::test_group::test_parent_ids",
+    "t/integration/test_canvas.py::test_xmap_xstarmap::test_starmap_in_a_group_and_a_chain",
+    "t/integration/test_inspect.py::test_Inspect::test_active",
+    "t/integration/test_inspect.py::test_Inspect::test_active_queues",
+    "t/integration/test_inspect.py::test_Inspect::test_query_task",
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_increments[0]",
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_increments[1]",
+    "t/integration/test_tasks.py::test_task_replacement::test_replaced_task_nesting_increments[3]",
+    "t/integration/test_tasks.py::test_tasks::test_properties",
+    "t/integration/test_tasks.py::test_tasks::test_reject_with_requeue_redelivers_and_succeeds",
+    "t/integration/test_tasks.py::test_tasks::test_retry_switches_from_args_to_kwargs",
+    "t/integration/test_tasks.py::test_tasks::test_retry_switches_from_kwargs_to_args",
     "t/integration/test_canvas.py::test_chain::test_chain_child_replaced_with_chain_first",
     "t/integration/test_canvas.py::test_chain::test_chain_child_replaced_with_chain_last",
     "t/integration/test_canvas.py::test_chain::test_chain_child_replaced_with_chain_middle",
