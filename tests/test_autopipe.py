@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -20,6 +22,7 @@ from fastq import FastQ
 from fastq._speedups import pack_command
 from fastq.exceptions import BrokerError
 from fastq.messages import decode_fields
+from fastq.testing import wait_for
 
 STREAM = "fastq:{default}:s"  # the default priority's stream
 
@@ -322,6 +325,40 @@ def test_a_broken_connection_fails_the_threads_on_it_and_the_next_calls_reconnec
     assert len(outcomes) == 8
     server.start()
     assert broker.execute_packed([_echo(3)]) == [b"m3"]
+
+
+def test_a_thread_waits_for_its_turn_at_most_broker_pool_acquire_timeout(redis_server):
+    """Celery's broker_pool_acquire_timeout: how long a send waits behind the others."""
+    server = redis_server()
+    app = _app(server.url, broker_socket_timeout=30, broker_connection_retries=0)
+    broker = app.broker
+    assert broker.execute_packed([_echo(1)]) == [b"m1"]
+    app.conf.broker_pool_acquire_timeout = 0.5  # set at run time: read when a sender has to wait
+    outcomes: dict = {}
+
+    def send(t):
+        try:
+            outcomes[t] = broker.execute_packed([_echo(t)])
+        except BrokerError as exc:
+            outcomes[t] = exc
+
+    # Given a paused Redis and one thread's send stuck on the shared connection
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        first = threading.Thread(target=send, args=(10,))
+        first.start()
+        wait_for(lambda: broker._shared()._busy, 10, message="the first send on the wire")
+        # When another thread sends, it gives up after the timeout with a clear error
+        t0 = time.monotonic()
+        send(11)
+        assert isinstance(outcomes[11], BrokerError) and "broker_pool_acquire_timeout" in str(outcomes[11])
+        assert time.monotonic() - t0 < 10
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    # ... while the first send completes once Redis is back, and the next sends go through
+    first.join(30)
+    assert outcomes[10] == [b"m10"]
+    assert broker.execute_packed([_echo(12)]) == [b"m12"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "broker_wait_replicas": 0,
     "broker_wait_timeout": 1.0,  # seconds WAIT may take before the send raises BrokerError
     "broker_retry_on_auth_failure": False,  # a worker keeps retrying refused credentials (else exits)
+    # Celery's: seconds a thread's send may wait for its turn on the process's shared
+    # connection behind other senders, then BrokerError; None: no bound
+    "broker_pool_acquire_timeout": None,
     # scale-out: {"default": 8} spreads a hot queue over 8 shards (see docs/scaling.md)
     "queue_shards": None,
     # messages
@@ -188,7 +191,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "broker_url": _OPT_STR, "result_backend": _OPT_STR, "key_prefix": _STR,
     "broker_connection_retries": _number(integer=True), "broker_connection_timeout": _number(strict=True),
     "broker_socket_timeout": _number(strict=True), "broker_wait_replicas": _number(integer=True),
-    "broker_startup_wait": _number(),
+    "broker_startup_wait": _number(), "broker_pool_acquire_timeout": _number(none=True, strict=True),
     "broker_wait_timeout": _number(strict=True), "queue_shards": _OPT_DICT, "task_serializer": _STR,
     "task_protocol": lambda v: None if v == 2 and not isinstance(v, bool) else "must be 2 (fastq has no protocol 1)",
     "max_message_size": _number(1, integer=True), "task_default_queue": _STR,

@@ -53,6 +53,8 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from ..exceptions import BrokerError
+
 # --- threads -------------------------------------------------------------------------
 
 
@@ -81,9 +83,12 @@ class SharedChannel:
 
     ``open_channel()`` makes the raw ``Channel`` (connected on its first send)."""
 
-    def __init__(self, open_channel) -> None:
+    def __init__(self, open_channel, conf: dict | None = None) -> None:
         self.pid = os.getpid()
         self._open = open_channel
+        # The app's settings: broker_pool_acquire_timeout (Celery's name), read when a
+        # caller has to wait for its turn, so a change at run time applies.
+        self._conf = conf or {}
         self._mu = threading.Lock()  # guards _queue, _busy and the hand-over of the lead
         self._queue: list[_Call] = []  # calls waiting for the next write
         self._busy = False  # a leader is at work
@@ -125,11 +130,19 @@ class SharedChannel:
             else:
                 self._busy = call.lead = True
         if not call.lead:
-            try:
-                call.wake.acquire()  # type: ignore[union-attr]  # answered, or handed the lead
+            wait = self._conf.get("broker_pool_acquire_timeout")  # seconds behind the others; None: no bound
+            try:  # answered, or handed the lead
+                woken = call.wake.acquire(timeout=-1 if wait is None else wait)  # type: ignore[union-attr]
             except BaseException:  # interrupted (Ctrl-C in the main thread)
                 self._abandon(call)
                 raise
+            if not woken:
+                self._abandon(call)  # (runs the round itself if it was handed the lead meanwhile)
+                if call.replies is None and call.error is None:
+                    raise BrokerError(
+                        f"waited {wait:g}s for a turn on the shared connection to Redis behind other senders "
+                        f"(broker_pool_acquire_timeout); the message may still go out with their write")
+                return call.outcome()
             call.wake.release()  # type: ignore[union-attr]  # ready for this thread's next call
             if not call.lead:
                 return call.outcome()

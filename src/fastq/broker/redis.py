@@ -290,7 +290,7 @@ class RedisBroker(Broker):
             with _shared_lock:
                 sc = self._shared_channel
                 if sc is None or sc.pid != os.getpid():
-                    sc = self._shared_channel = SharedChannel(self._new_plain_channel)
+                    sc = self._shared_channel = SharedChannel(self._new_plain_channel, self.conf)
         return sc
 
     def _new_plain_channel(self) -> Channel:
