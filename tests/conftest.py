@@ -212,6 +212,30 @@ def worker(redis_url, request):
                              + f"\n----- log of {wp.name}, the end -----\n{text[-8000:]}\n")
 
 
+CANVAS = "tests.apps.canvasapp:app"
+
+
+@pytest.fixture
+def capp(redis_url):
+    """The canvas tests' app (tests.apps.canvasapp), pointed at the test DB."""
+    from tests.apps import canvasapp
+
+    canvasapp.app.conf.broker_url = redis_url
+    canvasapp.app.conf.task_always_eager = False
+    canvasapp.app._reset()
+    return canvasapp
+
+
+@pytest.fixture
+def cworker(worker):
+    """One worker with two pool processes running the canvas app."""
+
+    def start(*args: str, **kw):
+        return worker("-P", "process", "-c", "2", *args, app=CANVAS, **kw)
+
+    return start
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield

@@ -16,30 +16,6 @@ from fastq import GroupResult, chain, chord, group, signature, states
 from fastq.canvas import Signature
 from fastq.exceptions import NotRegistered
 
-CANVAS = "tests.apps.canvasapp:app"
-
-
-@pytest.fixture
-def capp(redis_url):
-    """The canvas tests' app (tests.apps.canvasapp), pointed at the test DB."""
-    from tests.apps import canvasapp
-
-    canvasapp.app.conf.broker_url = redis_url
-    canvasapp.app.conf.task_always_eager = False
-    canvasapp.app._reset()
-    return canvasapp
-
-
-@pytest.fixture
-def cworker(worker):
-    """One worker with two pool processes running the canvas app."""
-
-    def start(*args: str, **kw):
-        return worker("-P", "process", "-c", "2", *args, app=CANVAS, **kw)
-
-    return start
-
-
 # --- building (no worker) -------------------------------------------------------------------
 
 
@@ -487,6 +463,24 @@ def test_empty_chains_and_groups_are_steps_that_do_nothing(capp, cworker):
     # A chain with nothing to run is still an error at the call
     with pytest.raises(ValueError, match="empty chain"):
         chain(group(), chain()).apply_async()
+
+
+def test_a_one_task_group_in_a_chain_is_that_task(capp, cworker):
+    cworker()
+    add = capp.add
+    # Given groups of one task in chains: Celery unrolls them (its issue 1656), so the
+    # next step gets the task's value, not a list of one
+    assert chain(group(add.s(0, 0)), add.s(-1)).apply_async().get(timeout=30) == -1
+    assert (add.s(1, 1) | group(add.s(1))).apply_async().get(timeout=30) == 3
+    # ... and the group's options go to its task
+    assert chain(add.si(1, 1), group(add.s(1), countdown=0.1)).apply_async().get(timeout=30) == 3
+    # A group of one outside a chain stays a group
+    assert group(add.s(2, 2)).apply_async().get(timeout=30) == [4]
+
+
+def test_a_signature_reads_as_celerys_dict(capp):
+    sig = capp.add.si(1, 2)
+    assert dict(sig) == sig.as_dict() and sig["task"] == "canvas.add" and sig["args"] == [1, 2]
 
 
 def test_results_give_their_ancestry_as_tuples_and_equal_their_ids(capp, cworker):

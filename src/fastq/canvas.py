@@ -191,6 +191,13 @@ class Signature:
                          maybe_signature(d["body"], app) if d.get("body") is not None else None, app=app, **options)
         raise TypeError(f"unknown signature type {kind!r}")
 
+    # Celery's signatures are dicts; dict(sig) and sig["task"] read the wire form here too.
+    def keys(self):
+        return self.as_dict().keys()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Signature) and self.as_dict() == other.as_dict()
 

@@ -161,6 +161,8 @@ def _normalize_chain(tasks: list) -> list:
         t = node_of(t, "chain")
         if _is_empty(t):
             continue
+        if t.get("subtask_type") == GROUP and len(t["tasks"]) == 1:
+            t = _unrolled_member(t)  # a one-task group in a chain is that task, as Celery unrolls it
         if t.get("subtask_type") == CHAIN:
             flat.extend(_normalize_chain(_spread(t)))
         else:
@@ -180,6 +182,13 @@ def _normalize_chain(tasks: list) -> list:
             body = {"subtask_type": CHAIN, "tasks": [t["body"], *rest], "options": {}}
             return [*flat[:i], {**t, "body": body}]
     return flat
+
+
+def _unrolled_member(group_node: dict) -> dict:
+    """The one task of a group, with the group's options (but its id) pushed onto it."""
+    member = node_of(group_node["tasks"][0], "group")
+    opts = {k: v for k, v in (group_node.get("options") or {}).items() if k not in ("group_id", "task_id")}
+    return {**member, "options": _merge(member.get("options") or {}, opts)} if opts else member
 
 
 def _is_empty(node: dict) -> bool:
