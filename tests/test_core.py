@@ -462,3 +462,19 @@ def test_request_shows_celerys_fields_from_the_message(core):
     assert core.Request(msg, "eager").is_eager
     bad = core.Request(Message("id-2", "t", headers={"replaced_task_nesting": "x"}), "host")
     assert (bad.replaced_task_nesting, bad.reply_to, bad.properties["app_id"]) == (0, None, None)
+
+
+def test_request_reads_stamps_and_survives_malformed_ones(core):
+    from fastq.messages import Message
+
+    # Given a stamped message (fastq.stamping), one naming a stamp it lacks, and malformed ones
+    req = core.Request(Message("id-1", "t", headers={"stamped_headers": ["m", "n"], "stamps": {"m": "42", "x": 1}}),
+                       "host")
+    # Then the request shows the named stamps, None for a missing value, as Celery's
+    assert (req.stamped_headers, req.stamps) == (["m", "n"], {"m": "42", "n": None})
+    for headers in ({"stamped_headers": "m", "stamps": {"m": 1}}, {"stamped_headers": [1, None], "stamps": []},
+                    {"stamps": {"m": 1}}, None):
+        bad = core.Request(Message("id-2", "t", headers=headers), "host")
+        assert (bad.stamped_headers, bad.stamps) == ([], {})
+    odd = core.Request(Message("id-3", "t", headers={"stamped_headers": ["m"], "stamps": "not a dict"}), "host")
+    assert (odd.stamped_headers, odd.stamps) == (["m"], {"m": None})

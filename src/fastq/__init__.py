@@ -13,6 +13,7 @@ from .canvas import Signature, chain, chord, chunks, group, signature
 from .logs import get_task_logger
 from .result import AsyncResult, EagerResult, GroupResult, ResultSet
 from .schedules import crontab
+from .stamping import StampingVisitor
 from .task import Task
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GroupResult",
     "ResultSet",
     "Signature",
+    "StampingVisitor",
     "Task",
     "__version__",
     "chain",

@@ -80,6 +80,8 @@ class Request:
     is_eager: bool
     reply_to: str | None
     replaced_task_nesting: int
+    stamped_headers: list[str]
+    stamps: dict[str, Any]
     properties: dict
     def __init__(
         self, message: Any, hostname: str | None, delivery: Delivery | None = None, queue: str | None = None,

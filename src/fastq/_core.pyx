@@ -610,6 +610,23 @@ cdef class Request:
         return n if n.__class__ is int else 0
 
     @property
+    def stamped_headers(self):
+        """The names of the stamps the message carries (fastq.stamping), as Celery's."""
+        headers = self.message.headers
+        names = headers.get("stamped_headers") if headers else None
+        return [n for n in names if n.__class__ is str] if names.__class__ is list else []
+
+    @property
+    def stamps(self):
+        """``{name: value}`` of the message's stamps (fastq.stamping), as Celery's: None
+        for a name whose value is missing; {} for malformed headers."""
+        headers = self.message.headers
+        stamps = headers.get("stamps") if headers else None
+        if stamps.__class__ is not dict:
+            stamps = {}
+        return {n: stamps.get(n) for n in self.stamped_headers}
+
+    @property
     def properties(self):
         """Celery's message properties: the id as correlation_id, reply_to, priority, app_id."""
         headers = self.message.headers
@@ -744,6 +761,7 @@ cdef class Runner:
             handler.unknown_task(d, msg, out)
             return
         if (not task._fast or msg.options is not None or msg.expires is not None or handler.revoked
+                or (handler.revoked_stamps and msg.headers is not None)
                 or (slow_streams and d.stream in slow_streams)):
             handler.execute(task, d, msg, out)
         else:

@@ -14,7 +14,7 @@ import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import workflow
+from . import stamping, workflow
 from ._speedups import new_task_id
 from .current import current_app_or_none
 from .result import AsyncResult, GroupResult
@@ -86,9 +86,10 @@ class Signature:
         return self.options.get("task_id")
 
     def clone(self, args: Any = None, kwargs: dict | None = None, **options: Any) -> Signature:
-        """A copy, with ``args`` prepended and ``kwargs``/``options`` merged (unless immutable)."""
+        """A copy, with ``args`` prepended and ``kwargs``/``options`` merged (unless
+        immutable). Stamps it has are kept: options do not change them, as in Celery."""
         s = copy.copy(self)
-        s.options = {**self.options, **options}
+        s.options = {**self.options, **_unstamped(self.options, options)}
         s.kwargs = dict(self.kwargs)
         if args and not self.immutable:
             s.args = tuple(args) + self.args
@@ -121,6 +122,30 @@ class Signature:
         self.options["link_error"] = [*as_list(self.options.get("link_error")), errback]
         return errback
 
+    def stamp(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+              **headers: Any) -> Signature:
+        """Stamp this signature, its callbacks and errbacks: ``headers`` (``sig.stamp(
+        monitoring_id="42")``) and what ``visitor.on_signature`` returns; the
+        worker shows them as ``self.request.stamps`` (fastq.stamping). A stamp it
+        has already is replaced, or with ``append_stamps`` kept in a list with the
+        new one."""
+        self.stamp_links(visitor, append_stamps, **headers)
+        found = None if visitor is None else (visitor.on_signature(self, **headers) or {})
+        return self.set(**stamping.collect(self.options, found, append_stamps, headers))
+
+    def stamp_links(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+                    **headers: Any) -> None:
+        """Stamp the callbacks and errbacks (``visitor.on_callback`` / ``on_errback``
+        add to what each gets); the signature's own stamps are not passed on."""
+        for key, hook in (("link", "on_callback"), ("link_error", "on_errback")):
+            passed = copy.deepcopy(headers)
+            for link in as_list(self.options.get(key)):
+                # A callback given as a dict is stamped as a copy, as Celery does
+                link = maybe_signature(link, self.app, key)
+                found = None if visitor is None else (getattr(visitor, hook)(link, **passed) or {})
+                passed = stamping.collect(None, found, append_stamps, passed)
+                link.stamp(visitor, append_stamps, **passed)
+
     def on_error(self, errback: Any) -> Signature:
         """``link_error`` that returns this signature, as Celery's does, so it
         chains: ``chain(a.s(), b.s()).on_error(eb).apply_async()`` sends the chain."""
@@ -147,6 +172,9 @@ class Signature:
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Run it here and now (an EagerResult)."""
         s = self.clone(args, kwargs)
+        names = as_list(s.options.get("stamped_headers"))
+        if names:  # its stamps show in the eager request too
+            options = {**{k: s.options.get(k) for k in names}, "stamped_headers": names, **options}
         return s._app().tasks[s.task].apply(s.args, s.kwargs, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -204,6 +232,15 @@ class Signature:
     def __repr__(self) -> str:
         args = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
         return f"{self.task}({args})"
+
+
+def _unstamped(own: dict, options: dict) -> dict:
+    """``options`` without the stamps ``own`` has (they are immutable, as in Celery)."""
+    names = own.get("stamped_headers")
+    if not options or not names:
+        return options
+    fixed = {"stamped_headers", *names}
+    return {k: v for k, v in options.items() if k not in fixed or k not in own}
 
 
 def _options_dict(options: dict) -> dict:
@@ -277,6 +314,17 @@ class _Workflow(Signature):
         s.options = {**self.options, **options}
         return s
 
+    def _stamp_parts(self, visitor, append_stamps: bool, headers: dict, start: str, end: str) -> None:
+        """A chain's or group's stamp: its stamps (``visitor.<start>``) go to its
+        callbacks and to every task inside; ``visitor.<end>`` closes the part."""
+        found = None if visitor is None else (getattr(visitor, start)(self, **headers) or {})
+        headers = stamping.collect(self.options, found, append_stamps, headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        for t in self.tasks:
+            t.stamp(visitor, append_stamps, **headers)
+        if visitor is not None:
+            getattr(visitor, end)(self, **headers)
+
 
 
 class chain(_Workflow):  # noqa: N801 - Celery's name
@@ -304,6 +352,11 @@ class chain(_Workflow):  # noqa: N801 - Celery's name
     def as_dict(self) -> dict:
         return {"subtask_type": "chain", "tasks": [t.as_dict() for t in self.tasks],
                 "options": _options_dict(self.options)}
+
+    def stamp(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+              **headers: Any) -> None:
+        """Stamp every step (``visitor.on_chain_start`` adds stamps for all of them)."""
+        self._stamp_parts(visitor, append_stamps, headers, "on_chain_start", "on_chain_end")
 
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Run every step here, in order (eager mode)."""
@@ -360,6 +413,11 @@ class group(_Workflow):  # noqa: N801 - Celery's name
     def as_dict(self) -> dict:
         return {"subtask_type": "group", "tasks": [t.as_dict() for t in self.tasks],
                 "options": _options_dict(self.options)}
+
+    def stamp(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+              **headers: Any) -> None:
+        """Stamp every member (``visitor.on_group_start`` adds stamps for all of them)."""
+        self._stamp_parts(visitor, append_stamps, headers, "on_group_start", "on_group_end")
 
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Run every member here (eager mode); inner groups unrolled, as when sent."""
@@ -460,6 +518,23 @@ class chord(_Workflow):  # noqa: N801 - Celery's name
         return {"subtask_type": "chord", "header": [t.as_dict() for t in self.tasks], "body": self.body.as_dict(),
                 "options": _options_dict(self.options)}
 
+    def stamp(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+              **headers: Any) -> None:
+        """Stamp the header tasks (``visitor.on_chord_header_start`` adds stamps for
+        them) and the body (``visitor.on_chord_body``). A generator header is read
+        now. Unlike Celery 5.7, the body is stamped without a visitor too, so
+        ``chord.stamp(monitoring_id=...)`` labels every task of the chord."""
+        found = None if visitor is None else (visitor.on_chord_header_start(self, **headers) or {})
+        headers = stamping.collect(self.options, found, append_stamps, headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        for t in self.tasks:
+            t.stamp(visitor, append_stamps, **headers)
+        if visitor is not None:
+            visitor.on_chord_header_end(self, **headers)
+        if self.body is not None:
+            found = None if visitor is None else (visitor.on_chord_body(self, **headers) or {})
+            self.body.stamp(visitor, append_stamps, **stamping.collect(self.options, found, append_stamps, headers))
+
     def apply(self, args: Any = None, kwargs: dict | None = None, **options: Any):
         """Run the header, then the body, here (eager mode)."""
         if self.body is None:
@@ -499,6 +574,11 @@ class chunks(_Workflow):  # noqa: N801 - Celery's name
                  for i in range(0, len(self.it), self.n)]
         return group(tasks, app=self.app, **self.options)
 
+    def stamp(self, visitor: stamping.StampingVisitor | None = None, append_stamps: bool = False,
+              **headers: Any) -> None:
+        """Stamp the task every chunk calls."""
+        self.target.stamp(visitor, append_stamps, **headers)
+
     def as_dict(self) -> dict:
         return self.group().as_dict()
 
@@ -537,4 +617,6 @@ def signature(task: Any, args: Any = None, kwargs: dict | None = None, options: 
 
 subtask = signature
 
-__all__ = ["Signature", "chain", "chord", "chunks", "group", "maybe_signature", "signature", "subtask"]
+StampingVisitor = stamping.StampingVisitor
+
+__all__ = ["Signature", "StampingVisitor", "chain", "chord", "chunks", "group", "maybe_signature", "signature", "subtask"]

@@ -644,7 +644,8 @@ def inspect_query_task(state: _AppState, task_ids: tuple[str, ...]) -> None:
 @main.group(cls=_UnderscoreGroup)
 @_remote_options
 def control() -> None:
-    """Tell the workers: ping, shutdown, pool_grow, pool_shrink, add_consumer, cancel_consumer, revoke, rate_limit."""
+    """Tell the workers: ping, shutdown, pool_grow, pool_shrink, add_consumer, cancel_consumer, revoke,
+    revoke_by_stamped_headers, rate_limit."""
 
 
 def _control_call(state: _AppState, method: str, *args, **kwargs) -> None:
@@ -718,6 +719,23 @@ def control_cancel_consumer(state: _AppState, queue: str) -> None:
 def control_revoke(state: _AppState, task_ids: tuple[str, ...], terminate: bool, sig: str) -> None:
     """Revoke tasks: workers store REVOKED instead of running them."""
     _control_call(state, "revoke", list(task_ids), terminate=terminate, signal=sig)
+
+
+@control.command("revoke_by_stamped_headers")
+@_remote_options
+@click.argument("headers", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also kill the pool processes running such tasks (process pool).")
+@click.option("--signal", "sig", default="SIGKILL", show_default=True, help="Signal for --terminate.")
+@click.pass_obj
+def control_revoke_by_stamped_headers(state: _AppState, headers: tuple[str, ...], terminate: bool, sig: str) -> None:
+    """Revoke the tasks stamped NAME=VALUE (one or more; a name given twice revokes both values)."""
+    values: dict[str, list[str]] = {}
+    for h in headers:
+        name, eq, value = h.partition("=")
+        if not eq or not name:
+            raise click.BadParameter(f"{h!r} is not NAME=VALUE", param_hint="HEADERS")
+        values.setdefault(name, []).append(value)
+    _control_call(state, "revoke_by_stamped_headers", values, terminate=terminate, signal=sig)
 
 
 @control.command("rate_limit")

@@ -34,12 +34,14 @@ from importlib.metadata import version
 from typing import Any
 
 from . import __version__
+from ._speedups import Request
 from .broker import safe_url
 from .broker.fair import split_member
 from .broker.keys import validate_queue_name
 from .messages import decode_fields, message_decoder_for
 from .ratelimit import set_rate_limit as store_rate_limit
 from .settings import DEFAULTS
+from .stamping import revoke_values
 
 log = logging.getLogger("fastq.control")
 
@@ -145,6 +147,22 @@ class Control:
         with app.broker.retrying():
             app.broker.revoke(ids, until)
         return self.broadcast("revoke", {"task_id": ids, "terminate": terminate, "signal": signal, "expires": until},
+                              destination, reply, timeout)
+
+    def revoke_by_stamped_headers(self, headers: dict, destination=None, terminate: bool = False,
+                                  signal: str = "SIGKILL", reply: bool = False, timeout: float = 1.0,
+                                  expires: float | None = None):
+        """Revoke every task stamped (fastq.stamping) with one of these values:
+        ``{"monitoring_id": ["42", "43"]}``. As ``revoke``: kept in Redis for
+        ``worker_revoke_expires`` seconds (or ``expires``), for workers started
+        later too, and ``terminate=True`` also stops the running ones."""
+        values = revoke_values(headers)  # a bad argument fails here, not in every worker
+        app = self.app
+        until = time.time() + float(expires if expires is not None else app.conf.worker_revoke_expires)
+        with app.broker.retrying():
+            app.broker.revoke_stamps(values, until)
+        return self.broadcast("revoke_by_stamped_headers", {"headers": headers, "terminate": terminate,
+                                                            "signal": signal, "expires": until},
                               destination, reply, timeout)
 
     def rate_limit(self, task_name: str, rate_limit, destination=None, reply: bool = False, timeout: float = 1.0):
@@ -263,7 +281,7 @@ def request_info(msg, queue: str | None = None) -> dict:
     return {
         "id": msg.id, "name": msg.task, "args": msg.args, "kwargs": msg.kwargs, "retries": msg.retries,
         "eta": msg.eta, "expires": msg.expires, "priority": msg.priority, "parent_id": msg.parent_id,
-        "root_id": msg.root_id, "queue": queue, "created": msg.created,
+        "root_id": msg.root_id, "queue": queue, "created": msg.created, "stamps": Request(msg, None).stamps,
     }
 
 

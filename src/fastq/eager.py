@@ -22,9 +22,14 @@ def _message(task, args: list, kwargs: dict, task_id: str, retries: int, options
     parent = current_request.get()
     # what the request shows of the call: its time limits (the task's own apply otherwise)
     limits = {k: options[k] for k in ("time_limit", "soft_time_limit") if options and options.get(k) is not None}
+    # and its stamps (fastq.stamping), in the headers as a worker's message has them
+    names = options.get("stamped_headers") if options else None
+    headers = ({"stamped_headers": list(names), "stamps": {n: options.get(n) for n in names}}
+               if isinstance(names, (list, tuple)) else None)
     return Message(task_id, task.name, args, kwargs, retries, None, None, 0,
                    parent.id if parent is not None else None,
-                   (parent.root_id or parent.id) if parent is not None else None, time.time(), limits or None)
+                   (parent.root_id or parent.id) if parent is not None else None, time.time(), limits or None,
+                   headers)
 
 
 def _again(task, exc: BaseException, retries: int) -> bool:

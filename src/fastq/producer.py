@@ -27,7 +27,16 @@ from .eager import run_eagerly_async
 from .exceptions import ImproperlyConfigured, MessageTooLarge, NotRegistered
 from .fairness import with_tenant
 from .messages import Message, Serializer, check_serializer, now
-from .options import REPR_OPTIONS, SPECIAL_OPTIONS, WORKER_OPTIONS, check_option, due_time, expiry_time, unknown_options
+from .options import (
+    REPR_OPTIONS,
+    SEND_OPTIONS,
+    SPECIAL_OPTIONS,
+    WORKER_OPTIONS,
+    check_option,
+    due_time,
+    expiry_time,
+    unknown_options,
+)
 from .result import AsyncResult
 from .signals import before_task_publish
 from .unique import (
@@ -91,12 +100,17 @@ class Producer:
     def _before_publish(self, msg: Message, queue: str, priority: int, due: float | None) -> None:
         """Send before_task_publish; its receivers may add to ``msg.headers``."""
         headers = msg.headers = dict(msg.headers) if msg.headers else {}
+        opts = msg.options
+        # properties: Celery's message properties (what the transport carries beside the headers)
         before_task_publish.send(sender=msg.task, body=msg, headers=headers, routing_key=queue, priority=priority,
-                                 eta=due)
+                                 eta=due, exchange="", properties={
+                                     "correlation_id": msg.id, "reply_to": opts.get("reply_to") if opts else None,
+                                     "priority": priority, "delivery_mode": 2})
         if not headers:
             msg.headers = None
 
     def _build_with_options(self, name: str, args, kwargs, options: dict, task) -> tuple[Message, str, int, float | None]:
+        stamps = _take_stamps(name, options) if "stamped_headers" in options else None
         if "time_limit" in options or "soft_time_limit" in options or (task is not None and task._limits_reversed):
             _check_limits(name, task, options)
         task_id = options.pop("task_id", None) or new_task_id()
@@ -130,6 +144,8 @@ class Producer:
                 if not isinstance(value, str):
                     raise TypeError(f"task {name!r}: {key} must be a string, not {type(value).__name__}")
                 headers = {**(headers or {}), key: value}
+        if stamps is not None:  # fastq.stamping: carried in the headers, where the worker reads them
+            headers = {**(headers or {}), **stamps}
         _check_envelope(task_id, parent_id, root_id, retries, headers)
         tenant_key = options.pop("tenant_key", None)
         if "group_key" in options:  # the option's name before the rename (#19)
@@ -370,6 +386,23 @@ def _message_options(options: dict) -> dict | None:
     if options:
         raise unknown_options(options)
     return out
+
+
+def _take_stamps(name: str, options: dict) -> dict:
+    """A signature's stamps (fastq.stamping), taken out of its options as the
+    headers that carry them: ``stamped_headers`` names them. A stamp named like
+    an apply_async option stays an option too, as in Celery."""
+    names = options.pop("stamped_headers")
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"task {name!r}: stamped_headers must be a list of stamp names, not {names!r:.100}")
+    stamps = {n: options.get(n) if n in _ACTED_ON else options.pop(n, None) for n in names}
+    return {"stamped_headers": list(names), "stamps": stamps}
+
+
+#: The apply_async options the producer or the worker acts on.
+_ACTED_ON = frozenset((*SEND_OPTIONS, *WORKER_OPTIONS, *REPR_OPTIONS, *SPECIAL_OPTIONS))
 
 
 def _check_limits(name: str, task, options: dict) -> None:

@@ -57,7 +57,9 @@ class Signal:
 #: Sent by the producer for each message about to be published (only while it has
 #: receivers): ``sender`` is the task name, ``body`` the Message, ``headers`` its
 #: ``Message.headers`` dict, which receivers may add to (e.g. a trace context),
-#: ``routing_key`` the queue, ``priority`` and ``eta`` (epoch seconds or None).
+#: ``routing_key`` the queue, ``priority`` and ``eta`` (epoch seconds or None),
+#: and Celery's ``exchange`` ("") and ``properties`` (correlation_id, reply_to,
+#: priority, delivery_mode).
 before_task_publish = Signal("before_task_publish")
 #: Sent in the worker when a task message is taken to run (Celery's): ``request``
 #: is its Request (``id``, ``task``, ``args``...), before expiry, revoke and rate checks.

@@ -45,6 +45,8 @@ class _EmptyRequest:
     is_eager = False
     reply_to = None
     replaced_task_nesting = 0
+    stamped_headers: list = []
+    stamps: dict = {}
     properties: dict = {}
 
 
@@ -402,6 +404,14 @@ class Task(Generic[P, R]):
             raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
         if isinstance(sig, chain) and not sig.tasks:
             raise ImproperlyConfigured("Cannot replace with an empty chain")
+        stamps = self.request.stamps
+        if stamps:  # the replacement keeps this task's stamps (fastq.stamping)
+            sig.stamp(None, False, **stamps)
+        return self.on_replace(sig)
+
+    def on_replace(self, sig: Signature) -> Any:
+        """Called by ``replace()`` with the replacement, as Celery's hook: an override
+        may change or stamp ``sig`` and must end with ``return super().on_replace(sig)``."""
         if self.request.delivery is None:  # a plain or eager call: run it here
             return sig.apply().get()
         raise Replaced(sig)

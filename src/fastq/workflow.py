@@ -127,7 +127,8 @@ def _check_options(opts: dict) -> None:
     global _known_options
     if _known_options is None:
         _known_options = frozenset((*SEND_OPTIONS, *WORKER_OPTIONS, *REPR_OPTIONS))
-    unknown = [k for k in opts if k not in _known_options]
+    stamps = as_list(opts.get("stamped_headers"))  # fastq.stamping: the names of its stamps
+    unknown = [k for k in opts if k not in _known_options and k != "stamped_headers" and k not in stamps]
     if unknown:
         raise unknown_options(unknown)
 
@@ -138,6 +139,8 @@ def _merge(own: dict, defaults: dict) -> dict:
     for k, v in defaults.items():
         if k in ("link", "link_error"):
             out[k] = [*as_list(out.get(k)), *as_list(v)]
+        elif k == "stamped_headers":  # the stamps of both (a task's own win a clash)
+            out[k] = list(dict.fromkeys([*as_list(out.get(k)), *as_list(v)]))
         elif out.get(k) is None:
             out[k] = v
     return out

@@ -4,12 +4,13 @@ Tasks that record their runs write into the ledger DB (FASTQ_TEST_LEDGER), so a
 test can count how many times a chord body or a chain step really ran.
 """
 
+import json
 import os
 import time
 
 from tests.apps.ledger import ledger
 
-from fastq import FastQ, chain, chord, group, signature
+from fastq import FastQ, StampingVisitor, Task, chain, chord, group, signature
 from fastq.exceptions import Ignore
 
 app = FastQ("canvas")
@@ -171,3 +172,41 @@ def nesting(self, replacements, seen=None):
 def send_chain():
     """Sends a chain and returns its result handle."""
     return (add.s(1, 1) | add.s(1)).apply_async()
+
+
+@app.task(name="canvas.note_stamps", bind=True)
+def note_stamps(self, *values, key="stamps", fail=False):
+    """Appends ``[task name, its stamps, its stamped_headers]`` to ledger list ``key``
+    (every task of a stamped workflow says what it carried); returns its first value."""
+    ledger().rpush(key, json.dumps([self.name, self.request.stamps, sorted(self.request.stamped_headers)]))
+    if fail:
+        raise ValueError("note_stamps failed on purpose")
+    return values[0] if values else None
+
+
+@app.task(name="canvas.retry_stamps", bind=True, max_retries=2)
+def retry_stamps(self, key):
+    """Retries once; each try notes its stamps (a retry keeps them)."""
+    ledger().rpush(key, json.dumps([self.request.retries, self.request.stamps]))
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.1)
+    return self.request.stamps
+
+
+class StampOnReplace(StampingVisitor):
+    def on_signature(self, sig, **headers):
+        return {"on_replace": "yes"}
+
+
+class StampingTask(Task):
+    """Celery's hook: the replacement is stamped before it is sent."""
+
+    def on_replace(self, sig):
+        sig.stamp(StampOnReplace())
+        return super().on_replace(sig)
+
+
+@app.task(name="canvas.replace_stamped", bind=True, base=StampingTask)
+def replace_stamped(self, key):
+    """Replaced by note_stamps: it keeps this task's stamps, and on_replace adds one."""
+    return self.replace(note_stamps.s("replaced", key=key))

@@ -480,6 +480,14 @@ class Broker(abc.ABC):
     def revoked(self, client: Any = None) -> dict[str, float]:
         """Every task revoked now, with when its revoke ends."""
 
+    @abc.abstractmethod
+    def revoke_stamps(self, stamps: dict[str, list], until: float) -> None:
+        """Keep tasks stamped with these values (stamp name -> values) revoked until ``until``."""
+
+    @abc.abstractmethod
+    def revoked_stamps(self, client: Any = None) -> list[tuple[str, Any, float]]:
+        """Every stamp value revoked now: (stamp name, value, when its revoke ends)."""
+
     # --- connections of one's own (see the module docstring) ---------------------------
 
     @abc.abstractmethod

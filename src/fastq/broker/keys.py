@@ -85,6 +85,7 @@ class Keys:
         self.queues_set = f"{prefix}queues"  #: every queue name ever used
         self.workers = f"{prefix}workers"  #: ZSET hostname -> last heartbeat
         self.revoked = f"{prefix}revoked"  #: ZSET task id -> expiry
+        self.revoked_stamps = f"{prefix}revoked_stamps"  #: ZSET JSON [stamp name, value] -> expiry
         self.events = f"{prefix}events"  #: capped event stream
         self.control = f"{prefix}control"  #: pub/sub channel
         self.beat_leader = f"{prefix}beat:leader"  #: the leading beat's id, with a TTL

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from redis.exceptions import (
     AuthenticationError,
@@ -1288,6 +1290,32 @@ class RedisBroker(Broker):
         c = client or self.client
         return {i.decode(errors="replace"): until
                 for i, until in c.zrangebyscore(self.keys.revoked, time.time(), "+inf", withscores=True)}
+
+    def revoke_stamps(self, stamps: dict[str, list], until: float) -> None:
+        """Keep tasks stamped with these values revoked until ``until`` (epoch
+        seconds); each value is one member, JSON ``[name, value]``."""
+        members = {json.dumps([name, v], sort_keys=True): until for name, values in stamps.items() for v in values}
+        pipe = self.client.pipeline(transaction=False)
+        if members:
+            pipe.zadd(self.keys.revoked_stamps, members)
+        pipe.zremrangebyscore(self.keys.revoked_stamps, "-inf", time.time())
+        pipe.execute()
+
+    def revoked_stamps(self, client=None) -> list[tuple[str, Any, float]]:
+        """Stamp values revoked now: (name, value, when the revoke ends). A member
+        that is not JSON ``[name, value]`` (written by something else) is skipped."""
+        c = client or self.client
+        out = []
+        for member, until in c.zrangebyscore(self.keys.revoked_stamps, time.time(), "+inf", withscores=True):
+            try:
+                item = json.loads(member)
+            except ValueError:
+                item = None
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                log.warning("Skipped a malformed revoked stamp in %s: %r", self.keys.revoked_stamps, member[:100])
+                continue
+            out.append((item[0], item[1], until))
+        return out
 
     # --- namespaces -----------------------------------------------------------------
 

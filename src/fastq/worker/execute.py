@@ -26,6 +26,7 @@ from ..exceptions import Ignore, NotRegistered, Reject, Replaced, Retry, TaskRev
 from ..mail import mailer_for
 from ..messages import ResultMeta, encode_result, exception_args, message_decoder_for
 from ..options import Countdown, options_error
+from ..stamping import revoked_by
 from ..unique import release as release_unique
 from ..workflow import CHILDREN
 from . import steps
@@ -54,6 +55,8 @@ class Executor:
         self.decoders = {f: message_decoder_for(f) for f in (b"p", b"j")}
         #: Revoked task ids (kept in sync by the control channel).
         self.revoked: set[str] = set()
+        #: Revoked stamp values, name -> values (fastq.stamping; replaced as a whole by the control channel).
+        self.revoked_stamps: dict[str, list] = {}
         self.log_tasks = log.isEnabledFor(logging.INFO)
         #: Set by the consumer: send an ack at once (for acks_late=False).
         self.ack_now = None
@@ -248,6 +251,11 @@ class Executor:
         if msg.id in self.revoked:
             self._revoked(d, msg, out, "revoked")
             return None
+        if self.revoked_stamps and msg.headers:
+            hit = revoked_by(Request(msg, self.hostname, d).stamps, self.revoked_stamps)
+            if hit is not None:
+                self._revoked(d, msg, out, f"revoked by stamp {hit}")
+                return None
         args, kwargs = msg.args, msg.kwargs
         if task._typed is not None:  # the annotated types, or the task fails now (never retried)
             try:

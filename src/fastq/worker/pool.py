@@ -107,6 +107,7 @@ class SoloPool:
         revokes = getattr(getattr(w, "control", None), "revokes", None)
         if revokes is not None:  # a consumer added at run time learns the known revokes
             c.executor.revoked.update(revokes.expiry)
+            c.executor.revoked_stamps = revokes.stamps
         return c
 
     def stop(self) -> None:

@@ -38,6 +38,7 @@ from ..control import (
 )
 from ..metrics import tree_rss
 from ..options import parse_rate
+from ..stamping import revoke_values, revoked_by
 
 log = logging.getLogger("fastq.control")
 
@@ -56,6 +57,10 @@ class RevokeState:
         self.app = app
         self.executors = executors
         self.expiry: dict[str, float] = {}
+        #: revoked stamp values (fastq.stamping): JSON [name, value] -> (name, value, until)
+        self.stamp_expiry: dict[str, tuple[str, Any, float]] = {}
+        #: name -> revoked values: what executors check (a new dict on each change, never mutated)
+        self.stamps: dict[str, list] = {}
         self._lock = threading.Lock()
 
     def add(self, ids: Iterable[str], until: float | None = None) -> None:
@@ -68,6 +73,28 @@ class RevokeState:
     def sync(self, client=None) -> None:
         """Load the revokes kept in Redis (at start and after a reconnect)."""
         self.add_many(self.app.broker.revoked(client))
+        self._add_stamps(self.app.broker.revoked_stamps(client))
+
+    def add_stamps(self, stamps: dict[str, list], until: float | None = None) -> None:
+        """Revoke the tasks stamped with these values (name -> values)."""
+        until = until or time.time() + float(self.app.conf.worker_revoke_expires)
+        self._add_stamps([(name, v, until) for name, values in stamps.items() for v in values])
+
+    def _add_stamps(self, items: list[tuple[str, Any, float]]) -> None:
+        with self._lock:
+            for name, value, until in items:
+                key = json.dumps([name, value], sort_keys=True)
+                old = self.stamp_expiry.get(key)
+                self.stamp_expiry[key] = (name, value, max(until, old[2] if old else 0.0))
+            self._apply_stamps()
+
+    def _apply_stamps(self) -> None:
+        stamps: dict[str, list] = {}
+        for name, value, _ in self.stamp_expiry.values():
+            stamps.setdefault(name, []).append(value)
+        self.stamps = stamps
+        for ex in self.executors():
+            ex.revoked_stamps = stamps  # replaced, not changed: a consumer may be reading the old one
 
     def add_many(self, items: dict[str, float]) -> None:
         with self._lock:
@@ -84,6 +111,11 @@ class RevokeState:
             for ex in self.executors():
                 for i in gone:
                     ex.revoked.discard(i)
+            lapsed = [k for k, (_, _, until) in self.stamp_expiry.items() if until <= now]
+            for k in lapsed:
+                del self.stamp_expiry[k]
+            if lapsed:
+                self._apply_stamps()
 
     def _apply(self) -> None:
         for ex in self.executors():
@@ -248,7 +280,8 @@ class WorkerControl:
         return {name: getattr(self, name) for name in (
             "ping", "stats", "registered", "active", "reserved", "scheduled", "revoked", "active_queues",
             "query_task", "clock", "conf", "report",
-            "revoke", "rate_limit", "shutdown", "pool_grow", "pool_shrink", "add_consumer", "cancel_consumer",
+            "revoke", "revoke_by_stamped_headers", "rate_limit", "shutdown", "pool_grow", "pool_shrink",
+            "add_consumer", "cancel_consumer",
         )}
 
     # --- inspect --------------------------------------------------------------------------
@@ -341,6 +374,23 @@ class WorkerControl:
                 msg += f"; terminated {', '.join(killed)}"
         return {"ok": msg}
 
+    def revoke_by_stamped_headers(self, headers, terminate: bool = False, signal: str = "SIGKILL",
+                                  expires: float | None = None) -> dict:
+        """Revoke the tasks stamped with these values (fastq.stamping); with
+        ``terminate``, also the running ones, as ``revoke`` does. Celery's replies."""
+        stamps = revoke_values(headers)
+        self.revokes.add_stamps(stamps, expires)
+        if not terminate:
+            return {"ok": f"headers {headers} flagged as revoked, but not terminated"}
+        if not hasattr(self.pool, "terminate"):
+            return {"ok": f"headers {headers} flagged as revoked; terminate is not supported by the "
+                          f"{self.worker.pool_name} pool"}
+        ids = [t["id"] for t in self.pool.active() if revoked_by(t.get("stamps") or {}, stamps)]
+        killed = self.pool.terminate(ids, _signal.Signals[signal] if isinstance(signal, str) else signal) if ids else []
+        if not killed:
+            return {"ok": f"headers {headers} were not terminated"}
+        return {"ok": f"headers {headers} revoked; terminated {', '.join(killed)}"}
+
     def rate_limit(self, task_name: str, rate_limit) -> dict:
         set_rate_limit(self.app, task_name, rate_limit)
         return {"ok": f"new rate limit set successfully for {task_name}: {rate_limit}"}
@@ -391,7 +441,8 @@ class ChildAgent:
         self.revokes = RevokeState(app, lambda: [consumer.executor])
         self._synced = time.monotonic()
         self.listener = ControlListener(
-            app, hostname, {"revoke": self._revoke, "rate_limit": self._rate_limit}, reply=False,
+            app, hostname, {"revoke": self._revoke, "revoke_by_stamped_headers": self._revoke_stamps,
+                            "rate_limit": self._rate_limit}, reply=False,
             tick=self._tick, tick_interval=1.0, on_connect=self.revokes.sync,
         )
         self.app = app
@@ -405,6 +456,10 @@ class ChildAgent:
 
     def _revoke(self, task_id, expires: float | None = None, **_: Any):
         self.revokes.add([task_id] if isinstance(task_id, str) else task_id, expires)
+        return NO_REPLY
+
+    def _revoke_stamps(self, headers, expires: float | None = None, **_: Any):
+        self.revokes.add_stamps(revoke_values(headers), expires)
         return NO_REPLY
 
     def _rate_limit(self, task_name: str, rate_limit):
