@@ -161,7 +161,7 @@ class Control:
         until = time.time() + float(expires if expires is not None else app.conf.worker_revoke_expires)
         with app.broker.retrying():
             app.broker.revoke_stamps(values, until)
-        return self.broadcast("revoke_by_stamped_headers", {"headers": headers, "terminate": terminate,
+        return self.broadcast("revoke_by_stamped_headers", {"headers": values, "terminate": terminate,
                                                             "signal": signal, "expires": until},
                               destination, reply, timeout)
 

@@ -61,7 +61,7 @@ IMPORTS: dict[tuple[str, str], tuple[str, str | None]] = {
     # celery.canvas
     ("celery.canvas", "signature"): ("fastq.canvas", "signature"),
     ("celery.canvas", "_chain"): ("fastq.canvas", "chain"),
-    ("celery.canvas", "StampingVisitor"): ("missing", None),
+    ("celery.canvas", "StampingVisitor"): ("fastq.canvas", "StampingVisitor"),
     # celery.exceptions
     ("celery.exceptions", "ChordError"): ("fastq.exceptions", "ChordError"),
     ("celery.exceptions", "Ignore"): ("fastq.exceptions", "Ignore"),

@@ -13,8 +13,14 @@ _KV = "needs Celery's BaseKeyValueStoreBackend class (isinstance check / monkeyp
 _CHANNELS = "counts Celery's Redis-backend pub/sub channels (PUBSUB CHANNELS names kombu/Celery subscribe)"
 _WSTATE = ("reads the in-process worker's celery.worker.state (Celery's test worker runs in the test process; "
            "fastq's is a `fastq worker` subprocess)")
-_STAMPS = ("clears/reads the in-process worker's celery.worker.state revoked stamps (the stamping feature it "
-           "exercises, revoke_by_stamped_headers, fastq lacks too)")
+_STAMPS = ("clears the in-process worker's celery.worker.state.revoked_stamps between its cases (fastq's "
+           "revoke_by_stamped_headers is tested on real workers in tests/test_stamping.py)")
+_REVOKED_CLOCK = ("reads the in-process worker's celery.worker.state.revoked and the local monotonic time stamps "
+                  "it keeps per id (fastq keeps revokes in Redis with an expiry time)")
+_SIGNAL_STAMPS = ("checks the stamps only in a task_received receiver connected in the test process, which fires "
+                  "in Celery's in-process test worker but not in a `fastq worker` subprocess, so it would pass or "
+                  "fail without looking at the stamps; tests/test_stamping.py checks the same stamps as each task "
+                  "runs on a real worker")
 _SIGNAL_HERE = ("connects task_received in the test process and expects it to fire there: Celery's test worker "
                 "runs in that process, fastq's is a `fastq worker` subprocess (its own signals, tested in tests/test_signals.py)")
 _PICKLE = "catches celery.utils.serialization.UnpickleableExceptionWrapper, the wrapper of Celery's pickle serializer"
@@ -32,6 +38,12 @@ NOT_APPLICABLE: dict[str, str] = {
     "t/integration/test_canvas.py::test_chord::test_chord_on_error":
         "reads Celery's Redis-backend chord keys (backend.get_key_for_group(group_id, '.j')) and the children of "
         "Celery's chord unlock task",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_task_received_has_access_to_stamps": _SIGNAL_STAMPS,
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_all_tasks_of_canvas_are_stamped": _SIGNAL_STAMPS,
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_replace_merge_stamps": _SIGNAL_STAMPS,
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_linking_stamped_sig": _SIGNAL_STAMPS,
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_err_linking_stamped_sig": _SIGNAL_STAMPS,
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamps_remain_on_task_retry": _SIGNAL_STAMPS,
     # test_tasks.py
     "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_each_instance_receives": _SIGNAL_HERE,
     "t/integration/test_tasks.py::test_signal_bound_method_receivers::test_disconnect_leaves_other_instance_connected":
@@ -60,7 +72,7 @@ NOT_APPLICABLE: dict[str, str] = {
     "t/integration/test_tasks.py::test_task_redis_result_backend::test_asyncresult_get_cancels_subscription":
         _CHANNELS,
     # test_inspect.py
-    "t/integration/test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": _STAMPS,
+    "t/integration/test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": _REVOKED_CLOCK,
     "t/integration/test_inspect.py::test_Inspect::test_stats":
         "expects Celery's test worker: in the test process (stats pid == os.getpid()) with one pool slot",
     "t/integration/test_inspect.py::test_Inspect::test_report":

@@ -29,14 +29,16 @@ PER_TEST_TIMEOUT = float(os.environ.get("CELERY_COMPAT_TIMEOUT", "10"))
 #: Measured passes minus 3 or 4 for flakiness (the floor only ratchets up).
 #: 2026-12 (stop 27): 208 passed of 302 applicable in two consecutive full runs (the same 208).
 #: 2026-12 (stop 28): 255 and 256 passed of 290 and 289 applicable (88.6%) in two consecutive runs.
-PASSED_FLOOR = 252
+#: 2026-12 (stop 29): 265 and 265 passed of 282 applicable (94.0%) in two consecutive runs.
+PASSED_FLOOR = 261
 
 #: Tests that passed in two consecutive full runs and cover what fastq fixed for them:
 #: errbacks (new-style, chord errbacks, link_error), Task.replace, nested groups and
 #: chains, chord header errbacks, ChordError, typing=/pydantic= and inspect replies;
 #: (stop 28) as_tuple and parent ids, empty steps, generator headers (the sizes well
 #: under the per-test timeout), retry(args=/kwargs=), Reject(requeue=True), group
-#: bodies' errbacks and links, re-applied frozen chords, replacement nesting.
+#: bodies' errbacks and links, re-applied frozen chords, replacement nesting; (stop 29)
+#: stamping and revoke_by_stamped_headers.
 #: A regression in any of them fails this test.
 KEEP_PASSING: set[str] = {
     "t/integration/test_canvas.py::test_chain::test_chain_forwards_args_past_leading_empty_steps",
@@ -187,6 +189,12 @@ KEEP_PASSING: set[str] = {
     "t/integration/test_canvas.py::test_signature_serialization::test_rebuild_nested_group_chain",
     "t/integration/test_canvas.py::test_signature_serialization::test_rebuild_nested_group_chord",
     "t/integration/test_canvas.py::test_signature_serialization::test_rebuild_nested_group_group",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_properties_not_affected_from_stamping",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamp_canvas_with_dictionary_link",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamp_canvas_with_dictionary_link_error",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamp_value_type_defined_by_visitor",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamping_example_canvas",
+    "t/integration/test_canvas.py::test_stamping_mechanism::test_stamping_workflow",
     "t/integration/test_inspect.py::test_Inspect::test_clock",
     "t/integration/test_inspect.py::test_Inspect::test_ping",
     "t/integration/test_inspect.py::test_Inspect::test_registered",
@@ -196,6 +204,7 @@ KEEP_PASSING: set[str] = {
     "t/integration/test_tasks.py::test_tasks::test_pydantic_annotations",
     "t/integration/test_tasks.py::test_tasks::test_pydantic_model_arguments",
     "t/integration/test_tasks.py::test_tasks::test_pydantic_string_annotations",
+    "t/integration/test_tasks.py::test_tasks::test_revoke_by_stamped_headers_no_match",
     "t/integration/test_tasks.py::test_tasks::test_wrong_arguments",
 }
 
