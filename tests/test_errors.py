@@ -51,6 +51,7 @@ COMMANDS: dict[str, list[str]] = {
     "control add_consumer": ["control", "add_consumer", "extra"],
     "control cancel_consumer": ["control", "cancel_consumer", "extra"],
     "control revoke": ["control", "revoke", "some-task-id"],
+    "control revoke_by_stamped_headers": ["control", "revoke_by_stamped_headers", "monitoring_id=42"],
     "control rate_limit": ["control", "rate_limit", "tests.add", "1/s"],
 }
 NOT_APP_COMMANDS = {"bench"}  # takes --broker itself; walked separately below

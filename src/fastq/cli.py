@@ -710,11 +710,17 @@ def control_cancel_consumer(state: _AppState, queue: str) -> None:
     _control_call(state, "cancel_consumer", queue)
 
 
+def _terminate_options(f):
+    """--terminate and --signal, for the revoke commands."""
+    f = click.option("--signal", "sig", default="SIGKILL", show_default=True, help="Signal for --terminate.")(f)
+    return click.option("--terminate", is_flag=True,
+                        help="Also kill the pool processes running the tasks (process pool).")(f)
+
+
 @control.command("revoke")
 @_remote_options
 @click.argument("task_ids", nargs=-1, required=True)
-@click.option("--terminate", is_flag=True, help="Also kill the pool process running the task (process pool).")
-@click.option("--signal", "sig", default="SIGKILL", show_default=True, help="Signal for --terminate.")
+@_terminate_options
 @click.pass_obj
 def control_revoke(state: _AppState, task_ids: tuple[str, ...], terminate: bool, sig: str) -> None:
     """Revoke tasks: workers store REVOKED instead of running them."""
@@ -724,8 +730,7 @@ def control_revoke(state: _AppState, task_ids: tuple[str, ...], terminate: bool,
 @control.command("revoke_by_stamped_headers")
 @_remote_options
 @click.argument("headers", nargs=-1, required=True)
-@click.option("--terminate", is_flag=True, help="Also kill the pool processes running such tasks (process pool).")
-@click.option("--signal", "sig", default="SIGKILL", show_default=True, help="Signal for --terminate.")
+@_terminate_options
 @click.pass_obj
 def control_revoke_by_stamped_headers(state: _AppState, headers: tuple[str, ...], terminate: bool, sig: str) -> None:
     """Revoke the tasks stamped NAME=VALUE (one or more; a name given twice revokes both values)."""
