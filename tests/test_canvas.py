@@ -476,6 +476,9 @@ def test_a_one_task_group_in_a_chain_is_that_task(capp, cworker):
     assert chain(add.si(1, 1), group(add.s(1), countdown=0.1)).apply_async().get(timeout=30) == 3
     # A group of one outside a chain stays a group
     assert group(add.s(2, 2)).apply_async().get(timeout=30) == [4]
+    # And eager runs unroll it the same way
+    assert chain(group(add.s(0, 0)), add.s(-1)).apply().get() == -1
+    assert (add.s(1, 1) | group(add.s(1))).apply().get() == 3
 
 
 def test_a_signature_reads_as_celerys_dict(capp):

@@ -56,6 +56,17 @@ def test_stamp_puts_stamps_in_options_and_links(capp):
     assert a.options["monitoring_id"] == "m2"
     a.stamp(MonitoringId("m3"), append_stamps=True)
     assert a.options["monitoring_id"] == ["m3", "m2"]  # the newest first, as in Celery
+    # And keyword stamps reach the callbacks too, but a signature's own stamps are not passed on
+    assert cb.options["tenant"] == "acme"
+    mine = capp.add.si(1, 1).set(own="x", stamped_headers=["own"])
+    cb2 = mine.link(capp.add.si(2, 2))
+    mine.stamp(tenant="t")
+    assert "own" not in cb2.options and cb2.options["tenant"] == "t"
+    # And a callback given as a dict (Celery's signatures are dicts) is stamped in place
+    as_dict = dict(capp.add.si(3, 3))
+    d = capp.add.si(1, 1).set(link=[as_dict])
+    d.stamp(tenant="t")
+    assert as_dict["options"]["tenant"] == "t" and as_dict["options"]["stamped_headers"] == ["tenant"]
     # And options given later do not change a stamp (Celery: stamped headers are immutable)
     assert a.clone(monitoring_id="other", queue="q").options["monitoring_id"] == ["m3", "m2"]
 
@@ -90,6 +101,15 @@ def test_visitor_hooks_stamp_every_part(capp):
     assert first.options["in_group"] and "in_chain" not in first.options
     assert inner1.options["in_chain"] and inner2.options["in_group"]
     assert c.body.options["body"] and c.body.options["who"] == "sig"
+    # Without a visitor, a chord's body is stamped too (Celery stamps it only through a visitor)
+    plain = chord([capp.add.s(1, 1)], capp.tsum.s())
+    plain.stamp(batch="b1")
+    assert plain.tasks[0].options["batch"] == "b1" and plain.body.options["batch"] == "b1"
+    # A stamp that is a dict is copied to each member, never shared between them
+    a, b = capp.add.s(1, 1).set(meta={"own": 1}, stamped_headers=["meta"]), capp.add.s(2, 2)
+    g = group(a, b)
+    g.stamp(meta={"g": 1})
+    assert g.tasks[1].options["meta"] == {"g": 1} and g.tasks[0].options["meta"] == {"g": 1, "own": 1}
 
 
 def test_stamps_travel_in_the_headers(capp):
@@ -173,6 +193,12 @@ def test_a_replacement_keeps_the_stamps_and_on_replace_adds_its_own(capp, cworke
     [[name, stamps, names]] = _notes(ledger, "stamps:replace")
     assert name == "canvas.note_stamps"
     assert stamps == {"monitoring_id": "m1", "on_replace": "yes"} and names == ["monitoring_id", "on_replace"]
+    # A stamp the replacement has already is its own, not the replaced task's
+    sig = capp.replace_stamped.s("stamps:replace-own", own="child")
+    sig.stamp(MonitoringId("m1"), tenant="acme")
+    assert sig.apply_async().get(timeout=30) == "replaced"
+    [[_, stamps, _]] = _notes(ledger, "stamps:replace-own")
+    assert stamps == {"monitoring_id": "child", "tenant": "acme", "on_replace": "yes"}
 
 
 def test_revoke_by_stamped_headers_revokes_what_they_label(capp, worker, ledger, r):

@@ -139,12 +139,13 @@ class Signature:
         add to what each gets); the signature's own stamps are not passed on."""
         for key, hook in (("link", "on_callback"), ("link_error", "on_errback")):
             passed = copy.deepcopy(headers)
-            for link in as_list(self.options.get(key)):
-                # A callback given as a dict is stamped as a copy, as Celery does
-                link = maybe_signature(link, self.app, key)
+            for given in as_list(self.options.get(key)):
+                link = maybe_signature(given, self.app, key)
                 found = None if visitor is None else (getattr(visitor, hook)(link, **passed) or {})
                 passed = stamping.collect(None, found, append_stamps, passed)
                 link.stamp(visitor, append_stamps, **passed)
+                if isinstance(given, dict):  # a callback given as a dict is stamped in place, as in Celery
+                    given.update(link.as_dict())
 
     def on_error(self, errback: Any) -> Signature:
         """``link_error`` that returns this signature, as Celery's does, so it
@@ -225,6 +226,12 @@ class Signature:
 
     def __getitem__(self, key: str) -> Any:
         return self.as_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.as_dict()
+
+    def __iter__(self):
+        return iter(self.as_dict())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Signature) and self.as_dict() == other.as_dict()
@@ -362,6 +369,8 @@ class chain(_Workflow):  # noqa: N801 - Celery's name
         """Run every step here, in order (eager mode)."""
         result = None
         for i, t in enumerate(self.tasks):
+            if isinstance(t, group) and len(t.tasks) == 1:
+                t = t.tasks[0]  # a one-task group in a chain is that task, as when sent
             result = t.apply(args, kwargs) if i == 0 else t.apply((result.get(),))
             if result.failed():
                 return result

@@ -241,10 +241,11 @@ class AsyncResult(_ResultBase, Generic[R]):
         self.app.control.revoke(self.id, terminate=terminate, signal=signal, reply=wait,
                                 timeout=timeout if timeout is not None else 1.0)
 
-    def revoke_by_stamped_headers(self, headers: dict, terminate: bool = False, signal: str = "SIGKILL",
-                                  wait: bool = False, timeout: float | None = None) -> None:
+    def revoke_by_stamped_headers(self, headers: dict, connection: Any = None, terminate: bool = False,
+                                  signal: str = "SIGKILL", wait: bool = False, timeout: float | None = None) -> None:
         """Revoke every task stamped with one of these values
-        (``app.control.revoke_by_stamped_headers``; fastq.stamping), as Celery's."""
+        (``app.control.revoke_by_stamped_headers``; fastq.stamping), as Celery's
+        (whose ``connection`` argument is taken and not used: the app's is)."""
         self.app.control.revoke_by_stamped_headers(headers, terminate=terminate, signal=signal, reply=wait,
                                                    timeout=timeout if timeout is not None else 1.0)
 

@@ -20,6 +20,7 @@ Layer: api (the producer side); imports only the standard library.
 
 from __future__ import annotations
 
+import copy
 from abc import ABCMeta, abstractmethod
 from typing import Any
 
@@ -98,19 +99,19 @@ def collect(own: dict | None, visitor_stamps: dict | None, append: bool, headers
     for this part, then (``own``: a signature's options) the stamps it had; on a
     clash the earlier wins unless ``append``. Returns them with their
     ``stamped_headers`` list."""
-    out = {k: list(v) if isinstance(v, list) else v for k, v in headers.items()}
+    out = copy.deepcopy(headers)  # merging changes lists and dicts in place: never a caller's
     if "stamped_headers" not in out:
         out["stamped_headers"] = list(out)
     if visitor_stamps is not None:
         visitor_stamps = dict(visitor_stamps)
         if "stamped_headers" not in visitor_stamps:
             visitor_stamps["stamped_headers"] = list(visitor_stamps)
-        merge_stamps(out, visitor_stamps, append)
+        merge_stamps(out, copy.deepcopy(visitor_stamps), append)
         out["stamped_headers"] = _unique(out["stamped_headers"])
     if own is not None:
         names = _unique([*out["stamped_headers"], *(own.get("stamped_headers") or ())])
         out["stamped_headers"] = names
-        merge_stamps(out, {k: v for k, v in own.items() if k in names}, append)
+        merge_stamps(out, copy.deepcopy({k: v for k, v in own.items() if k in names}), append)
         out["stamped_headers"] = _unique(out["stamped_headers"])
     return out
 

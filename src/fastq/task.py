@@ -404,8 +404,10 @@ class Task(Generic[P, R]):
             raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
         if isinstance(sig, chain) and not sig.tasks:
             raise ImproperlyConfigured("Cannot replace with an empty chain")
-        stamps = self.request.stamps
-        if stamps:  # the replacement keeps this task's stamps (fastq.stamping)
+        # The replacement keeps this task's stamps (fastq.stamping), but not over its own
+        own = sig.options.get("stamped_headers") or ()
+        stamps = {k: v for k, v in self.request.stamps.items() if k not in own}
+        if stamps:
             sig.stamp(None, False, **stamps)
         return self.on_replace(sig)
 

@@ -207,6 +207,10 @@ class StampingTask(Task):
 
 
 @app.task(name="canvas.replace_stamped", bind=True, base=StampingTask)
-def replace_stamped(self, key):
-    """Replaced by note_stamps: it keeps this task's stamps, and on_replace adds one."""
-    return self.replace(note_stamps.s("replaced", key=key))
+def replace_stamped(self, key, own=None):
+    """Replaced by note_stamps: it keeps this task's stamps (not over one the
+    replacement has: ``own``), and on_replace adds one."""
+    sig = note_stamps.s("replaced", key=key)
+    if own is not None:
+        sig.stamp(monitoring_id=own)
+    return self.replace(sig)
