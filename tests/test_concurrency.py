@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 from tests.apps import basic
 
@@ -128,6 +129,29 @@ def test_two_workers_share_a_queue_filled_before_they_start(app, worker, ledger)
     worker("-P", "thread", "-c", "3")
     rows = wait_spans(ledger, "two", 24)
     assert makespan(rows) < 4.5  # ideal 2 s; one slot each at a time would be 6 s
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            total += next(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_a_child_running_one_task_at_a_time_does_not_poll(app, worker):
+    """The hold watch sleeps while no consumer holds more than the task it runs:
+    a thread waking every 10 ms costs an idle worker CPU and the one-task round
+    trip its GIL. Idle, the consumer wakes about once a second (its blocking read)."""
+    w = worker("-P", "process", "-c", "1")
+    for i in range(50):  # one at a time: batches of one, nothing held behind them
+        assert basic.echo.delay(i).get(timeout=30) == i
+    (child,) = psutil.Process(w.pid).children()
+    before = wakeups(child.pid)
+    time.sleep(3.0)
+    woke = wakeups(child.pid) - before
+    assert woke < 60, f"{woke} wake-ups in 3 s"  # a watch polling every 10 ms: about 300
 
 
 def stopped(pid: int) -> bool:

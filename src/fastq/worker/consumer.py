@@ -7,6 +7,9 @@ tasks run:
 
     read fetch reply (batch k)  ->  send fetch k+1  ->  run batch k  ->  send acks + results of k
 
+A batch smaller than asked for emptied the queue: then nothing is fetched ahead,
+and the blocking read for the next message goes out with the batch's results.
+
 How many messages a fetch asks for adapts to how long tasks take, and what a
 consumer holds behind a long task is handed back for a free slot
 (``holding.py``): ``--concurrency N`` keeps N tasks running for any task length.
@@ -113,7 +116,8 @@ class Consumer:
         self.conn = None
         self.stopping = False
         self._rr = 0
-        self._outstanding: deque = deque()  # ("out", Output, n, sent as a transaction) | ("fetch", QueueKeys)
+        #: ("out", Output, n, sent as a transaction) | ("fetch" or "block", QueueKeys, sent at, count asked)
+        self._outstanding: deque = deque()
         self._broken = False
         self._warned = False
         self._pending_outs: list = []  #: writes to send again after reconnecting
@@ -121,6 +125,7 @@ class Consumer:
         self._batch: list = []  #: the batch being run
         self._prev_batch: list = []  #: the one before it (finished; its acks may still be in flight)
         self._fetched_at = 0.0  #: time.monotonic() when the batch's fetch was sent
+        self._asked = 0  #: how many messages that fetch asked for
         # The hold watch (another thread) hands back what waits behind a long task;
         # the loop takes this lock after a batch, so it never runs what was handed back.
         self._hold_lock = threading.Lock()
@@ -239,7 +244,16 @@ class Consumer:
         cmd = self._fetch_cmds.get((i, n))
         if cmd is None:
             cmd = self._fetch_cmds[(i, n)] = self.broker.fetch_command(self.queues[i].name, self.name, n)
-        self._outstanding.append(("fetch", self.queues[i], time.monotonic()))
+        self._outstanding.append(("fetch", self.queues[i], time.monotonic(), n))
+        self._send(cmd)
+
+    def _send_block(self) -> None:
+        """Send a blocking read over every queue (one command when there is one)."""
+        n = self.window.size
+        cmds = self._blocking_fetch_commands(n)
+        cmd = cmds[self._block_turn % len(cmds)]
+        self._block_turn += 1
+        self._outstanding.append(("block", None, time.monotonic(), n))
         self._send(cmd)
 
     def _read_reply(self, item, missing_scripts: list) -> list | None:
@@ -273,13 +287,18 @@ class Consumer:
         except ReplyError as exc:
             if is_redirect(exc):
                 raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
-            if "NOSCRIPT" in str(exc):
+            if item[0] == "block":
+                self._queues_vanished(exc)
+            elif "NOSCRIPT" in str(exc):
                 missing_scripts.append(None)
             else:
                 log.error("Fetch failed: %s", exc)
             return []
-        self._fetched_at = item[2]
-        batch = parse_fetch_reply(reply, item[1].fetch_order)
+        self._fetched_at, self._asked = item[2], item[3]
+        if item[0] == "block":
+            batch = parse_xread_reply(reply, self.by_name)
+        else:
+            batch = parse_fetch_reply(reply, item[1].fetch_order)
         if self._handed:  # the watch handed these back while we ran the last batch
             batch = [d for d in batch if d.entry_id not in self._handed]
             self._handed.clear()
@@ -318,24 +337,12 @@ class Consumer:
                 self._send_output(out)
         self._drain()
 
-    def _blocking_fetch(self) -> list:
-        cmds = self._blocking_fetch_commands(self.window.size)
-        cmd = cmds[self._block_turn % len(cmds)]
-        self._block_turn += 1
-        self._fetched_at = time.monotonic()
-        self._send(cmd)
-        try:
-            reply = self._read()
-        except ReplyError as exc:
-            if is_redirect(exc):  # a cluster failover or a demoted master
-                raise ConnectionError(f"Redis redirected a fetch: {exc}") from exc
-            # NOGROUP / UNBLOCKED: a stream or its group was deleted (purge,
-            # FLUSHDB, a Redis restart without persistence): re-create them.
-            log.warning("Queue keys vanished (%s); re-creating the consumer groups", exc)
-            for qk in self.queues:
-                self.broker.ensure_queue(qk.name)
-            return []
-        return parse_xread_reply(reply, self.by_name)
+    def _queues_vanished(self, exc: ReplyError) -> None:
+        # NOGROUP / UNBLOCKED: a stream or its group was deleted (purge,
+        # FLUSHDB, a Redis restart without persistence): re-create them.
+        log.warning("Queue keys vanished (%s); re-creating the consumer groups", exc)
+        for qk in self.queues:
+            self.broker.ensure_queue(qk.name)
 
     def _release(self, deliveries, client=None, quiet: bool = False) -> int:
         """Hand back unstarted messages to the front of their priority; returns how
@@ -359,35 +366,37 @@ class Consumer:
 
     # --- holding: see holding.py ---------------------------------------------------------
 
-    def check_hold(self, now: float) -> None:
+    def check_hold(self, now: float) -> bool:
         """Called by the hold watch (another thread): if the running task has run
         longer than ``hold_time`` while this consumer holds messages it has not
-        started, hand them back now."""
+        started, hand them back now. Returns whether to look again."""
         cur = self.runner.current
         if cur is None or self.stopping:
             self._watched = None
-            return
+            return False
         watched = self._watched
         if watched is None or watched[0] is not cur:
             self._watched = (cur, now)
-            return
-        if watched[1] is None or now - watched[1] < self.hold_time:
-            return  # None: already handed back for this task
+            return True
+        if watched[1] is None:
+            return False  # already handed back for this task
+        if now - watched[1] < self.hold_time:
+            return True
         self._watched = (cur, None)
         batch = self._batch
-        fetching = any(item[0] == "fetch" for item in list(self._outstanding))
+        fetching = any(item[0] != "out" for item in list(self._outstanding))
         holds = (batch and batch[-1] is not cur) or fetching
         if not holds and not self.out:
-            return  # holds nothing else, and what finished before it was sent
+            return False  # holds nothing else, and what finished before it was sent
         with self._hold_lock:
             if self.runner.current is not cur:
-                return  # it moved on meanwhile: the loop deals with the rest
+                return False  # it moved on meanwhile: the loop deals with the rest
             # What finished before this task is sent now (results visible, acks
             # done), not when it ends: on the consumer's connection, whose
             # replies the loop reads in order once the batch is over.
             self._flush_mid_batch(self.out)
             if not holds:
-                return
+                return False
             # From here the runner starts no message after the one it shows as
             # current (it publishes current, then checks stopping); the loop puts
             # stopping back after the batch, under the lock.
@@ -413,6 +422,7 @@ class Consumer:
         if moved:
             log.info("Handed back %d message(s) waiting behind a task running for over %.0f ms",
                      moved, self.hold_time * 1000)
+        return False
 
     def _lost_leases(self, rest: list) -> None:
         """A batch held past ``hold_limit`` (the process was paused, or Redis was
@@ -530,7 +540,8 @@ class Consumer:
                     self._send_fetch()
                     continue
                 self._drain()
-                batch = self._blocking_fetch()
+                self._send_block()
+                batch = self._read_until_fetch()
                 empty_rounds = 0
                 if not batch:
                     if not self.stopping:
@@ -540,10 +551,19 @@ class Consumer:
                     continue
             empty_rounds = 0
             self.limiter.refresh()
-            pipelined = self.window.pipelined
+            # A batch shorter than what was asked for emptied the queue: fetching
+            # again before it runs would most likely find nothing, and Redis would
+            # run that fetch ahead of this batch's results. After it, wait for the
+            # next message at once (one queue: the blocking read covers every stream).
+            drained = len(batch) < self._asked and len(self._turns) == 1
+            pipelined = self.window.pipelined and not drained
             fetched_at = self._fetched_at
             if pipelined:
                 self._send_fetch()  # the next batch is prepared while this one runs
+            if pipelined or len(batch) > 1:
+                # It holds more than the task it runs. A lone task's batch has
+                # nothing to hand back; its task-received count waits for its result.
+                self._watch.arm()
             if self.events:
                 self.out.event("task-received", None, None, None, {"n": len(batch)})
             # A batch with redelivered messages may hold the one that killed the last
@@ -575,7 +595,10 @@ class Consumer:
                 else:
                     self._release(rest)
             if not pipelined and not self.stopping:
-                self._send_fetch()
+                if drained:
+                    self._send_block()  # sent with the results: one write
+                else:
+                    self._send_fetch()
             batch = []
             self._check_recycle()
         self._flush()

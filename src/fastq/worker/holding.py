@@ -15,7 +15,8 @@ mechanisms keep that wait short without giving up batching for fast tasks:
   batches: a no-op drain reaches the full batch in a few round trips, a queue of
   100 ms tasks is spread one per slot.
 - ``HoldWatch``: one thread per process looks at its consumers every
-  ``worker_hold_time / 2``. When a consumer's task has run longer than
+  ``worker_hold_time / 2`` while any of them holds more than the task it runs
+  (it sleeps otherwise). When a consumer's task has run longer than
   ``worker_hold_time`` and the consumer holds messages it has not started (the
   rest of its batch, or what a fetch in flight brought), they are handed back at
   once to the front of their priority (release.lua, fenced), where any idle
@@ -93,6 +94,15 @@ class HoldWatch:
         self.interval = 1.0
         self.thread: threading.Thread | None = None
         self.client = None  #: its own connection: the consumers' are busy running tasks
+        # Set while some consumer may hold something behind the task it runs. The
+        # watch sleeps on it otherwise: a thread waking every few milliseconds in
+        # the process costs an idle worker CPU, and a busy one its GIL at the
+        # moment a reply comes in (measured: 4% on the one-task round trip).
+        self._armed = threading.Event()
+
+    def arm(self) -> None:
+        """A consumer started a batch that holds more than the task it runs."""
+        self._armed.set()
 
     def leave(self, consumer) -> None:
         with self._guard:
@@ -101,13 +111,18 @@ class HoldWatch:
 
     def _run(self) -> None:
         while True:
+            self._armed.wait()
             time.sleep(self.interval)
+            # Cleared before the consumers are looked at, so an arm() from now on is kept.
+            self._armed.clear()
             now = time.monotonic()
             for c in list(self.consumers):
                 try:
-                    c.check_hold(now)
+                    if c.check_hold(now):
+                        self._armed.set()
                 except Exception:  # never let the watch die; the lease is the fallback
                     log.exception("Handing back held messages failed")
+                    self._armed.set()
 
 
 __all__ = ["HoldWatch", "Window"]
