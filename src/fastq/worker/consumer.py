@@ -35,6 +35,7 @@ import random
 import threading
 import time
 from collections import deque
+from operator import attrgetter
 
 import psutil
 
@@ -51,6 +52,7 @@ from .execute import Executor
 from .holding import HoldWatch, Window
 
 log = logging.getLogger("fastq.worker")
+_dc, _stream = attrgetter("dc"), attrgetter("stream")  # per message: a C call, not a Python step
 
 
 class Consumer:
@@ -569,7 +571,7 @@ class Consumer:
             # A batch with redelivered messages may hold the one that killed the last
             # process: ack each message before the next starts, so its batch-mates
             # are not run again with it (design note 4.7.5).
-            redelivered = any(d.dc or d.stream in self._returned for d in batch)
+            redelivered = any(map(_dc, batch)) or not self._returned.isdisjoint(map(_stream, batch))
             self.runner.flush_interval = 0.0 if redelivered else self.flush_interval
             if self.max_tasks:  # run no more than the child may; hand back the rest
                 left = max(0, self.max_tasks - self.runner.processed)

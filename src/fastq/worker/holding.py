@@ -102,7 +102,8 @@ class HoldWatch:
 
     def arm(self) -> None:
         """A consumer started a batch that holds more than the task it runs."""
-        self._armed.set()
+        if not self._armed.is_set():  # set() takes a lock and notifies: once, not every batch
+            self._armed.set()
 
     def leave(self, consumer) -> None:
         with self._guard:
