@@ -135,6 +135,7 @@ class Consumer:
         self._send_lock = threading.Lock()
         self._handed: set = set()  #: entry ids the watch handed back, not to be run or released here
         self._watched = None  #: (delivery, since) the watch saw running
+        self._held_batch = False  #: the batch being run armed the watch (holds more than its task)
         self._watch: HoldWatch | None = None
 
     # --- control -------------------------------------------------------------------
@@ -375,7 +376,9 @@ class Consumer:
         cur = self.runner.current
         if cur is None or self.stopping:
             self._watched = None
-            return False
+            # A batch that armed the watch may not have started its first task yet:
+            # keep looking until the loop says it is over.
+            return self._held_batch and not self.stopping
         watched = self._watched
         if watched is None or watched[0] is not cur:
             self._watched = (cur, now)
@@ -565,6 +568,7 @@ class Consumer:
             if pipelined or len(batch) > 1:
                 # It holds more than the task it runs. A lone task's batch has
                 # nothing to hand back; its task-received count waits for its result.
+                self._held_batch = True  # before arm(): the watch keeps looking while it is set
                 self._watch.arm()
             if self.events:
                 self.out.event("task-received", None, None, None, {"n": len(batch)})
@@ -584,6 +588,7 @@ class Consumer:
             started = self.runner.run_batch(batch, self.out)
             self.window.update(started, time.monotonic() - t0)
             with self._hold_lock:  # the watch is not handing anything back now
+                self._held_batch = False
                 self.runner.stopping = self.stopping
                 handed, rest = self._handed, batch[started:]
                 if handed:
