@@ -601,12 +601,12 @@ class Consumer:
                     self._lost_leases(rest)
                 else:
                     self._release(rest)
+            self._check_recycle()  # first: a child about to be replaced sends no next fetch
             if not pipelined and not self.stopping:
                 if drained:
-                    self._send_block()  # sent with the results: one write
+                    self._send_block()  # right behind the results, before their replies are read
                 else:
                     self._send_fetch()
             batch = []
-            self._check_recycle()
         self._flush()
         self._drain()
