@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from tests.apps import extra
 
 import fastq.exceptions
@@ -420,6 +421,27 @@ def test_result_set_built_by_add_and_joined_with_a_callback(app, worker):
     never = AsyncResult(str(uuid.uuid4()), app=app)
     with pytest.raises(fastq.exceptions.TimeoutError):
         ResultSet([rs.results[0], never]).join(timeout=0.2, callback=lambda i, v: time.sleep(0.3))
+
+
+def test_result_set_get_reads_each_result_a_few_times_however_slowly_they_come(redis_url, worker, redis_server):
+    # Given a result backend of its own (to count its reads) and 40 tasks of
+    # 25 ms that one solo worker finishes one after another, over a second
+    from fastq import FastQ, ResultSet
+
+    backend = redis_server()
+    worker("-P", "solo", env={"FASTQ_RESULT_BACKEND": backend.url})
+    app = FastQ("proj", broker=redis_url, backend=backend.url)
+    results = [app.send_task("tests.sleep", args=(0.025, i)) for i in range(40)]
+    counter = redis.Redis(port=backend.port)
+    counter.config_resetstat()
+    # When the producer waits for all of them
+    values = ResultSet(results, app=app).get(timeout=60)
+    # Then it gets every value, in order ...
+    assert values == list(range(40))
+    # ... having read each result about twice, not the whole rest of the set
+    # again after each one came (that was 40 * 41 / 2 = 820 reads)
+    reads = counter.info("commandstats").get("cmdstat_lindex", {}).get("calls", 0)
+    assert reads <= 3 * len(results), reads
 
 
 def test_backend_store_result_and_get_state_as_celerys(app):
