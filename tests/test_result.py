@@ -14,7 +14,7 @@ from tests.apps import extra
 
 import fastq.exceptions
 from conftest import TEST_DB, wait_for
-from fastq import AsyncResult, GroupResult, states
+from fastq import AsyncResult, FastQ, GroupResult, ResultSet, states
 from fastq.exceptions import TaskError, TaskRevokedError
 
 EXTRA = "tests.apps.extra:app"
@@ -426,8 +426,6 @@ def test_result_set_built_by_add_and_joined_with_a_callback(app, worker):
 def test_result_set_get_reads_each_result_a_few_times_however_slowly_they_come(redis_url, worker, redis_server):
     # Given a result backend of its own (to count its reads) and 40 tasks of
     # 25 ms that one solo worker finishes one after another, over a second
-    from fastq import FastQ, ResultSet
-
     backend = redis_server()
     worker("-P", "solo", env={"FASTQ_RESULT_BACKEND": backend.url})
     app = FastQ("proj", broker=redis_url, backend=backend.url)

@@ -350,9 +350,10 @@ class ResultSet:
         read of a chunk's missing results, then a blocking wait on the last one
         still missing, and again. Tasks finish in about the order they were sent,
         so once the last is done most of the others are too: a chunk is read two
-        or three times however slowly its results arrive. (Waiting on the first
-        missing one instead read the whole rest of the chunk again after each
-        result: with 300 tasks of 5 ms, that polling took 13% of a core.)
+        or three times however slowly its results arrive (only tasks finishing
+        in reverse order would have it read again after each result). Waiting on
+        the first missing one did that in the usual order: with 300 tasks of
+        5 ms, its reads took 13% of a core.
 
         ``callback(task_id, value)``, as in Celery: called for each result in order
         as it is ready, and nothing is returned; ``timeout`` is the budget of the
